@@ -1,0 +1,121 @@
+"""Helpers shared by the pipeline tests: a tiny plan, sessions, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuner import synthetic
+from tuner.plan import load_plan
+from tuner.prepare import DataSpec
+from tuner.stages import Session, Settings
+from tuner.storage import default_storage_url
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The quick plan's structure with a 16x16 MLP and one epoch everywhere: fast enough to run
+# whole in a few seconds, yet every stage kind, objective and BatchNorm are exercised.
+TINY_PLAN = """
+name = "tiny"
+[defaults]
+hidden = [16, 16]
+batch_size = 64
+
+[[stages]]
+name = "lr"
+kind = "lr_range_test"
+epochs = 1
+objective = "final"
+candidates = [0.5, 1.0]
+
+[[stages]]
+name = "weight_decay"
+kind = "cv"
+folds = 2
+epochs = {wd_epochs}
+objective = "mean"
+[stages.grid]
+weight_decay = [0.0, 1e-4, 1e-2]
+
+[[stages]]
+name = "activation"
+kind = "sweep"
+epochs = 1
+objective = "peak"
+[stages.grid]
+activation = ["relu", "gelu"]
+
+[[stages]]
+name = "normalization"
+kind = "sweep"
+epochs = 2
+objective = "final"
+[stages.grid]
+norm = ["none", "batch", "layer"]
+
+[[stages]]
+name = "optimizer"
+kind = "sweep"
+epochs = 1
+objective = "peak"
+[stages.grid]
+optimizer = ["adam", "sgd", "rmsprop"]
+
+[final]
+epochs = 2
+patience = 1
+"""
+
+
+def write_tiny_plan(workdir: Path, wd_epochs: int = 1) -> Path:
+    path = workdir / "studies" / "tiny.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(TINY_PLAN.format(wd_epochs=wd_epochs))
+    return path
+
+
+def session(workdir: Path, data: str, *, plan: str = "tiny", fixes: dict | None = None, rows: int | None = None) -> Session:
+    settings = Settings(
+        workdir=workdir,
+        storage_url=default_storage_url(workdir),
+        data=DataSpec(source=data, rows=rows),
+        fixes=fixes or {},
+        heartbeat_interval=1,
+        grace_period=4,
+        poll_interval=0.2,
+    )
+    return Session(load_plan(plan, workdir), settings)
+
+
+def run_cli(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TUNER_STORAGE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tuner {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TUNER_STORAGE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def msd_file(tmp_path_factory) -> Path:
+    """3,000 MSD-shaped synthetic rows written in the exact UCI text format."""
+    years, features = synthetic.generate(rows=3000, seed=7)
+    path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"
+    synthetic.write_uci(path, years, features)
+    return path

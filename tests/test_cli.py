@@ -1,0 +1,85 @@
+"""The CLI as a new user runs it: run-all, status --json, predict, errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+from tests._util import (
+    msd_file,  # noqa: F401  (fixture)
+    run_cli,
+    write_tiny_plan,
+)
+
+
+def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
+    write_tiny_plan(tmp_path)
+    run = run_cli("run-all", "--plan", "tiny", "--data", str(msd_file), cwd=tmp_path, check=True)
+    assert "final: test accuracy" in run.stdout
+    proc = run_cli("status", "--plan", "tiny", "--data", str(msd_file), "--json", cwd=tmp_path, check=True)
+    status = json.loads(proc.stdout)
+    assert status["plan"] == "tiny"
+    names = [s["name"] for s in status["stages"]]
+    assert names == ["lr", "weight_decay", "activation", "normalization", "optimizer"]
+    chosen: dict = {}
+    for stage in status["stages"]:
+        assert stage["state"] == "done"
+        assert stage["n_complete"] == stage["n_total"] > 0
+        assert stage["study"] == f"tiny.{stage['name']}"
+        # every stage carries the winners of the stages before it
+        assert stage["fixed_params"] == chosen
+        chosen = {**chosen, **stage["best_params"]}
+    final = status["final"]
+    assert 0 < final["test_accuracy"] <= 1 and final["test_loss"] > 0
+    model = tmp_path / "models" / "tiny" / "model.pt"
+    assert model.is_file()
+    metrics = json.loads((tmp_path / "models" / "tiny" / "metrics.json").read_text())
+    assert metrics["n_test"] == final["n_test"]
+    assert {k: metrics["config"][k] for k in chosen} == chosen
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("".join(msd_file.read_text().splitlines(keepends=True)[:7]))
+    out = tmp_path / "pred.txt"
+    run_cli("predict", "--model", str(model), "--input", str(rows), "--output", str(out), cwd=tmp_path, check=True)
+    labels = out.read_text().split()
+    assert len(labels) == 7 and all(lab.endswith("0s") and len(lab) == 5 for lab in labels)
+
+    again = run_cli("run-stage", "activation", "--plan", "tiny", "--data", str(msd_file), cwd=tmp_path, check=True)
+    assert "already complete" in again.stderr
+
+
+def test_status_of_a_fresh_workdir_is_all_pending(tmp_path):
+    proc = run_cli("status", "--plan", "quick", "--json", cwd=tmp_path, check=True)
+    status = json.loads(proc.stdout)
+    assert [s["state"] for s in status["stages"]] == ["pending"] * 6
+    assert status["final"] is None
+    assert status["stages"][1]["n_total"] == 5
+
+
+def test_missing_predecessor_exits_2_naming_the_stage(tmp_path, msd_file):
+    proc = run_cli("run-stage", "init", "--plan", "quick", "--data", str(msd_file), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "'lr' first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_arguments_exit_2_with_one_line(tmp_path, msd_file):
+    cases = [
+        ("run-stage", "nonsense", "--plan", "quick", "--data", str(msd_file)),
+        ("run-stage", "init", "--plan", "quick", "--fix", "lr", "--data", str(msd_file)),
+        ("run-stage", "init", "--plan", "quick", "--fix", "colour=red", "--data", str(msd_file)),
+        ("status", "--plan", "no_such_plan"),
+        ("status", "--plan", "quick", "--storage", "notadb://x"),
+        ("predict", "--model", str(tmp_path / "none.pt"), "--input", str(msd_file)),
+        ("prepare", "--data", str(tmp_path / "missing.txt")),
+    ]
+    for args in cases:
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("tuner: error:"), (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_every_command_has_help(tmp_path):
+    for cmd in ("prepare", "run-stage", "run-all", "final", "status", "predict", "synthesize"):
+        proc = run_cli(cmd, "--help", cwd=tmp_path, check=True)
+        assert "usage:" in proc.stdout

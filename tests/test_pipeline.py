@@ -1,0 +1,194 @@
+"""Stages as chained Optuna studies: chaining, --fix, resume, --force, final and predict."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests._util import (
+    msd_file,  # noqa: F401  (fixture)
+    session,
+    write_tiny_plan,
+)
+from tuner.errors import StageError
+from tuner.final import final_summary, run_final
+from tuner.predict import predict_file
+from tuner.stages import point_key
+
+
+@pytest.fixture
+def workdir(tmp_path, msd_file):
+    write_tiny_plan(tmp_path)
+    return tmp_path
+
+
+def _complete_points(state):
+    return [point_key(t.params) for t in state.trials if t.state == TrialState.COMPLETE]
+
+
+def test_stages_chain_winners_through_the_storage(workdir, msd_file):
+    s = session(workdir, str(msd_file))
+    lr = s.run_stage("lr")
+    assert lr.state == "done" and lr.n_complete == lr.n_total == 2
+    curve = lr.user_attrs["lr_range_test"]
+    assert len(curve["lrs"]) == len(curve["losses"]) > 20
+    assert curve["lrs"][0] < curve["lrs"][-1]
+    assert {p["lr"] for p in lr.user_attrs["points"]} == {
+        float(f"{curve['chosen'] * c:.6g}") for c in (0.5, 1.0)
+    }
+
+    wd = s.run_stage("weight_decay")
+    assert wd.fixed_params == {"lr": lr.best_params["lr"]}
+    assert sorted(_complete_points(wd)) == sorted(
+        point_key({"weight_decay": v}) for v in (0.0, 1e-4, 1e-2)
+    )
+    for t in wd.trials:
+        assert len(t.user_attrs["fold_values"]) == 2
+        assert t.value == pytest.approx(sum(t.user_attrs["fold_values"]) / 2)
+        assert sorted(t.intermediate_values) == [0, 1]
+
+    act = s.run_stage("activation")
+    assert act.fixed_params == {"lr": lr.best_params["lr"], "weight_decay": wd.best_params["weight_decay"]}
+    # the trial's full config carries the fixed params
+    for t in act.trials:
+        assert t.user_attrs["config"]["weight_decay"] == wd.best_params["weight_decay"]
+        assert t.user_attrs["config"]["lr"] == lr.best_params["lr"]
+    # a fresh session (another process) reads the same chain from the storage
+    s.close()
+    s2 = session(workdir, str(msd_file))
+    assert s2.resolve_fixed(3) == {**act.fixed_params, "activation": act.best_params["activation"]}
+    s2.close()
+
+
+def test_stage_without_predecessors_exits_with_the_missing_stage(workdir, msd_file):
+    s = session(workdir, str(msd_file))
+    with pytest.raises(StageError, match="'lr' first"):
+        s.run_stage("activation")
+    s.close()
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    with pytest.raises(StageError, match="'weight_decay' first"):
+        s.run_stage("activation")
+    s.close()
+
+
+def test_fix_runs_a_stage_without_its_predecessors(workdir, msd_file):
+    s = session(workdir, str(msd_file), fixes={"lr": "0.003", "weight_decay": "0.0001"})
+    state = s.run_stage("activation")
+    assert state.state == "done"
+    assert state.fixed_params == {"lr": 0.003, "weight_decay": 0.0001}
+    for t in state.trials:
+        assert t.user_attrs["config"]["lr"] == 0.003
+    # nothing was run for the fixed stages
+    assert s.stage_state("lr").state == "pending"
+    with pytest.raises(StageError, match="that is what stage 'activation' tunes"):
+        session(workdir, str(msd_file), fixes={"activation": "gelu"}).run_stage("activation")
+
+
+def test_finished_stage_is_not_rerun_and_force_makes_a_new_study(workdir, msd_file, caplog):
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    first = s.run_stage("weight_decay")
+    n_trials = len(first.trials)
+    with caplog.at_level("INFO"):
+        again = s.run_stage("weight_decay")
+    assert "already complete" in caplog.text
+    assert again.study == first.study == "tiny.weight_decay"
+    assert len(again.trials) == n_trials
+    forced = s.run_stage("weight_decay", force=True)
+    assert forced.study == "tiny.weight_decay.v2" and forced.state == "done"
+    assert s.stage_state("weight_decay").study == "tiny.weight_decay.v2"
+
+
+def test_changed_predecessor_starts_a_new_study(workdir, msd_file):
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    s.run_stage("weight_decay")
+    s.close()
+    s = session(workdir, str(msd_file), fixes={"lr": "0.02"})
+    state = s.run_stage("weight_decay")
+    assert state.study == "tiny.weight_decay.v2"
+    assert state.fixed_params == {"lr": 0.02}
+
+
+def test_resume_trains_only_unfinished_points(workdir, msd_file):
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    calls = []
+    real = s._run_point
+
+    def crash_on_second(study, point, *args):
+        calls.append(point)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(study, point, *args)
+
+    s._run_point = crash_on_second
+    with pytest.raises(KeyboardInterrupt):
+        s.run_stage("weight_decay")
+    s.close()
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    state = s.run_stage("weight_decay")
+    assert state.state == "done"
+    done = _complete_points(state)
+    assert len(done) == len(set(done)) == 3
+    assert point_key(calls[0]) in done
+
+
+def test_failed_training_is_recorded_and_retried(workdir, msd_file, monkeypatch):
+    import tuner.stages as stages
+
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    real = stages.evaluate_point
+    failures = []
+
+    def flaky(spec, cfg, *a, **k):
+        if cfg.weight_decay == 1e-2 and not failures:
+            failures.append(cfg)
+            raise RuntimeError("out of memory")
+        return real(spec, cfg, *a, **k)
+
+    monkeypatch.setattr(stages, "evaluate_point", flaky)
+    with pytest.raises(RuntimeError):
+        s.run_stage("weight_decay")
+    state = s.run_stage("weight_decay")
+    assert state.state == "done"
+    failed = [t for t in state.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["error"]
+    assert not [t for t in state.trials if t.state == TrialState.RUNNING]
+
+
+def test_final_writes_model_metrics_and_predict_round_trips(workdir, msd_file, tmp_path):
+    fixes = {"lr": "0.01", "weight_decay": "0.0001", "activation": "gelu", "norm": "none", "optimizer": "adam"}
+    s = session(workdir, str(msd_file), fixes=fixes)
+    state = run_final(s)
+    assert state.state == "done"
+    out = workdir / "models" / "tiny"
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = s.data()
+    assert metrics["n_test"] == len(data.test[1])
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert len(metrics["confusion_matrix"]) == 10
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n_test"]
+    assert set(metrics["per_class"]) == set(s.prepared().label_names)
+    assert metrics["config"]["activation"] == "gelu"
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["val_acc"]) == metrics["epochs_trained"]
+    summary = final_summary(s)
+    assert summary["test_accuracy"] == metrics["test_accuracy"]
+
+    # predict from model.pt alone: the raw test rows give the model's test accuracy
+    prepared = s.prepared()
+    mean = prepared.manifest["scaler"]["mean"]
+    scale = prepared.manifest["scaler"]["scale"]
+    raw = prepared.x_test.astype("float64") * scale + mean
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
+    labels = predict_file(out / "model.pt", rows)
+    names = prepared.label_names
+    acc = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels)) / len(labels)
+    assert acc == pytest.approx(metrics["test_accuracy"], abs=2 / len(labels))
+
+    # the final job runs once
+    assert run_final(s).n_complete == 1
+    trials = optuna.load_study(study_name="tiny.final", storage=s.storage).trials
+    assert len(trials) == 1

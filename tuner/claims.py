@@ -1,0 +1,162 @@
+"""Claims: each grid point of a stage is trained by exactly one worker at a time.
+
+Optuna's GridSampler can hand the same point to two workers that ask at the same moment, and
+on SQLite even popping a WAITING trial is not atomic. tuner therefore claims a point in a small
+table of its own, ``tuner_claims``, in the same database as the studies, before it creates the
+trial: an INSERT on the primary key ``(study_name, point)`` succeeds for one worker only, and a
+takeover is a compare-and-swap UPDATE on the previous owner. Both are atomic in SQLite and
+PostgreSQL.
+
+A claim is live while its owner refreshes ``heartbeat_at``. It can be taken over when its trial
+FAILed, when its heartbeat is older than the grace period (the owner died), or when the owner is
+a process on this host that no longer exists (a killed run restarted at once).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from tuner.storage import engine_kwargs
+
+_metadata = sa.MetaData()
+claims_table = sa.Table(
+    "tuner_claims",
+    _metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("point", sa.String(512), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("trial_id", sa.Integer, nullable=True),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+)
+
+
+def new_owner_id() -> str:
+    """``host:pid:random`` -- unique per worker process, and says where it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead_here(owner: str) -> bool:
+    """True when ``owner`` is a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Claim:
+    study_name: str
+    point: str
+    owner: str
+    trial_id: int | None
+    heartbeat_at: dt.datetime
+
+
+class ClaimTable:
+    """Claims on one database, shared by every worker of every stage."""
+
+    def __init__(self, url: str, grace_period_s: float) -> None:
+        self.engine = sa.create_engine(url, **engine_kwargs(url))
+        self.grace = dt.timedelta(seconds=grace_period_s)
+        _metadata.create_all(self.engine, checkfirst=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def get(self, study_name: str, point: str) -> Claim | None:
+        t = claims_table
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t).where(t.c.study_name == study_name, t.c.point == point)
+            ).first()
+        return Claim(**row._mapping) if row else None
+
+    def is_stale(self, claim: Claim) -> bool:
+        return _now() - claim.heartbeat_at > self.grace or owner_is_dead_here(claim.owner)
+
+    def try_claim(
+        self, study_name: str, point: str, owner: str, is_free: Callable[[Claim], bool]
+    ) -> tuple[bool, Claim | None]:
+        """Claim ``point`` for ``owner``: ``(True, previous claim or None)`` on success,
+        ``(False, holder)`` when another live worker holds it (or it is done).
+
+        ``is_free(claim)`` says whether an existing claim may be taken over (its trial failed,
+        or it is stale); the takeover itself is a compare-and-swap on the old owner.
+        """
+        t = claims_table
+        now = _now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    t.insert().values(
+                        study_name=study_name, point=point, owner=owner, trial_id=None, heartbeat_at=now
+                    )
+                )
+            return True, None
+        except sa.exc.IntegrityError:
+            pass
+        old = self.get(study_name, point)
+        if old is None:  # released between our INSERT and SELECT: try again next round
+            return False, None
+        if not is_free(old):
+            return False, old
+        with self.engine.begin() as conn:
+            swapped = conn.execute(
+                t.update()
+                .where(
+                    t.c.study_name == study_name,
+                    t.c.point == point,
+                    t.c.owner == old.owner,
+                    t.c.heartbeat_at == old.heartbeat_at,
+                )
+                .values(owner=owner, trial_id=None, heartbeat_at=now)
+            ).rowcount
+        return (True, old) if swapped == 1 else (False, old)
+
+    def set_trial(self, study_name: str, point: str, owner: str, trial_id: int) -> None:
+        t = claims_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.study_name == study_name, t.c.point == point, t.c.owner == owner)
+                .values(trial_id=trial_id, heartbeat_at=_now())
+            )
+
+    def refresh(self, owner: str, study_names: Iterable[str]) -> None:
+        """Heartbeat: mark every claim of ``owner`` in these studies as live."""
+        t = claims_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.owner == owner, t.c.study_name.in_(list(study_names)))
+                .values(heartbeat_at=_now())
+            )
+
+    def release(self, study_name: str, point: str, owner: str) -> None:
+        """Drop a claim (its work failed before a trial existed, or needs no trial)."""
+        t = claims_table
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.delete().where(t.c.study_name == study_name, t.c.point == point, t.c.owner == owner)
+            )

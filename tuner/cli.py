@@ -1,0 +1,293 @@
+"""Command line: ``python -m tuner COMMAND`` (or the ``tuner`` script).
+
+Every command has ``--help``. Errors in the user's input exit with status 2 and one line on
+stderr; an interrupted run exits 130 with its finished trials kept in the storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import StageError, TunerError
+
+logger = logging.getLogger("tuner")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("plan, storage and data")
+    g.add_argument("--plan", default="seed", help="plan name in studies/ or path to a TOML plan (default: seed)")
+    g.add_argument(
+        "--storage",
+        default=os.environ.get("TUNER_STORAGE"),
+        help="SQLAlchemy URL of the study storage (default: $TUNER_STORAGE, else "
+        "sqlite:///WORKDIR/studies/tuner.sqlite3)",
+    )
+    g.add_argument(
+        "--data",
+        default="uci",
+        help="'uci' (download and verify the UCI file), 'synthetic' (MSD-shaped generated data) "
+        "or a path to a .txt/.csv/.zip in the UCI format (default: uci)",
+    )
+    g.add_argument("--rows", type=int, default=None, help="use a stratified subsample of N rows")
+    g.add_argument(
+        "--split",
+        choices=("stratified", "canonical"),
+        default="stratified",
+        help="stratified 70/15/15 (the published recipe, default) or UCI's canonical split",
+    )
+    g.add_argument("--seed", type=int, default=42, help="seed of the split and of training (default: 42)")
+    g.add_argument("--workdir", type=Path, default=Path("."), help="where data, studies, models go (default: .)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+
+
+def _runner(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("running stages")
+    g.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a parameter by hand instead of reading an earlier stage's winner (repeatable)",
+    )
+    g.add_argument("--force", action="store_true", help="redo a finished stage as a new study")
+    g.add_argument(
+        "--heartbeat-interval", type=int, default=5, help="seconds between worker heartbeats (default: 5)"
+    )
+    g.add_argument(
+        "--grace-period",
+        type=int,
+        default=20,
+        help="seconds without a heartbeat after which another worker retries a point (default: 20)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Staged Optuna tuning of a PyTorch MLP: one study per stage, each stage "
+        "fixing the winners of the stages before it, then a final model scored on test.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="load, split and scale the data; cache the arrays")
+    _common(p)
+
+    p = sub.add_parser("run-stage", help="run (or resume, or join) one stage's study")
+    p.add_argument("stage", help="stage name from the plan, e.g. weight_decay")
+    _common(p)
+    _runner(p)
+
+    p = sub.add_parser("run-all", help="run every stage in order, then the final job")
+    _common(p)
+    _runner(p)
+
+    p = sub.add_parser("final", help="retrain the chosen configuration and score it on test")
+    _common(p)
+    _runner(p)
+
+    p = sub.add_parser("status", help="show each stage's study, progress and winner")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("predict", help="predict the decade of each row of a file")
+    p.add_argument("--model", type=Path, required=True, help="a model.pt written by the final job")
+    p.add_argument("--input", type=Path, required=True, help="CSV rows of 90 features (or 91 with the year first)")
+    p.add_argument("--output", type=Path, default=None, help="write one decade per line here (default: stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+
+    p = sub.add_parser("synthesize", help="write MSD-shaped synthetic data as a UCI-format file")
+    p.add_argument("--out", type=Path, required=True, help="output .txt path")
+    p.add_argument("--rows", type=int, default=515_345, help="number of rows (default: 515345)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    return parser
+
+
+def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
+    fixes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise StageError(f"--fix {item!r}: expected KEY=VALUE, e.g. --fix lr=0.001")
+        fixes[key.strip()] = value.strip()
+    return fixes
+
+
+def _session(args: argparse.Namespace):
+    from tuner.plan import coerce_params, load_plan
+    from tuner.prepare import DataSpec
+    from tuner.stages import Session, Settings
+    from tuner.storage import default_storage_url
+
+    workdir = args.workdir.resolve()
+    plan = load_plan(args.plan, workdir)
+    fixes = _parse_fixes(getattr(args, "fix", []))
+    coerce_params(fixes)  # reject unknown keys and bad values before anything runs
+    if args.rows is not None and args.rows < 1:
+        raise TunerError(f"--rows must be positive, got {args.rows}")
+    settings = Settings(
+        workdir=workdir,
+        storage_url=args.storage or default_storage_url(workdir),
+        data=DataSpec(source=args.data, rows=args.rows, split=args.split, seed=args.seed),
+        seed=args.seed,
+        fixes=fixes,
+        heartbeat_interval=getattr(args, "heartbeat_interval", 5),
+        grace_period=getattr(args, "grace_period", 20),
+    )
+    if settings.grace_period <= settings.heartbeat_interval:
+        raise TunerError("--grace-period must be longer than --heartbeat-interval")
+    return Session(plan, settings)
+
+
+def _status(session) -> dict[str, Any]:
+    from tuner.final import final_summary
+    from tuner.stages import plan_states
+    from tuner.storage import redact
+
+    return {
+        "plan": session.plan.name,
+        "storage": redact(session.settings.storage_url),
+        "stages": [s.to_dict() for s in plan_states(session)],
+        "final": final_summary(session),
+    }
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from tuner.prepare import DataSpec, prepare
+
+    workdir = args.workdir.resolve()
+    prepared = prepare(DataSpec(args.data, args.rows, args.split, args.seed), workdir / "data")
+    m = prepared.manifest
+    print(
+        f"prepared {m['source']} ({m['split']} split, {m['n_rows_total']} rows in source): "
+        f"train {m['n_train']}, val {m['n_val']}, test {m['n_test']} -> "
+        f"{workdir / 'data' / 'prepared' / m['key']}"
+    )
+    return 0
+
+
+def _run_stages(session, stages: list[str], force: bool) -> None:
+    from tuner.summary import stage_table
+
+    for name in stages:
+        state = session.run_stage(name, force=force)
+        print(stage_table(state), end="\n\n", flush=True)
+
+
+def _cmd_run_stage(args: argparse.Namespace) -> int:
+    from tuner.stages import check_stage_name
+
+    session = _session(args)
+    try:
+        check_stage_name(session.plan, args.stage)
+        _run_stages(session, [args.stage], args.force)
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_run_all(args: argparse.Namespace) -> int:
+    from tuner.final import run_final
+    from tuner.summary import status_table
+
+    session = _session(args)
+    try:
+        _run_stages(session, [s.name for s in session.plan.stages], args.force)
+        run_final(session, force=args.force)
+        print(status_table(_status(session)))
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_final(args: argparse.Namespace) -> int:
+    from tuner.final import final_summary, run_final
+
+    session = _session(args)
+    try:
+        run_final(session, force=args.force)
+        summary = final_summary(session)
+        if summary:
+            print(
+                f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
+                f"n_test {summary['n_test']}; model {summary.get('model', '?')}"
+            )
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tuner.summary import status_table
+
+    session = _session(args)
+    try:
+        status = _status(session)
+    finally:
+        session.close()
+    print(json.dumps(status, indent=2) if args.json else status_table(status))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tuner.predict import predict_file
+
+    labels = predict_file(args.model, args.input)
+    text = "\n".join(labels) + "\n"
+    if args.output:
+        args.output.write_text(text)
+        logger.info("wrote %d predictions to %s", len(labels), args.output)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_synthesize(args: argparse.Namespace) -> int:
+    from tuner import synthetic
+
+    if args.rows < 100:
+        raise TunerError(f"--rows must be at least 100, got {args.rows}")
+    years, features = synthetic.generate(rows=args.rows, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    synthetic.write_uci(args.out, years, features)
+    print(f"wrote {args.rows} rows to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "prepare": _cmd_prepare,
+    "run-stage": _cmd_run_stage,
+    "run-all": _cmd_run_all,
+    "final": _cmd_final,
+    "status": _cmd_status,
+    "predict": _cmd_predict,
+    "synthesize": _cmd_synthesize,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except TunerError as err:
+        print(f"tuner: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuner: interrupted; finished trials are kept in the storage", file=sys.stderr)
+        return 130

@@ -1,0 +1,167 @@
+"""The final job: retrain the chosen configuration, score it once on test, save the model.
+
+Writes ``models/<plan>/model.pt`` (weights, full config, scaler statistics, label names: all that
+``predict`` needs), ``models/<plan>/metrics.json`` and ``models/<plan>/history.json``. The final
+study ``<plan>.final`` holds one trial whose value is the test accuracy; nothing is selected on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from tuner.engine import EpochStats, evaluate, train
+from tuner.objectives import PointResult
+from tuner.plan import TrainConfig
+from tuner.stages import FINAL, Session, StageState
+
+logger = logging.getLogger(__name__)
+
+
+def model_dir(session: Session) -> Path:
+    return session.settings.models_dir / session.plan.name
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same directory, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+@torch.inference_mode()
+def test_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label_names: list[str]) -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on ``(x, y)``."""
+    loss, acc = evaluate(model, x, y)
+    pred = torch.cat([model(x[i : i + 16384]).argmax(1) for i in range(0, len(x), 16384)]).numpy()
+    labels = list(range(len(label_names)))
+    p, r, f1, support = precision_recall_fscore_support(
+        y.numpy(), pred, labels=labels, zero_division=0
+    )
+    return {
+        "test_accuracy": acc,
+        "test_loss": loss,
+        "n_test": int(len(y)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        "confusion_matrix": confusion_matrix(y.numpy(), pred, labels=labels).tolist(),
+        "labels": label_names,
+    }
+
+
+def stage_wall_times(session: Session) -> dict[str, float]:
+    """Seconds spent in each stage's trials, summed (from the storage)."""
+    times: dict[str, float] = {}
+    for spec in session.plan.stages:
+        state = session.stage_state(spec.name)
+        times[spec.name] = sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in state.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+        )
+    return times
+
+
+def run_final(session: Session, *, force: bool = False) -> StageState:
+    """Run the final job of the session's plan (once across all workers)."""
+    plan = session.plan
+
+    def evaluate_final(cfg: TrainConfig, fixed: dict[str, Any], *, trial, report) -> PointResult:
+        prepared = session.prepared()
+        data = session.data()
+        t0 = time.perf_counter()
+
+        def on_epoch(e: EpochStats) -> None:
+            report(e.val_acc, e.epoch)
+            logger.info(
+                "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
+                e.epoch, plan.final.epochs, e.train_loss, e.val_loss, e.val_acc,
+            )
+
+        model, history = train(
+            cfg, data.train, data.val, epochs=plan.final.epochs, seed=session.settings.seed,
+            n_classes=data.n_classes, patience=plan.final.patience,
+            restore_best=plan.final.restore_best, on_epoch=on_epoch,
+        )
+        train_seconds = time.perf_counter() - t0
+        label_names = list(prepared.label_names)
+        metrics = test_metrics(model, *data.test, label_names)
+        metrics.update(
+            {
+                "plan": plan.name,
+                "config": cfg.to_dict(),
+                "fixed_params": fixed,
+                "data": session.prepared().manifest["key"],
+                "epochs_trained": len(history.epochs),
+                "stopped_early": history.stopped_early,
+                "wall_times": {"stages_s": stage_wall_times(session), "final_train_s": train_seconds},
+                "study": trial.study.study_name,
+            }
+        )
+        out = model_dir(session)
+        scaler = prepared.manifest["scaler"]
+        bundle = {
+            "state_dict": model.state_dict(),
+            "config": cfg.to_dict(),
+            "n_features": int(data.train[0].shape[1]),
+            "n_classes": data.n_classes,
+            "label_names": label_names,
+            "scaler": {"mean": list(scaler["mean"]), "scale": list(scaler["scale"])},
+            "plan": plan.name,
+            "data": prepared.manifest["key"],
+        }
+        atomic_write(out / "model.pt", lambda tmp: torch.save(bundle, tmp))
+        write_json(out / "history.json", history.to_dict())
+        write_json(out / "metrics.json", metrics)
+        logger.info(
+            "final: test accuracy %.4f, test loss %.4f on %d rows; wrote %s",
+            metrics["test_accuracy"], metrics["test_loss"], metrics["n_test"], out,
+        )
+        summary = {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
+        return PointResult(
+            metrics["test_accuracy"],
+            {"metrics": summary, "history": history.to_dict(), "seconds": train_seconds, "model_dir": str(out)},
+        )
+
+    return session.run_final(evaluate_final, force=force)
+
+
+def final_summary(session: Session) -> dict[str, Any] | None:
+    """The final job's metrics for ``status``: from ``metrics.json`` when the final study is
+    complete, else ``None``."""
+    state = session.stage_state(FINAL)
+    if state.state != "done":
+        return None
+    path = model_dir(session) / "metrics.json"
+    complete = [t for t in state.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    summary: dict[str, Any] = dict(complete[-1].user_attrs.get("metrics", {})) if complete else {}
+    summary["study"] = state.study
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        summary.update({k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")})
+        summary["model"] = str(model_dir(session) / "model.pt")
+        summary["metrics"] = str(path)
+    return summary

@@ -1,0 +1,98 @@
+"""The LR range test of the ``lr`` stage, run with torch-lr-finder.
+
+One epoch of training with the learning rate growing exponentially from ``start_lr`` to
+``end_lr``; the suggestion is torch-lr-finder's "steepest gradient" rule (the smoothed loss's
+steepest descent, skipping the first 10 and last 5 iterations), optionally snapped to the
+nearest power of ten as the published study read its plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+from torch_lr_finder import LRFinder
+
+from tuner.engine import batch_indices, seeded
+from tuner.model import build_model, make_optimizer
+from tuner.plan import StageSpec, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+SKIP_START, SKIP_END = 10, 5
+
+
+class _SlicedBatches(IterableDataset):
+    """One epoch of index-sliced batches per iteration (no per-sample collate work)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices(len(self.x), self.batch_size, self.generator, min_size=2):
+            yield self.x[idx], self.y[idx]
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float  # steepest descent
+    chosen: float  # after snapping
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def steepest_lr(lrs: list[float], losses: list[float]) -> float:
+    """torch-lr-finder's "steepest gradient" suggestion, computed without its plotting."""
+    need = SKIP_START + SKIP_END + 2
+    if len(lrs) < need:
+        raise ValueError(f"the range test ran {len(lrs)} iterations; at least {need} are needed")
+    lr = np.asarray(lrs[SKIP_START:-SKIP_END])
+    loss = np.asarray(losses[SKIP_START:-SKIP_END])
+    return float(lr[np.gradient(loss).argmin()])
+
+
+def snap(lr: float, how: str) -> float:
+    """``decade``: the nearest power of ten in log space (2.3e-3 -> 1e-3); ``none``: as is."""
+    return float(10.0 ** round(math.log10(lr))) if how == "decade" else lr
+
+
+def range_test(
+    stage: StageSpec,
+    cfg: TrainConfig,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    *,
+    n_classes: int,
+    seed: int,
+) -> RangeTestResult:
+    """Run the range test for one epoch of ``train_xy`` and return the curve and suggestion."""
+    x, y = train_xy
+    range_cfg = cfg.with_params({"optimizer": stage.range_optimizer})
+    with seeded(seed):
+        model = build_model(range_cfg, x.shape[1], n_classes)
+    optimizer = make_optimizer(range_cfg, model.parameters(), lr=stage.start_lr)
+    loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
+    num_iter = max(len(x) // cfg.batch_size, 1)
+    finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device="cpu")
+    # torch-lr-finder prints its progress notes; keep stdout for our own output.
+    with contextlib.redirect_stdout(io.StringIO()) as notes:
+        finder.range_test(loader, end_lr=stage.end_lr, num_iter=num_iter, step_mode="exp")
+    for line in notes.getvalue().splitlines():
+        logger.info("torch-lr-finder: %s", line)
+    lrs = [float(v) for v in finder.history["lr"]]
+    losses = [float(v) for v in finder.history["loss"]]
+    suggestion = steepest_lr(lrs, losses)
+    chosen = snap(suggestion, stage.snap)
+    logger.info("LR range test: steepest descent at %.3g, chosen %.3g", suggestion, chosen)
+    return RangeTestResult(lrs, losses, suggestion, chosen)

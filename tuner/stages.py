@@ -1,0 +1,534 @@
+"""Running a plan's stages as Optuna studies, chained through the storage.
+
+One study per stage, named ``<plan>.<stage>`` (``.v2``, ``.v3``... when a stage is redone). A
+stage's objective fixes the winners of every earlier stage, read from those stages' studies in
+the storage (or given by ``--fix``), and records them in its study's ``fixed_params`` user attr.
+
+Workers cooperate through the storage only: a worker claims a grid point
+(:mod:`tuner.claims`), creates its trial, trains it with heartbeats running, and tells the
+result. Any number of workers can run the same stage; each point completes exactly once, a
+point whose worker died is trained again, and a finished stage is not run twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.claims import Claim, ClaimTable, new_owner_id
+from tuner.errors import PlanError, StageError
+from tuner.lr_range import range_test
+from tuner.objectives import PointResult, TensorData, evaluate_point
+from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
+from tuner.prepare import DataSpec, Prepared, prepare
+from tuner.storage import latest_version, open_storage, study_name
+
+logger = logging.getLogger(__name__)
+
+FINAL = "final"
+RANGE_TEST_CLAIM = "__range_test__"
+MAX_FAILURES = 3  # a point whose training raised this often stops the stage
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one CLI invocation was asked to do, beyond the plan."""
+
+    workdir: Path
+    storage_url: str
+    data: DataSpec
+    seed: int = 42
+    fixes: Mapping[str, Any] = field(default_factory=dict)
+    heartbeat_interval: int = 5
+    grace_period: int = 20
+    poll_interval: float = 2.0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.workdir / "models"
+
+
+def point_key(params: Mapping[str, Any]) -> str:
+    """A grid point's identity: canonical JSON of its params."""
+    return json.dumps(dict(params), sort_keys=True)
+
+
+def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params as stored in studies: typed like TrainConfig, widths as ``"256x256"``."""
+    out = coerce_params(params)
+    if "hidden" in out:
+        out["hidden"] = "x".join(str(w) for w in out["hidden"])
+    return out
+
+
+class StageGridSampler(optuna.samplers.GridSampler):
+    """A GridSampler that never calls ``study.stop()``.
+
+    tuner drives trials through ask-and-tell with claimed grid points, so "the grid is
+    exhausted" is decided by the claims loop; the stock ``after_trial`` would raise outside
+    ``optimize`` on the last tell.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
+        return None
+
+
+@dataclass
+class StageState:
+    """What the storage says about one stage (the ``status`` view)."""
+
+    name: str
+    study: str | None
+    state: str  # pending | running | done
+    n_complete: int
+    n_total: int
+    best_params: dict[str, Any] | None
+    best_value: float | None
+    fixed_params: dict[str, Any] | None
+    user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    trials: list[FrozenTrial] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "study": self.study,
+            "state": self.state,
+            "n_complete": self.n_complete,
+            "n_total": self.n_total,
+            "best_params": self.best_params,
+            "best_value": self.best_value,
+            "fixed_params": self.fixed_params,
+        }
+
+
+class Session:
+    """A plan opened on a storage: studies, claims and (lazily) the prepared data."""
+
+    def __init__(self, plan: Plan, settings: Settings) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.storage = open_storage(
+            settings.storage_url,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+        )
+        self.claims = ClaimTable(settings.storage_url, settings.grace_period)
+        self.owner = new_owner_id()
+        self._prepared: Prepared | None = None
+        self._data: TensorData | None = None
+
+    def close(self) -> None:
+        self.claims.close()
+        self.storage.remove_session()
+        self.storage.engine.dispose()
+
+    # -- data ---------------------------------------------------------------------------------
+    def prepared(self) -> Prepared:
+        if self._prepared is None:
+            self._prepared = prepare(self.settings.data, self.settings.data_dir)
+        return self._prepared
+
+    def data(self) -> TensorData:
+        if self._data is None:
+            self._data = TensorData.from_prepared(self.prepared())
+        return self._data
+
+    # -- reading the storage --------------------------------------------------------------------
+    def _study_names(self) -> list[str]:
+        return [s.study_name for s in self.storage.get_all_studies()]
+
+    def latest_study(self, stage: str) -> optuna.Study | None:
+        version = latest_version(self._study_names(), self.plan.name, stage)
+        if version == 0:
+            return None
+        return optuna.load_study(
+            study_name=study_name(self.plan.name, stage, version), storage=self.storage
+        )
+
+    def stage_state(self, stage: str) -> StageState:
+        """Read a stage's latest study: its state, progress and winner."""
+        study = self.latest_study(stage)
+        n_total = self._planned_points(stage)
+        if study is None:
+            return StageState(stage, None, "pending", 0, n_total, None, None, None)
+        attrs = study.user_attrs
+        points = attrs.get("points")
+        keys = {point_key(p) for p in points} if points is not None else None
+        trials = study.get_trials(deepcopy=False)
+        complete = [
+            t
+            for t in trials
+            if t.state == TrialState.COMPLETE and (keys is None or point_key(t.params) in keys)
+        ]
+        n_complete = len({point_key(t.params) for t in complete})
+        n_total = len(points) if points is not None else n_total
+        best = max(complete, key=lambda t: t.value, default=None)
+        state = "done" if points is not None and n_complete == n_total else "running"
+        return StageState(
+            name=stage,
+            study=study.study_name,
+            state=state,
+            n_complete=n_complete,
+            n_total=n_total,
+            best_params=dict(best.params) if best else None,
+            best_value=best.value if best else None,
+            fixed_params=attrs.get("fixed_params"),
+            user_attrs=attrs,
+            trials=trials,
+        )
+
+    def _planned_points(self, stage: str) -> int:
+        if stage == FINAL:
+            return 1
+        spec = self.plan.stage(stage)
+        if spec.kind == "lr_range_test":
+            return len(spec.candidates)
+        return len(grid_points(spec))
+
+    def resolve_fixed(self, upto: int) -> dict[str, Any]:
+        """The params fixed for stage number ``upto``: every earlier stage's winner, read from
+        its study, unless ``--fix`` gives it; ``--fix`` values for other fields apply too."""
+        fixes = normalize(self.settings.fixes)
+        fixed: dict[str, Any] = {}
+        for spec in self.plan.stages[:upto]:
+            if all(p in fixes for p in spec.params):
+                continue
+            state = self.stage_state(spec.name)
+            if state.state != "done":
+                needed = upto < len(self.plan.stages) and self.plan.stages[upto].name or FINAL
+                hint = " ".join(f"--fix {p}=VALUE" for p in spec.params)
+                raise StageError(
+                    f"stage {needed!r} needs stage {spec.name!r} first (its study is "
+                    f"{state.state}): run `python -m tuner run-stage {spec.name}` or pass {hint}"
+                )
+            fixed.update(normalize(state.best_params or {}))
+        fixed.update(fixes)
+        return fixed
+
+    # -- running ------------------------------------------------------------------------------
+    def run_stage(self, stage_name: str, *, force: bool = False) -> StageState:
+        """Run (or resume, or join) a stage until every grid point is complete."""
+        spec = self.plan.stage(stage_name)
+        index = self.plan.index(stage_name)
+        clash = set(normalize(self.settings.fixes)) & set(spec.params)
+        if clash:
+            raise StageError(f"--fix {', '.join(sorted(clash))}: that is what stage {stage_name!r} tunes")
+        fixed = self.resolve_fixed(index)
+        base = self.plan.defaults.with_params(fixed)
+        data = self.data()
+        study = self._open_study(spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict())
+        if study is None:
+            return self.stage_state(spec.name)
+        if spec.kind == "lr_range_test":
+            points = self._range_test_points(study, spec, base, data)
+        else:
+            points = grid_points(spec)
+            study.set_user_attr("points", points)
+        search_space = _search_space(points)
+        study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
+
+        def evaluate(point: dict[str, Any], trial: optuna.Trial) -> PointResult:
+            cfg = base.with_params(point)
+            trial.set_user_attr("config", cfg.to_dict())
+            return evaluate_point(
+                spec, cfg, data, seed=self.settings.seed,
+                report=lambda value, step: trial.report(value, step),
+            )
+
+        self._work(study, points, evaluate, search_space)
+        return self.stage_state(spec.name)
+
+    def run_final(self, evaluate_final: Callable[..., PointResult], *, force: bool = False) -> StageState:
+        """Run the final job once (a one-trial study ``<plan>.final``)."""
+        fixed = self.resolve_fixed(len(self.plan.stages))
+        cfg = self.plan.defaults.with_params(fixed)
+        data = self.data()
+        study = self._open_study(FINAL, fixed, data.key, force=force, stage_attrs={"final": True})
+        if study is None:
+            return self.stage_state(FINAL)
+        study.set_user_attr("points", [{}])
+
+        def evaluate(point: dict[str, Any], trial: optuna.Trial) -> PointResult:
+            trial.set_user_attr("config", cfg.to_dict())
+            return evaluate_final(
+                cfg, fixed, trial=trial, report=lambda value, step: trial.report(value, step)
+            )
+
+        self._work(study, [{}], evaluate, {})
+        return self.stage_state(FINAL)
+
+    def _open_study(
+        self,
+        stage: str,
+        fixed: dict[str, Any],
+        data_key: str,
+        *,
+        force: bool,
+        stage_attrs: dict[str, Any],
+    ) -> optuna.Study | None:
+        """The study to work on, or ``None`` when the stage is already complete.
+
+        A new version is started when ``force`` is set, or when the latest study was run on
+        other data or with other fixed params (a predecessor was redone).
+        """
+        version = latest_version(self._study_names(), self.plan.name, stage)
+        if version and not force:
+            current = self.stage_state(stage)
+            attrs = current.user_attrs
+            # A study without attrs is being created by another worker right now: join it.
+            same_data = attrs.get("data_key", data_key) == data_key
+            if same_data and attrs.get("fixed_params", fixed) == fixed:
+                if current.state == "done":
+                    logger.info(
+                        "stage %s is already complete in study %s: nothing to do "
+                        "(pass --force to redo it as a new study)",
+                        stage, current.study,
+                    )
+                    return None
+            else:
+                why = "other fixed params" if same_data else "other data"
+                logger.info("study %s was run with %s: starting a new study", current.study, why)
+                version += 1
+        else:
+            version += 1
+        name = study_name(self.plan.name, stage, max(version, 1))
+        study = optuna.create_study(
+            study_name=name, storage=self.storage, direction="maximize", load_if_exists=True
+        )
+        attrs = study.user_attrs
+        if "data_key" not in attrs:
+            prepared = self.prepared()
+            study.set_user_attr("plan", self.plan.name)
+            study.set_user_attr("stage", stage_attrs)
+            study.set_user_attr("fixed_params", fixed)
+            study.set_user_attr("data_key", data_key)
+            study.set_user_attr("data", _data_summary(prepared))
+            study.set_user_attr("seed", self.settings.seed)
+        logger.info("stage %s: study %s, fixed params %s", stage, name, fixed or "none")
+        return study
+
+    def _range_test_points(
+        self, study: optuna.Study, spec: StageSpec, base: TrainConfig, data: TensorData
+    ) -> list[dict[str, Any]]:
+        """Run the LR range test once per study (one worker does it, others wait for it) and
+        return the candidate learning rates to verify."""
+        while "points" not in study.user_attrs:
+            got, _ = self.claims.try_claim(
+                study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
+            )
+            if got:
+                with self._heartbeat([study.study_name], []):
+                    result = range_test(spec, base, data.train, n_classes=data.n_classes, seed=self.settings.seed)
+                study.set_user_attr("lr_range_test", result.to_dict())
+                points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
+                study.set_user_attr("points", points)
+                break
+            logger.info("waiting for another worker's LR range test on %s", study.study_name)
+            time.sleep(self.settings.poll_interval)
+        return list(study.user_attrs["points"])
+
+    def _work(
+        self,
+        study: optuna.Study,
+        points: list[dict[str, Any]],
+        evaluate: Callable[[dict[str, Any], optuna.Trial], PointResult],
+        search_space: dict[str, list[Any]],
+    ) -> None:
+        """Claim, train and tell points until every point of the study is complete."""
+        keys = {point_key(p): i for i, p in enumerate(points)}
+        waited = False
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            done = {point_key(t.params) for t in trials if t.state == TrialState.COMPLETE}
+            pending = [k for k in keys if k not in done]
+            if not pending:
+                return
+            claimed = None
+            for key in pending:
+                self._check_failures(study, trials, key)
+                got, previous = self.claims.try_claim(
+                    study.study_name, key, self.owner, is_free=self._claim_is_free
+                )
+                if got:
+                    claimed = key
+                    if previous is not None and previous.trial_id is not None:
+                        self._fail_if_running(previous.trial_id)
+                    break
+            if claimed is None:
+                if not waited:
+                    logger.info(
+                        "%s: %d point(s) are being trained by other workers; waiting",
+                        study.study_name, len(pending),
+                    )
+                    waited = True
+                time.sleep(self.settings.poll_interval)
+                continue
+            waited = False
+            self._run_point(study, points[keys[claimed]], keys[claimed], evaluate, search_space)
+
+    def _run_point(
+        self,
+        study: optuna.Study,
+        point: dict[str, Any],
+        grid_id: int,
+        evaluate: Callable[[dict[str, Any], optuna.Trial], PointResult],
+        search_space: dict[str, list[Any]],
+    ) -> None:
+        key = point_key(point)
+        trial = _create_trial(study, point, grid_id, search_space)
+        self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
+        trial.set_user_attr("worker", self.owner)
+        label = ", ".join(f"{k}={v}" for k, v in point.items()) or "final"
+        logger.info("%s trial %d (%s): training", study.study_name, trial.number, label)
+        try:
+            with self._heartbeat([study.study_name], [trial._trial_id]):
+                result = evaluate(point, trial)
+        except BaseException as err:
+            kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
+            try:
+                trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
+                study.tell(trial, state=TrialState.FAIL)
+            except Exception:  # the storage itself may be what failed
+                logger.exception("could not mark trial %d as failed", trial.number)
+            raise
+        for name, value in result.attrs.items():
+            trial.set_user_attr(name, value)
+        study.tell(trial, result.value)
+        logger.info(
+            "%s trial %d (%s): %.4f in %.1fs",
+            study.study_name, trial.number, label, result.value, result.attrs.get("seconds", 0.0),
+        )
+
+    def _claim_is_free(self, claim: Claim) -> bool:
+        if claim.trial_id is not None:
+            state = self.storage.get_trial(claim.trial_id).state
+            if state == TrialState.COMPLETE:
+                return False
+            if state.is_finished():
+                return True
+        return self.claims.is_stale(claim)
+
+    def _fail_if_running(self, trial_id: int) -> None:
+        """Fail the trial of a dead worker whose claim we took over (no trial stays RUNNING)."""
+        try:
+            if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                logger.info("trial id %d was left running by a dead worker: failed it", trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    @staticmethod
+    def _check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
+        errors = [
+            t for t in trials
+            if t.state == TrialState.FAIL and "error" in t.user_attrs and point_key(t.params) == key
+        ]
+        if len(errors) >= MAX_FAILURES:
+            raise StageError(
+                f"{study.study_name}: point {key} failed {len(errors)} times; last error "
+                f"(trial {errors[-1].number}): {errors[-1].user_attrs['error']}"
+            )
+
+    @contextmanager
+    def _heartbeat(self, studies: list[str], trial_ids: list[int]) -> Iterator[None]:
+        """Keep this worker's claims (and Optuna trial heartbeats) fresh while training."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_interval):
+                try:
+                    for trial_id in trial_ids:
+                        self.storage.record_heartbeat(trial_id)
+                    self.claims.refresh(self.owner, studies)
+                except Exception:  # keep beating; a lasting outage shows up in the main thread
+                    logger.warning("heartbeat failed", exc_info=True)
+
+        for trial_id in trial_ids:
+            self.storage.record_heartbeat(trial_id)
+        thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def grid_points(spec: StageSpec) -> list[dict[str, Any]]:
+    """The stage's grid in plan order (first key slowest)."""
+    names = list(spec.grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+
+
+def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    space: dict[str, list[Any]] = {}
+    for p in points:
+        for k, v in p.items():
+            if v not in space.setdefault(k, []):
+                space[k].append(v)
+    return space
+
+
+def _create_trial(
+    study: optuna.Study, point: dict[str, Any], grid_id: int, search_space: dict[str, list[Any]]
+) -> optuna.Trial:
+    """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed).
+
+    The trial carries GridSampler's ``grid_id``/``search_space`` system attrs, so it is the
+    same trial GridSampler would have made for that grid point.
+    """
+    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    template = FrozenTrial(
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=dt.datetime.now(),
+        datetime_complete=None,
+        params=point,
+        distributions={k: CategoricalDistribution(search_space[k]) for k in point},
+        user_attrs={},
+        system_attrs={"grid_id": grid_id, "search_space": search_space} if point else {},
+        intermediate_values={},
+        trial_id=-1,
+    )
+    trial_id = storage.create_new_trial(study_id, template_trial=template)
+    return optuna.Trial(study, trial_id)
+
+
+def _data_summary(prepared: Prepared) -> dict[str, Any]:
+    m = prepared.manifest
+    keys = ("key", "source", "source_sha256", "split", "rows", "seed", "n_rows_total", "n_train", "n_val", "n_test")
+    return {k: m.get(k) for k in keys}
+
+
+def plan_states(session: Session) -> list[StageState]:
+    return [session.stage_state(s.name) for s in session.plan.stages]
+
+
+def check_stage_name(plan: Plan, name: str) -> StageSpec:
+    try:
+        return plan.stage(name)
+    except PlanError as err:
+        raise StageError(str(err)) from None
