@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_rows, uci_lines, write_uci_text
 from sklearn.model_selection import train_test_split
 
+from tests.conftest import make_rows, uci_lines, write_uci_text
 from tuner import prepare as prep
 from tuner import sources
 from tuner.errors import DataError
@@ -210,6 +210,18 @@ def test_broken_cache_is_rebuilt(tmp_path: Path, uci_file):
     again = prepare(DataSpec(source=path), tmp_path)
     np.testing.assert_array_equal(again.x_val, first.x_val)
     assert json.loads(manifest.read_text())["key"] == first.manifest["key"]
+    assert [p.name for p in (tmp_path / "prepared").iterdir()] == [first.manifest["key"]]
+
+
+def test_concurrent_writer_keeps_existing_cache(tmp_path: Path, uci_file):
+    """A complete cache that appeared meanwhile (another worker) is kept, not replaced."""
+    prepared = prepare(DataSpec(source=str(uci_file(300))), tmp_path)
+    directory = tmp_path / "prepared" / prepared.manifest["key"]
+    before = (directory / "manifest.json").read_text()
+    prepared.manifest = {**prepared.manifest, "created": "later"}
+    prep._write_cache(prepared, directory)
+    assert (directory / "manifest.json").read_text() == before
+    assert [p.name for p in directory.parent.iterdir()] == [directory.name]
 
 
 def test_same_content_in_zip_shares_the_cache(tmp_path: Path, uci_file):
@@ -286,3 +298,21 @@ def test_prepare_uses_module_functions(monkeypatch, tmp_path: Path, uci_file):
     )
     prepare(DataSpec(source=path), tmp_path)
     assert seen == [path]
+
+
+def test_file_changed_while_preparing(tmp_path: Path, uci_file, monkeypatch):
+    """A file rewritten between hashing and parsing is hashed again: the key follows content."""
+    path = uci_file(300)
+    real_load = sources.load_resolved
+
+    def rewrite_then_load(ref):
+        write_uci_text(path, uci_lines(*make_rows(400, seed=8)))
+        return real_load(ref)
+
+    monkeypatch.setattr(sources, "load_resolved", rewrite_then_load)
+    prepared = prepare(DataSpec(source=str(path)), tmp_path)
+    m = prepared.manifest
+    assert m["n_rows_total"] == 400
+    assert m["source_sha256"] == sources.file_sha256(path)
+    assert m["key"] == cache_key(m["source_sha256"], DataSpec(source=str(path)))
+    assert (tmp_path / "prepared" / m["key"] / "manifest.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import urllib.error
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_rows, uci_lines, write_uci_text
 
+from tests.conftest import make_rows, uci_lines, write_uci_text
 from tuner import sources
 from tuner.errors import DataError, TunerError
 from tuner.prepare import decade_labels
@@ -86,6 +87,24 @@ def test_tolerated_variants(tmp_path: Path):
     raw = read_uci_file(path)
     np.testing.assert_array_equal(raw.years, years)
     np.testing.assert_array_equal(raw.features, features)
+
+
+def test_old_mac_line_ends(tmp_path: Path):
+    years, features = make_rows(30)
+    lines = uci_lines(years, features)
+    path = tmp_path / "cr.txt"
+    path.write_bytes("\r".join(lines).encode())
+    np.testing.assert_array_equal(read_uci_file(path).features, features)
+    lines[11] += ",1"
+    path.write_bytes("\r".join(lines).encode())
+    assert f"{path}: line 12: expected 91" in read_error(path)
+
+
+def test_binary_file(tmp_path: Path):
+    path = tmp_path / "data.txt"
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in G).encode()))
+    message = read_error(path)
+    assert message.startswith(f"{path}: line 1: not plain text"), message
 
 
 def test_real_sample(real_head: Path):
@@ -176,8 +195,11 @@ BAD_CASES = {
 }
 
 
+@pytest.mark.parametrize("block", [20_000, 3])
 @pytest.mark.parametrize("name", list(BAD_CASES))
-def test_bad_lines(tmp_path: Path, name: str):
+def test_bad_lines(tmp_path: Path, monkeypatch, name: str, block: int):
+    # block=3: the validator's pandas-checked blocks end inside the data (boundary handling).
+    monkeypatch.setattr(sources, "_BLOCK_LINES", block)
     lines, lineno, needles = BAD_CASES[name]
     path = write_uci_text(tmp_path / "bad.txt", lines)
     message = read_error(path)
@@ -192,7 +214,9 @@ def test_bad_line_reported_first_only(tmp_path: Path):
     assert ": line 3: " in message and "line 8" not in message
 
 
-def test_late_bad_line_in_larger_file(tmp_path: Path):
+@pytest.mark.parametrize("block", [20_000, 64])
+def test_late_bad_line_in_larger_file(tmp_path: Path, monkeypatch, block: int):
+    monkeypatch.setattr(sources, "_BLOCK_LINES", block)
     lines = uci_lines(*make_rows(3000, seed=1))
     lines[2499] = _replace_field(lines[2499], 20, "nan")
     lines[2799] = _replace_field(lines[2799], 1, "1850")
@@ -202,6 +226,14 @@ def test_late_bad_line_in_larger_file(tmp_path: Path):
     del lines[2500]
     message = read_error(write_uci_text(tmp_path / "late.txt", lines))
     assert ": line 2800: impossible year 1850" in message, message
+
+
+def test_message_when_validator_finds_nothing(tmp_path: Path, monkeypatch):
+    """Should pandas reject something the validator accepts, the error is still one line."""
+    monkeypatch.setattr(sources, "first_problem", lambda lines, start_row=0: None)
+    path = write_uci_text(tmp_path / "odd.txt", _case(G, 2, G[1] + ",1"))
+    message = read_error(path)
+    assert message.startswith(f"{path}: not in the UCI YearPredictionMSD format ("), message
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n\r\n"])

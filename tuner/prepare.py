@@ -171,16 +171,17 @@ def _stratified_take(idx: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.nd
     return np.sort(np.asarray(taken, dtype=np.int64))
 
 
-def _check_rows(rows: int | None, n: int) -> None:
+def _check_rows(rows: int | None, n: int | None) -> None:
+    """Validate a subsample size (and, with ``n`` known, the data size)."""
     if rows is None:
-        if n < MIN_ROWS:
+        if n is not None and n < MIN_ROWS:
             raise DataError(f"the data has {n} rows; at least {MIN_ROWS} are needed to split it")
         return
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)):
         raise DataError(f"rows must be an integer, got {rows!r}")
     if rows < MIN_ROWS:
         raise DataError(f"--rows {rows}: at least {MIN_ROWS} rows are needed")
-    if rows > n:
+    if n is not None and rows > n:
         raise DataError(f"--rows {rows}: the data has only {n} rows")
 
 
@@ -231,8 +232,8 @@ def cache_key(source_sha256: str, spec: DataSpec) -> str:
         {
             "source_sha256": source_sha256,
             "split": spec.split,
-            "rows": spec.rows,
-            "seed": spec.seed,
+            "rows": None if spec.rows is None else int(spec.rows),
+            "seed": int(spec.seed),
             "version": PREPARE_VERSION,
         },
         sort_keys=True,
@@ -273,24 +274,45 @@ def _load_cached(directory: Path, key: str, source_sha256: str, spec: DataSpec) 
 
 
 def _write_cache(prepared: Prepared, directory: Path) -> None:
-    """Write arrays and manifest to a temporary directory, then rename it to ``directory``."""
+    """Write arrays and manifest to a temporary directory, then rename it to ``directory``.
+
+    Concurrent workers may prepare the same key at once: whoever renames first wins, and a
+    complete cache written by another process meanwhile is kept, never deleted.
+    """
     root = directory.parent
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=root))
     try:
         np.savez(tmp / "arrays.npz", **{name: getattr(prepared, name) for name in _ARRAYS})
         (tmp / "manifest.json").write_text(json.dumps(prepared.manifest, indent=1) + "\n")
-        if directory.exists():  # stale or broken: replace it
-            shutil.rmtree(directory)
+        if directory.exists():
+            if _is_complete(directory, prepared.manifest["key"]):
+                logger.info("another process wrote %s meanwhile; keeping its copy", directory)
+                return
+            stale = Path(tempfile.mkdtemp(prefix=f".stale-{directory.name}-", dir=root))
+            os.replace(directory, stale / "old")  # move aside atomically, then delete
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             os.replace(tmp, directory)
         except OSError:
-            if not (directory / "manifest.json").is_file():
+            if not _is_complete(directory, prepared.manifest["key"]):
                 raise
             logger.info("another process wrote %s first; keeping its copy", directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_complete(directory: Path, key: str) -> bool:
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and manifest.get("key") == key
+        and (directory / "arrays.npz").is_file()
+    )
 
 
 # --------------------------------------------------------------------------- prepare
@@ -315,8 +337,8 @@ def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
         "source": raw.source,
         "source_sha256": raw.sha256,
         "split": spec.split,
-        "rows": spec.rows,
-        "seed": spec.seed,
+        "rows": None if spec.rows is None else int(spec.rows),
+        "seed": int(spec.seed),
         "n_rows_total": int(len(y)),
         "n_train": int(len(train)),
         "n_val": int(len(val)),
@@ -341,8 +363,9 @@ def _check_spec(spec: DataSpec) -> None:
     """Reject a bad spec before any file is touched."""
     if spec.split not in SPLITS:
         raise DataError(f"unknown split {spec.split!r}; expected one of {', '.join(SPLITS)}")
-    if spec.rows is not None:
-        _check_rows(spec.rows, max(spec.rows, MIN_ROWS))
+    _check_rows(spec.rows, None)
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {spec.seed!r}")
 
 
 def prepare(spec: DataSpec, data_dir: Path) -> Prepared:

@@ -28,11 +28,12 @@ from typing import Any
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
 
 from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.errors import PlanError, StageError
 from tuner.lr_range import range_test
-from tuner.objectives import PointResult, TensorData, evaluate_point
+from tuner.objectives import PointResult, Report, TensorData, evaluate_point
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
 from tuner.prepare import DataSpec, Prepared, prepare
 from tuner.storage import latest_version, open_storage, study_name
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 FINAL = "final"
 RANGE_TEST_CLAIM = "__range_test__"
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
+
+Evaluate = Callable[[dict[str, Any], optuna.Trial, Report], PointResult]
+"""Trains one claimed point: ``(params, trial, report) -> result``."""
 
 
 @dataclass(frozen=True)
@@ -245,15 +249,13 @@ class Session:
         search_space = _search_space(points)
         study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
 
-        def evaluate(point: dict[str, Any], trial: optuna.Trial) -> PointResult:
+        def evaluate(point: dict[str, Any], trial: optuna.Trial, report: Report) -> PointResult:
             cfg = base.with_params(point)
             trial.set_user_attr("config", cfg.to_dict())
-            return evaluate_point(
-                spec, cfg, data, seed=self.settings.seed,
-                report=lambda value, step: trial.report(value, step),
-            )
+            return evaluate_point(spec, cfg, data, seed=self.settings.seed, report=report)
 
-        self._work(study, points, evaluate, search_space)
+        steps = spec.folds if spec.kind == "cv" else spec.epochs
+        self._work(study, points, evaluate, search_space, steps)
         return self.stage_state(spec.name)
 
     def run_final(self, evaluate_final: Callable[..., PointResult], *, force: bool = False) -> StageState:
@@ -266,13 +268,11 @@ class Session:
             return self.stage_state(FINAL)
         study.set_user_attr("points", [{}])
 
-        def evaluate(point: dict[str, Any], trial: optuna.Trial) -> PointResult:
+        def evaluate(point: dict[str, Any], trial: optuna.Trial, report: Report) -> PointResult:
             trial.set_user_attr("config", cfg.to_dict())
-            return evaluate_final(
-                cfg, fixed, trial=trial, report=lambda value, step: trial.report(value, step)
-            )
+            return evaluate_final(cfg, fixed, trial=trial, report=report)
 
-        self._work(study, [{}], evaluate, {})
+        self._work(study, [{}], evaluate, {}, self.plan.final.epochs)
         return self.stage_state(FINAL)
 
     def _open_study(
@@ -349,10 +349,15 @@ class Session:
         self,
         study: optuna.Study,
         points: list[dict[str, Any]],
-        evaluate: Callable[[dict[str, Any], optuna.Trial], PointResult],
+        evaluate: Evaluate,
         search_space: dict[str, list[Any]],
+        steps: int,
     ) -> None:
-        """Claim, train and tell points until every point of the study is complete."""
+        """Claim, train and tell points until every point of the study is complete.
+
+        ``steps`` is how many intermediate values a point reports (epochs, or folds), for the
+        progress bar.
+        """
         keys = {point_key(p): i for i, p in enumerate(points)}
         waited = False
         while True:
@@ -385,15 +390,17 @@ class Session:
                 time.sleep(self.settings.poll_interval)
                 continue
             waited = False
-            self._run_point(study, points[keys[claimed]], keys[claimed], evaluate, search_space)
+            point = points[keys[claimed]]
+            self._run_point(study, point, keys[claimed], evaluate, search_space, steps)
 
     def _run_point(
         self,
         study: optuna.Study,
         point: dict[str, Any],
         grid_id: int,
-        evaluate: Callable[[dict[str, Any], optuna.Trial], PointResult],
+        evaluate: Evaluate,
         search_space: dict[str, list[Any]],
+        steps: int,
     ) -> None:
         key = point_key(point)
         trial = _create_trial(study, point, grid_id, search_space)
@@ -401,9 +408,16 @@ class Session:
         trial.set_user_attr("worker", self.owner)
         label = ", ".join(f"{k}={v}" for k, v in point.items()) or "final"
         logger.info("%s trial %d (%s): training", study.study_name, trial.number, label)
+        bar = tqdm(total=steps, desc=f"{study.study_name} {label}", unit="step", leave=False, disable=None)
+
+        def report(value: float, step: int) -> None:
+            trial.report(value, step)
+            bar.update(1)
+            bar.set_postfix(value=f"{value:.4f}")
+
         try:
-            with self._heartbeat([study.study_name], [trial._trial_id]):
-                result = evaluate(point, trial)
+            with self._heartbeat([study.study_name], [trial._trial_id]), bar:
+                result = evaluate(point, trial, report)
         except BaseException as err:
             kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
             try:

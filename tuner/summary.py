@@ -29,7 +29,7 @@ def stage_table(state: StageState) -> str:
     complete.sort(key=lambda t: t.value, reverse=True)
     params = sorted({k for t in complete for k in t.params})
     has_std = any("std" in t.user_attrs for t in complete)
-    header = ["", *params, "value"] + (["std"] if has_std else []) + ["seconds", "trial"]
+    header = ["best", *params, "value"] + (["std"] if has_std else []) + ["seconds", "trial"]
     rows = []
     for i, t in enumerate(complete):
         row = ["*" if i == 0 else "", *(_fmt(t.params.get(p)) for p in params), f"{t.value:.4f}"]

@@ -205,18 +205,58 @@ def _student_t(rng: np.random.Generator, df: float, size: tuple[int, ...]) -> np
     return rng.standard_t(df, size=size) * np.sqrt((df - 2.0) / df)
 
 
+@dataclass(frozen=True)
+class _YearTables:
+    """Everything that depends on the year only, tabulated for the 90 years 1922..2011 so that
+    the per-row work is a gather instead of transcendental functions."""
+
+    era: np.ndarray  # (Y,)
+    genre_cdf: np.ndarray  # (Y * G,) per-year genre CDFs, year k shifted to (k, k + 1]
+    path: np.ndarray  # (Y, trend) mean of the trend block
+    spread: np.ndarray  # (Y, trend) spread of the trend block
+    corr: np.ndarray  # (Y, pairs) correlation inside each coupled pair
+    corr_c: np.ndarray  # (Y, pairs) sqrt(1 - corr**2)
+
+
+def _year_tables(st: _Structure) -> _YearTables:
+    """Tabulate the era-dependent parameters for every possible year."""
+    era = _era(np.arange(YEAR_MIN, YEAR_MAX + 1))[:, None]
+    logits = st.genre_base - 0.5 * ((era - st.genre_peak) / st.genre_width) ** 2
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    cdf = np.cumsum(prob, axis=1)
+    cdf /= cdf[:, -1:]
+    cdf[:, -1] = 1.0
+    cdf += np.arange(len(era))[:, None]
+    path = st.trend_slope * era + st.trend_amp * np.sin(st.trend_freq * era + st.trend_phase)
+    corr = _COUPLING * np.tanh(era + st.couple_offset)
+    return _YearTables(
+        era=era[:, 0],
+        genre_cdf=cdf.ravel(),
+        path=_SIGNAL * path,
+        spread=np.exp(_HETERO * st.trend_hetero * era),
+        corr=corr,
+        corr_c=np.sqrt(1.0 - corr**2),
+    )
+
+
+_BLOCK_ROWS = 16_384
+"""Rows generated per block: keeps the temporaries small and cache-friendly. Changing it
+changes the random stream, hence the output (bump :data:`GENERATOR_VERSION`)."""
+
+
 def generate(rows: int = FULL_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate an MSD-shaped data set.
 
     Returns ``(years, features)``: ``years`` int64 of shape ``(rows,)`` in 1922..2011 whose
     decades follow :func:`decade_counts`, in shuffled order; ``features`` float64 of shape
     ``(rows, 90)`` laid out like the real file (12 timbre averages, 12 variances, 66
-    covariances). Deterministic for a given ``(rows, seed)``; see the module docstring for the
-    model.
+    covariances). Deterministic for a given ``(rows, seed)``; different seeds give different
+    data from the same fixed model (see the module docstring).
     """
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     st = _structure()
+    tables = _year_tables(st)
     rng = np.random.default_rng(seed)
 
     counts = decade_counts(rows)
@@ -224,58 +264,70 @@ def generate(rows: int = FULL_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     years = FIRST_DECADE + 10 * decades + rng.integers(0, 10, size=rows)
     years = np.clip(years, YEAR_MIN, YEAR_MAX).astype(np.int64)
 
-    era = _era(years)[:, None]
-    z = np.empty((rows, _N_LATENT), dtype=np.float64)
+    features = np.empty((rows, N_FEATURES), dtype=np.float64)
+    for start in range(0, rows, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, rows)
+        _fill_block(rng, st, tables, years[start:stop] - YEAR_MIN, features[start:stop])
+    _add_outliers(rng, features, st.col_scale)
+    return years, features
 
-    # Genre block: each song belongs to a genre drawn from era-dependent popularity curves;
-    # it sits around the genre's centre, shifted along the genre's own drift direction.
-    logits = st.genre_base - 0.5 * ((era - st.genre_peak) / st.genre_width) ** 2
-    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
-    cum = np.cumsum(prob, axis=1)
-    genre = (cum < rng.random((rows, 1)) * cum[:, -1:]).sum(axis=1)
-    genre = np.minimum(genre, _N_GENRES - 1)
-    rel = era[:, 0] - st.genre_peak[genre]
+
+def _fill_block(
+    rng: np.random.Generator,
+    st: _Structure,
+    tables: _YearTables,
+    year_idx: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Generate the features of one block of rows (years given as offsets from 1922) into
+    ``out``: latent song vector first, then the three column groups."""
+    n = year_idx.size
+    z = np.empty((n, _N_LATENT), dtype=np.float64)
+
+    # Genre block: each song belongs to a genre drawn from era-dependent popularity curves
+    # (inverse-CDF sampling on the per-year tables); it sits around the genre's centre,
+    # shifted along the genre's own drift direction by its distance from the genre's heyday.
+    u = year_idx + rng.random(n)
+    genre = np.searchsorted(tables.genre_cdf, u, side="left") - year_idx * _N_GENRES
+    genre = np.clip(genre, 0, _N_GENRES - 1)
+    rel = (tables.era[year_idx] - st.genre_peak[genre])[:, None]
     g_end = _N_GENRE_DIM
-    z[:, :g_end] = rng.standard_normal((rows, _N_GENRE_DIM))
-    z[:, :g_end] += _GENRE_SEP * st.genre_centre[genre]
-    z[:, :g_end] += _GENRE_DRIFT * rel[:, None] * st.genre_drift[genre]
+    genre_block = z[:, :g_end]
+    genre_block[:] = rng.standard_normal((n, _N_GENRE_DIM))
+    genre_block += _GENRE_SEP * st.genre_centre[genre]
+    genre_block += _GENRE_DRIFT * rel * st.genre_drift[genre]
+    genre_block /= np.sqrt(1.0 + _GENRE_SEP**2)  # back to about unit spread
 
     # Trend block: a global curved path along the era plus an era-dependent spread.
     t_end = g_end + _N_TREND
-    path = st.trend_slope * era + st.trend_amp * np.sin(st.trend_freq * era + st.trend_phase)
-    spread = np.exp(_HETERO * st.trend_hetero * era)
-    z[:, g_end:t_end] = _SIGNAL * path + spread * rng.standard_normal((rows, _N_TREND))
+    z[:, g_end:t_end] = tables.spread[year_idx] * rng.standard_normal((n, _N_TREND))
+    z[:, g_end:t_end] += tables.path[year_idx]
 
     # Coupled pairs: their correlation drifts with the era; the signal is only in products.
     c_end = t_end + 2 * _N_COUPLED_PAIRS
-    corr = _COUPLING * np.tanh(era + st.couple_offset)
-    first = rng.standard_normal((rows, _N_COUPLED_PAIRS))
+    first = rng.standard_normal((n, _N_COUPLED_PAIRS))
     z[:, t_end:c_end:2] = first
-    z[:, t_end + 1 : c_end : 2] = corr * first + np.sqrt(1.0 - corr**2) * rng.standard_normal(
-        (rows, _N_COUPLED_PAIRS)
-    )
+    z[:, t_end + 1 : c_end : 2] = tables.corr[year_idx] * first + tables.corr_c[
+        year_idx
+    ] * rng.standard_normal((n, _N_COUPLED_PAIRS))
 
     # Style block: nuisance variation independent of the year.
-    z[:, c_end:] = rng.standard_normal((rows, _N_STYLE))
-    # Keep the genre block on the same footing as the others (its spread is ~sqrt(1+sep^2)).
-    z[:, :g_end] /= np.sqrt(1.0 + _GENRE_SEP**2)
-
-    features = np.empty((rows, N_FEATURES), dtype=np.float64)
+    z[:, c_end:] = rng.standard_normal((n, _N_STYLE))
 
     # Timbre averages: linear + saturating mix plus t-noise, then per-column location/scale.
     avg = z @ st.avg_lin + st.avg_nl_out * np.tanh(z @ st.avg_nl_in)
-    avg += 0.8 * _student_t(rng, 4.0, (rows, _N_AVG))
-    features[:, :_N_AVG] = _AVG_LOC + _AVG_SD * (avg / 1.5)
+    avg += 0.8 * _student_t(rng, 4.0, (n, _N_AVG))
+    out[:, :_N_AVG] = _AVG_LOC + _AVG_SD * (avg / 1.5)
 
     # Timbre variances: log-normal around a per-column scale.
-    lvar = st.lvar_sd * (z @ st.lvar_lin + 0.6 * rng.standard_normal((rows, _N_AVG))) / 1.2
-    var = _VAR_SCALE * np.exp(lvar)
-    features[:, _N_AVG : 2 * _N_AVG] = var
+    lvar = z @ st.lvar_lin + 0.6 * rng.standard_normal((n, _N_AVG))
+    var = _VAR_SCALE * np.exp(st.lvar_sd / 1.2 * lvar)
+    out[:, _N_AVG : 2 * _N_AVG] = var
 
-    # Timbre covariances: sqrt(var_i var_j) * correlation, both signs, heavy tails.
-    cov = features[:, 2 * _N_AVG :]
-    cov[:] = z @ st.rho_lin
-    cov += 0.7 * rng.standard_normal((rows, _N_PAIRS))
+    # Timbre covariances: k * sqrt(var_i var_j) * correlation: both signs, heavy tails.
+    cov = out[:, 2 * _N_AVG :]
+    np.matmul(z, st.rho_lin, out=cov)
+    cov += 0.7 * rng.standard_normal((n, _N_PAIRS))
     np.tanh(cov, out=cov)
     cov *= st.cov_scale
     sd = np.sqrt(var)
@@ -285,9 +337,6 @@ def generate(rows: int = FULL_ROWS, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         stop = start + _N_AVG - 1 - i
         cov[:, start:stop] *= sd[:, i : i + 1] * sd[:, i + 1 :]
         start = stop
-
-    _add_outliers(rng, features, st.col_scale)
-    return years, features
 
 
 def _add_outliers(rng: np.random.Generator, features: np.ndarray, scale: np.ndarray) -> None:
