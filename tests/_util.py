@@ -7,9 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tuner import synthetic
 from tuner.plan import load_plan
 from tuner.prepare import DataSpec
 from tuner.stages import Session, Settings
@@ -78,7 +75,14 @@ def write_tiny_plan(workdir: Path, wd_epochs: int = 1) -> Path:
     return path
 
 
-def session(workdir: Path, data: str, *, plan: str = "tiny", fixes: dict | None = None, rows: int | None = None) -> Session:
+def session(
+    workdir: Path,
+    data: str,
+    *,
+    plan: str = "tiny",
+    fixes: dict | None = None,
+    rows: int | None = None,
+) -> Session:
     settings = Settings(
         workdir=workdir,
         storage_url=default_storage_url(workdir),
@@ -91,12 +95,18 @@ def session(workdir: Path, data: str, *, plan: str = "tiny", fixes: dict | None 
     return Session(load_plan(plan, workdir), settings)
 
 
-def run_cli(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, check: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("TUNER_STORAGE", None)
     proc = subprocess.run(
         [sys.executable, "-m", "tuner", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"tuner {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
@@ -108,14 +118,9 @@ def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
     env.pop("TUNER_STORAGE", None)
     return subprocess.Popen(
         [sys.executable, "-m", "tuner", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-
-
-@pytest.fixture(scope="session")
-def msd_file(tmp_path_factory) -> Path:
-    """3,000 MSD-shaped synthetic rows written in the exact UCI text format."""
-    years, features = synthetic.generate(rows=3000, seed=7)
-    path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"
-    synthetic.write_uci(path, years, features)
-    return path

@@ -56,3 +56,14 @@ def real_head() -> Path:
     if not REAL_HEAD.is_file():
         pytest.skip(f"reference sample {REAL_HEAD} not present")
     return REAL_HEAD
+
+
+@pytest.fixture(scope="session")
+def msd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3,000 rows of the MSD-shaped synthetic data, written in the exact UCI text format."""
+    from tuner import synthetic
+
+    years, features = synthetic.generate(rows=3000, seed=7)
+    path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"
+    synthetic.write_uci(path, years, features)
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from tests._util import (
-    msd_file,  # noqa: F401  (fixture)
     run_cli,
     write_tiny_plan,
 )
@@ -15,7 +14,9 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     write_tiny_plan(tmp_path)
     run = run_cli("run-all", "--plan", "tiny", "--data", str(msd_file), cwd=tmp_path, check=True)
     assert "final: test accuracy" in run.stdout
-    proc = run_cli("status", "--plan", "tiny", "--data", str(msd_file), "--json", cwd=tmp_path, check=True)
+    proc = run_cli(
+        "status", "--plan", "tiny", "--data", str(msd_file), "--json", cwd=tmp_path, check=True
+    )
     status = json.loads(proc.stdout)
     assert status["plan"] == "tiny"
     names = [s["name"] for s in status["stages"]]
@@ -39,11 +40,30 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     rows = tmp_path / "rows.csv"
     rows.write_text("".join(msd_file.read_text().splitlines(keepends=True)[:7]))
     out = tmp_path / "pred.txt"
-    run_cli("predict", "--model", str(model), "--input", str(rows), "--output", str(out), cwd=tmp_path, check=True)
+    run_cli(
+        "predict",
+        "--model",
+        str(model),
+        "--input",
+        str(rows),
+        "--output",
+        str(out),
+        cwd=tmp_path,
+        check=True,
+    )
     labels = out.read_text().split()
     assert len(labels) == 7 and all(lab.endswith("0s") and len(lab) == 5 for lab in labels)
 
-    again = run_cli("run-stage", "activation", "--plan", "tiny", "--data", str(msd_file), cwd=tmp_path, check=True)
+    again = run_cli(
+        "run-stage",
+        "activation",
+        "--plan",
+        "tiny",
+        "--data",
+        str(msd_file),
+        cwd=tmp_path,
+        check=True,
+    )
     assert "already complete" in again.stderr
 
 

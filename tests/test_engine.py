@@ -43,8 +43,10 @@ def test_every_published_component_trains(norm, optimizer):
 
 def test_early_stopping_stops_and_can_restore_best():
     data = _blobs(400)
-    noise = as_tensors(np.random.default_rng(1).normal(size=(200, 8)).astype(np.float32),
-                       np.random.default_rng(2).integers(0, 3, 200))
+    noise = as_tensors(
+        np.random.default_rng(1).normal(size=(200, 8)).astype(np.float32),
+        np.random.default_rng(2).integers(0, 3, 200),
+    )
     cfg = TrainConfig(hidden=(64,), lr=5e-2, batch_size=16)
     _, hist = train(cfg, data, noise, epochs=30, seed=0, n_classes=3, patience=2)
     assert hist.stopped_early and len(hist.epochs) < 30

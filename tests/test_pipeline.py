@@ -9,7 +9,6 @@ import pytest
 from optuna.trial import TrialState
 
 from tests._util import (
-    msd_file,  # noqa: F401  (fixture)
     session,
     write_tiny_plan,
 )
@@ -51,7 +50,10 @@ def test_stages_chain_winners_through_the_storage(workdir, msd_file):
         assert sorted(t.intermediate_values) == [0, 1]
 
     act = s.run_stage("activation")
-    assert act.fixed_params == {"lr": lr.best_params["lr"], "weight_decay": wd.best_params["weight_decay"]}
+    assert act.fixed_params == {
+        "lr": lr.best_params["lr"],
+        "weight_decay": wd.best_params["weight_decay"],
+    }
     # the trial's full config carries the fixed params
     for t in act.trials:
         assert t.user_attrs["config"]["weight_decay"] == wd.best_params["weight_decay"]
@@ -158,7 +160,13 @@ def test_failed_training_is_recorded_and_retried(workdir, msd_file, monkeypatch)
 
 
 def test_final_writes_model_metrics_and_predict_round_trips(workdir, msd_file, tmp_path):
-    fixes = {"lr": "0.01", "weight_decay": "0.0001", "activation": "gelu", "norm": "none", "optimizer": "adam"}
+    fixes = {
+        "lr": "0.01",
+        "weight_decay": "0.0001",
+        "activation": "gelu",
+        "norm": "none",
+        "optimizer": "adam",
+    }
     s = session(workdir, str(msd_file), fixes=fixes)
     state = run_final(s)
     assert state.state == "done"
@@ -185,7 +193,7 @@ def test_final_writes_model_metrics_and_predict_round_trips(workdir, msd_file, t
     rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
     labels = predict_file(out / "model.pt", rows)
     names = prepared.label_names
-    acc = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels)) / len(labels)
+    acc = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True)) / len(labels)
     assert acc == pytest.approx(metrics["test_accuracy"], abs=2 / len(labels))
 
     # the final job runs once

@@ -15,14 +15,32 @@ REPO = Path(__file__).resolve().parents[1]
 def test_seed_plan_is_the_published_sequence():
     plan = load_plan("seed", REPO)
     assert [s.name for s in plan.stages] == [
-        "lr", "weight_decay", "init", "activation", "normalization", "optimizer",
+        "lr",
+        "weight_decay",
+        "init",
+        "activation",
+        "normalization",
+        "optimizer",
     ]
     assert plan.defaults == TrainConfig(
-        hidden=(256, 256), activation="relu", norm="none", init="default",
-        optimizer="adam", lr=1e-3, weight_decay=0.0, momentum=0.9, batch_size=128,
+        hidden=(256, 256),
+        activation="relu",
+        norm="none",
+        init="default",
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        momentum=0.9,
+        batch_size=128,
     )
     lr, wd, init, act, norm, opt = plan.stages
-    assert (lr.kind, lr.range_optimizer, lr.start_lr, lr.end_lr, lr.epochs) == ("lr_range_test", "adam", 1e-7, 1.0, 5)
+    assert (lr.kind, lr.range_optimizer, lr.start_lr, lr.end_lr, lr.epochs) == (
+        "lr_range_test",
+        "adam",
+        1e-7,
+        1.0,
+        5,
+    )
     assert (wd.kind, wd.folds, wd.epochs, wd.objective) == ("cv", 5, 10, "mean")
     assert wd.grid == {"weight_decay": (0.0, 1e-5, 1e-4, 1e-3, 1e-2)}
     assert init.grid == {"init": ("default", "xavier_uniform", "kaiming_normal")}
@@ -62,12 +80,21 @@ def test_plan_by_path(tmp_path):
         ("", "at least one"),
         ('[[stages]]\nname = "a"\nkind = "magic"\n', "unknown"),
         ('[[stages]]\nname = "a"\nkind = "sweep"\n', "non-empty"),
-        ('[[stages]]\nname = "a"\nkind = "sweep"\n[stages.grid]\nactivation = ["swish9"]\n', "swish9"),
+        (
+            '[[stages]]\nname = "a"\nkind = "sweep"\n[stages.grid]\nactivation = ["swish9"]\n',
+            "swish9",
+        ),
         ('[[stages]]\nname = "a"\nkind = "sweep"\n[stages.grid]\ncolour = ["red"]\n', "colour"),
         ('[[stages]]\nname = "a"\nkind = "cv"\nfolds = 1\n[stages.grid]\nlr = [0.1]\n', "folds"),
-        ('[[stages]]\nname = "a"\nkind = "sweep"\nobjective = "mean"\n[stages.grid]\nlr = [0.1]\n', "mean"),
-        ('[[stages]]\nname = "a"\nkind = "sweep"\n[stages.grid]\nlr = [0.1]\n'
-         '[[stages]]\nname = "b"\nkind = "sweep"\n[stages.grid]\nlr = [0.2]\n', "both"),
+        (
+            '[[stages]]\nname = "a"\nkind = "sweep"\nobjective = "mean"\n[stages.grid]\nlr = [0.1]\n',
+            "mean",
+        ),
+        (
+            '[[stages]]\nname = "a"\nkind = "sweep"\n[stages.grid]\nlr = [0.1]\n'
+            '[[stages]]\nname = "b"\nkind = "sweep"\n[stages.grid]\nlr = [0.2]\n',
+            "both",
+        ),
         ("stages = [", "TOML"),
     ],
 )

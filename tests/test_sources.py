@@ -20,7 +20,15 @@ from tuner.prepare import decade_labels
 from tuner.sources import load_source, read_uci_file
 
 REAL_DECADES = {
-    1930: 5, 1940: 4, 1950: 8, 1960: 8, 1970: 96, 1980: 70, 1990: 264, 2000: 689, 2010: 32,
+    1930: 5,
+    1940: 4,
+    1950: 8,
+    1960: 8,
+    1970: 96,
+    1980: 70,
+    1990: 264,
+    2000: 689,
+    2010: 32,
 }
 
 
@@ -186,7 +194,9 @@ BAD_CASES = {
     "inf": (_case(G, 8, _replace_field(G[7], 91, "-inf")), 8, ["column 91", "finite"]),
     "empty field": (_case(G, 4, _replace_field(G[3], 50, "")), 4, ["column 50", "empty"]),
     "year fraction": (
-        _case(G, 4, _replace_field(G[3], 1, "2001.5")), 4, ["impossible year", "2001.5"],
+        _case(G, 4, _replace_field(G[3], 1, "2001.5")),
+        4,
+        ["impossible year", "2001.5"],
     ),
     "year zero": (_case(G, 9, _replace_field(G[8], 1, "0")), 9, ["impossible year 0"]),
     "year 3011": (_case(G, 10, _replace_field(G[9], 1, "3011")), 10, ["impossible year 3011"]),
@@ -324,7 +334,8 @@ def test_uci_download_and_cache(tmp_path: Path, uci_zip, monkeypatch):
     assert raw.sha256 == sources.UCI_TXT_SHA256
     assert target.read_bytes() == text
     assert sorted(p.name for p in (data_dir / "raw").iterdir()) == [
-        "YearPredictionMSD.txt", "YearPredictionMSD.txt.sha256",
+        "YearPredictionMSD.txt",
+        "YearPredictionMSD.txt.sha256",
     ]  # no temp files, no zip left
 
     # Second use: no download and no re-hash (the sidecar remembers the verification).

@@ -196,14 +196,14 @@ def test_write_uci_round_trip(tmp_path: Path) -> None:
     assert all(LINE_RE.fullmatch(line) for line in lines)
     first = lines[0].split(",")
     assert first[0] == str(years[0])
-    assert first[1:] == ["%.5f" % v for v in features[0]]
+    assert first[1:] == [f"{v:.5f}" for v in features[0]]
 
     table = pd.read_csv(path, header=None)
     assert table.shape == (300, 91)
     assert table[0].dtype.kind == "i"
     assert np.array_equal(table[0].to_numpy(), years)
     loaded = np.loadtxt(path, delimiter=",")
-    expected = np.array([[float("%.5f" % v) for v in row] for row in features])
+    expected = np.array([[float(f"{v:.5f}") for v in row] for row in features])
     assert np.array_equal(loaded[:, 1:], expected)
 
 

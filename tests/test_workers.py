@@ -9,7 +9,6 @@ import optuna
 from optuna.trial import TrialState
 
 from tests._util import (
-    msd_file,  # noqa: F401  (fixture)
     popen_cli,
     run_cli,
     write_tiny_plan,
@@ -18,7 +17,16 @@ from tuner.stages import point_key
 from tuner.storage import default_storage_url
 
 WD_POINTS = {point_key({"weight_decay": v}) for v in (0.0, 1e-4, 1e-2)}
-STAGE_ARGS = ("--plan", "tiny", "--fix", "lr=0.01", "--heartbeat-interval", "1", "--grace-period", "4")
+STAGE_ARGS = (
+    "--plan",
+    "tiny",
+    "--fix",
+    "lr=0.01",
+    "--heartbeat-interval",
+    "1",
+    "--grace-period",
+    "4",
+)
 
 
 def _trials(workdir, name="tiny.weight_decay"):

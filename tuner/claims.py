@@ -110,7 +110,11 @@ class ClaimTable:
             with self.engine.begin() as conn:
                 conn.execute(
                     t.insert().values(
-                        study_name=study_name, point=point, owner=owner, trial_id=None, heartbeat_at=now
+                        study_name=study_name,
+                        point=point,
+                        owner=owner,
+                        trial_id=None,
+                        heartbeat_at=now,
                     )
                 )
             return True, None
@@ -158,5 +162,7 @@ class ClaimTable:
         t = claims_table
         with self.engine.begin() as conn:
             conn.execute(
-                t.delete().where(t.c.study_name == study_name, t.c.point == point, t.c.owner == owner)
+                t.delete().where(
+                    t.c.study_name == study_name, t.c.point == point, t.c.owner == owner
+                )
             )

@@ -22,7 +22,11 @@ logger = logging.getLogger("tuner")
 
 def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("plan, storage and data")
-    g.add_argument("--plan", default="seed", help="plan name in studies/ or path to a TOML plan (default: seed)")
+    g.add_argument(
+        "--plan",
+        default="seed",
+        help="plan name in studies/ or path to a TOML plan (default: seed)",
+    )
     g.add_argument(
         "--storage",
         default=os.environ.get("TUNER_STORAGE"),
@@ -42,8 +46,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="stratified",
         help="stratified 70/15/15 (the published recipe, default) or UCI's canonical split",
     )
-    g.add_argument("--seed", type=int, default=42, help="seed of the split and of training (default: 42)")
-    g.add_argument("--workdir", type=Path, default=Path("."), help="where data, studies, models go (default: .)")
+    g.add_argument(
+        "--seed", type=int, default=42, help="seed of the split and of training (default: 42)"
+    )
+    g.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("."),
+        help="where data, studies, models go (default: .)",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
 
@@ -58,7 +69,10 @@ def _runner(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--force", action="store_true", help="redo a finished stage as a new study")
     g.add_argument(
-        "--heartbeat-interval", type=int, default=5, help="seconds between worker heartbeats (default: 5)"
+        "--heartbeat-interval",
+        type=int,
+        default=5,
+        help="seconds between worker heartbeats (default: 5)",
     )
     g.add_argument(
         "--grace-period",
@@ -98,8 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict the decade of each row of a file")
     p.add_argument("--model", type=Path, required=True, help="a model.pt written by the final job")
-    p.add_argument("--input", type=Path, required=True, help="CSV rows of 90 features (or 91 with the year first)")
-    p.add_argument("--output", type=Path, default=None, help="write one decade per line here (default: stdout)")
+    p.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="CSV rows of 90 features (or 91 with the year first)",
+    )
+    p.add_argument(
+        "--output", type=Path, default=None, help="write one decade per line here (default: stdout)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
     p = sub.add_parser("synthesize", help="write MSD-shaped synthetic data as a UCI-format file")

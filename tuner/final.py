@@ -50,7 +50,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 @torch.inference_mode()
-def test_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label_names: list[str]) -> dict[str, Any]:
+def test_metrics(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label_names: list[str]
+) -> dict[str, Any]:
     """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on ``(x, y)``."""
     loss, acc = evaluate(model, x, y)
     pred = torch.cat([model(x[i : i + 16384]).argmax(1) for i in range(0, len(x), 16384)]).numpy()
@@ -64,7 +66,12 @@ def test_metrics(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, label
         "n_test": int(len(y)),
         "macro_f1": float(np.mean(f1)),
         "per_class": {
-            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(label_names)
         },
         "confusion_matrix": confusion_matrix(y.numpy(), pred, labels=labels).tolist(),
@@ -80,7 +87,9 @@ def stage_wall_times(session: Session) -> dict[str, float]:
         times[spec.name] = sum(
             (t.datetime_complete - t.datetime_start).total_seconds()
             for t in state.trials
-            if t.state == optuna.trial.TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+            if t.state == optuna.trial.TrialState.COMPLETE
+            and t.datetime_start
+            and t.datetime_complete
         )
     return times
 
@@ -98,13 +107,23 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             report(e.val_acc, e.epoch)
             logger.info(
                 "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
-                e.epoch, plan.final.epochs, e.train_loss, e.val_loss, e.val_acc,
+                e.epoch,
+                plan.final.epochs,
+                e.train_loss,
+                e.val_loss,
+                e.val_acc,
             )
 
         model, history = train(
-            cfg, data.train, data.val, epochs=plan.final.epochs, seed=session.settings.seed,
-            n_classes=data.n_classes, patience=plan.final.patience,
-            restore_best=plan.final.restore_best, on_epoch=on_epoch,
+            cfg,
+            data.train,
+            data.val,
+            epochs=plan.final.epochs,
+            seed=session.settings.seed,
+            n_classes=data.n_classes,
+            patience=plan.final.patience,
+            restore_best=plan.final.restore_best,
+            on_epoch=on_epoch,
         )
         train_seconds = time.perf_counter() - t0
         label_names = list(prepared.label_names)
@@ -117,7 +136,10 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
                 "data": session.prepared().manifest["key"],
                 "epochs_trained": len(history.epochs),
                 "stopped_early": history.stopped_early,
-                "wall_times": {"stages_s": stage_wall_times(session), "final_train_s": train_seconds},
+                "wall_times": {
+                    "stages_s": stage_wall_times(session),
+                    "final_train_s": train_seconds,
+                },
                 "study": trial.study.study_name,
             }
         )
@@ -138,12 +160,20 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
         write_json(out / "metrics.json", metrics)
         logger.info(
             "final: test accuracy %.4f, test loss %.4f on %d rows; wrote %s",
-            metrics["test_accuracy"], metrics["test_loss"], metrics["n_test"], out,
+            metrics["test_accuracy"],
+            metrics["test_loss"],
+            metrics["n_test"],
+            out,
         )
         summary = {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
         return PointResult(
             metrics["test_accuracy"],
-            {"metrics": summary, "history": history.to_dict(), "seconds": train_seconds, "model_dir": str(out)},
+            {
+                "metrics": summary,
+                "history": history.to_dict(),
+                "seconds": train_seconds,
+                "model_dir": str(out),
+            },
         )
 
     return session.run_final(evaluate_final, force=force)
@@ -161,7 +191,9 @@ def final_summary(session: Session) -> dict[str, Any] | None:
     summary["study"] = state.study
     if path.is_file():
         metrics = json.loads(path.read_text())
-        summary.update({k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")})
+        summary.update(
+            {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
+        )
         summary["model"] = str(model_dir(session) / "model.pt")
         summary["metrics"] = str(path)
     return summary

@@ -72,7 +72,12 @@ def sweep_point(
         report(e.val_acc, e.epoch)
 
     _, history = train(
-        cfg, data.train, data.val, epochs=stage.epochs, seed=seed, n_classes=data.n_classes,
+        cfg,
+        data.train,
+        data.val,
+        epochs=stage.epochs,
+        seed=seed,
+        n_classes=data.n_classes,
         on_epoch=on_epoch,
     )
     value = _score(history, stage.objective)
@@ -109,7 +114,11 @@ def cv_point(
     for k, (tr, va) in enumerate(cv_folds(y.numpy(), stage.folds, seed)):
         tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
         _, history = train(
-            cfg, (x[tr_t], y[tr_t]), (x[va_t], y[va_t]), epochs=stage.epochs, seed=seed,
+            cfg,
+            (x[tr_t], y[tr_t]),
+            (x[va_t], y[va_t]),
+            epochs=stage.epochs,
+            seed=seed,
             n_classes=data.n_classes,
         )
         fold_values.append(history.final_acc)

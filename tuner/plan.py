@@ -61,7 +61,9 @@ class TrainConfig:
         _check_choice("init", self.init, INITS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
-            raise PlanError(f"hidden must be a non-empty list of positive widths, got {self.hidden}")
+            raise PlanError(
+                f"hidden must be a non-empty list of positive widths, got {self.hidden}"
+            )
         if not self.lr > 0:
             raise PlanError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
@@ -204,7 +206,9 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         for v in values:
             defaults.with_params({key: v})
         # Optuna stores categorical choices as scalars: widths become "256x256".
-        grid[key] = tuple("x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in values)
+        grid[key] = tuple(
+            "x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in values
+        )
     kwargs = {k: v for k, v in raw.items() if k not in ("grid", "optimizer", "candidates")}
     if "optimizer" in raw:
         kwargs["range_optimizer"] = raw["optimizer"]
@@ -253,7 +257,9 @@ def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
     for s in stages:
         for p in s.params:
             if p in owners:
-                raise PlanError(f"plan {name!r}: {p!r} is tuned by both {owners[p]!r} and {s.name!r}")
+                raise PlanError(
+                    f"plan {name!r}: {p!r} is tuned by both {owners[p]!r} and {s.name!r}"
+                )
             owners[p] = s.name
     final_raw = dict(data.get("final", {}))
     try:

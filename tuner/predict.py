@@ -43,7 +43,9 @@ def read_features(path: Path, n_features: int) -> np.ndarray:
         raise DataError(f"{path}: the file is empty") from None
     except (ValueError, pd.errors.ParserError) as err:
         first = str(err).strip().splitlines()[0]
-        raise DataError(f"{path}: not {n_features} comma-separated numbers per line: {first}") from None
+        raise DataError(
+            f"{path}: not {n_features} comma-separated numbers per line: {first}"
+        ) from None
     values = frame.to_numpy()
     if values.shape[1] == n_features + 1:
         values = values[:, 1:]

@@ -352,9 +352,12 @@ def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return Prepared(
-        x_train=scaled(x_train), y_train=y[train],
-        x_val=scaled(raw.features[val]), y_val=y[val],
-        x_test=scaled(raw.features[test]), y_test=y[test],
+        x_train=scaled(x_train),
+        y_train=y[train],
+        x_val=scaled(raw.features[val]),
+        y_val=y[val],
+        x_test=scaled(raw.features[test]),
+        y_test=y[test],
         manifest=manifest,
     )
 
@@ -395,7 +398,12 @@ def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
     m = prepared.manifest
     logger.info(
         "prepared %s (%s split): train %d, val %d, test %d in %.1fs -> %s",
-        m["source"], m["split"], m["n_train"], m["n_val"], m["n_test"],
-        time.perf_counter() - t0, directory,
+        m["source"],
+        m["split"],
+        m["n_train"],
+        m["n_val"],
+        m["n_test"],
+        time.perf_counter() - t0,
+        directory,
     )
     return prepared

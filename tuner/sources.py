@@ -171,7 +171,9 @@ def load_resolved(ref: SourceRef) -> RawData:
         years, features = synthetic.generate(seed=ref.synthetic_seed)
         logger.info(
             "generated %d synthetic rows (seed %d) in %.1fs",
-            len(years), ref.synthetic_seed, time.perf_counter() - t0,
+            len(years),
+            ref.synthetic_seed,
+            time.perf_counter() - t0,
         )
         return RawData(
             years=np.asarray(years, dtype=np.int64),
@@ -232,7 +234,9 @@ def ensure_uci(data_dir: Path) -> Path:
             _write_sidecar(path, digest)
             return path
         logger.warning(
-            "%s has SHA-256 %s, expected %s; downloading a fresh copy", path, digest,
+            "%s has SHA-256 %s, expected %s; downloading a fresh copy",
+            path,
+            digest,
             UCI_TXT_SHA256,
         )
     return download_uci(data_dir)
@@ -259,13 +263,13 @@ def download_uci(data_dir: Path) -> Path:
                 _fetch(url, tmp_zip)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 failures.append(f"{url}: {_reason(exc)}")
-                logger.warning("download of %s failed: %s", url, _reason(exc))
+                logger.info("download of %s failed: %s", url, _reason(exc))
                 continue
             try:
                 extracted, digest = _extract_member(tmp_zip, url, raw_dir)
             except DataError as exc:
                 failures.append(str(exc))
-                logger.warning("%s", exc)
+                logger.info("%s", exc)
                 continue
             if digest != UCI_TXT_SHA256:
                 extracted.unlink(missing_ok=True)
@@ -308,8 +312,13 @@ def _fetch(url: str, dest: Path) -> None:
         with (
             open(dest, "wb") as out,
             tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="YearPredictionMSD", disable=None, leave=False,
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="YearPredictionMSD",
+                disable=None,
+                leave=False,
             ) as bar,
         ):
             while chunk := resp.read(_CHUNK):
@@ -400,7 +409,8 @@ def _pick_member(zf: zipfile.ZipFile, display: str) -> str:
     ``.txt``/``.csv`` member (macOS ``__MACOSX``/``._`` resource forks ignored)."""
     names = [i.filename for i in zf.infolist() if not i.is_dir()]
     real = [
-        n for n in names
+        n
+        for n in names
         if not n.startswith("__MACOSX/") and not PurePosixPath(n).name.startswith("._")
     ]
     exact = [n for n in real if PurePosixPath(n).name == UCI_MEMBER]
@@ -500,8 +510,11 @@ def _parse(opener: Callable[[], IO[bytes]], where: str) -> tuple[np.ndarray, np.
     first = _first_bad_row(table)
     if first is not None:
         _raise_first_problem(
-            opener, where, start_row=first,
-            fallback=f"{table.shape[1]} columns" if table.shape[1] != N_COLUMNS
+            opener,
+            where,
+            start_row=first,
+            fallback=f"{table.shape[1]} columns"
+            if table.shape[1] != N_COLUMNS
             else f"bad value in data row {first + 1}",
         )
     # The features stay a view of the (column-major) table: a C-order copy costs a second or

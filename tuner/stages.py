@@ -234,11 +234,15 @@ class Session:
         index = self.plan.index(stage_name)
         clash = set(normalize(self.settings.fixes)) & set(spec.params)
         if clash:
-            raise StageError(f"--fix {', '.join(sorted(clash))}: that is what stage {stage_name!r} tunes")
+            raise StageError(
+                f"--fix {', '.join(sorted(clash))}: that is what stage {stage_name!r} tunes"
+            )
         fixed = self.resolve_fixed(index)
         base = self.plan.defaults.with_params(fixed)
         data = self.data()
-        study = self._open_study(spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict())
+        study = self._open_study(
+            spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict()
+        )
         if study is None:
             return self.stage_state(spec.name)
         if spec.kind == "lr_range_test":
@@ -258,7 +262,9 @@ class Session:
         self._work(study, points, evaluate, search_space, steps)
         return self.stage_state(spec.name)
 
-    def run_final(self, evaluate_final: Callable[..., PointResult], *, force: bool = False) -> StageState:
+    def run_final(
+        self, evaluate_final: Callable[..., PointResult], *, force: bool = False
+    ) -> StageState:
         """Run the final job once (a one-trial study ``<plan>.final``)."""
         fixed = self.resolve_fixed(len(self.plan.stages))
         cfg = self.plan.defaults.with_params(fixed)
@@ -300,7 +306,8 @@ class Session:
                     logger.info(
                         "stage %s is already complete in study %s: nothing to do "
                         "(pass --force to redo it as a new study)",
-                        stage, current.study,
+                        stage,
+                        current.study,
                     )
                     return None
             else:
@@ -336,7 +343,9 @@ class Session:
             )
             if got:
                 with self._heartbeat([study.study_name], []):
-                    result = range_test(spec, base, data.train, n_classes=data.n_classes, seed=self.settings.seed)
+                    result = range_test(
+                        spec, base, data.train, n_classes=data.n_classes, seed=self.settings.seed
+                    )
                 study.set_user_attr("lr_range_test", result.to_dict())
                 points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
                 study.set_user_attr("points", points)
@@ -384,7 +393,8 @@ class Session:
                 if not waited:
                     logger.info(
                         "%s: %d point(s) are being trained by other workers; waiting",
-                        study.study_name, len(pending),
+                        study.study_name,
+                        len(pending),
                     )
                     waited = True
                 time.sleep(self.settings.poll_interval)
@@ -408,7 +418,9 @@ class Session:
         trial.set_user_attr("worker", self.owner)
         label = ", ".join(f"{k}={v}" for k, v in point.items()) or "final"
         logger.info("%s trial %d (%s): training", study.study_name, trial.number, label)
-        bar = tqdm(total=steps, desc=f"{study.study_name} {label}", unit="step", leave=False, disable=None)
+        bar = tqdm(
+            total=steps, desc=f"{study.study_name} {label}", unit="step", leave=False, disable=None
+        )
 
         def report(value: float, step: int) -> None:
             trial.report(value, step)
@@ -431,7 +443,11 @@ class Session:
         study.tell(trial, result.value)
         logger.info(
             "%s trial %d (%s): %.4f in %.1fs",
-            study.study_name, trial.number, label, result.value, result.attrs.get("seconds", 0.0),
+            study.study_name,
+            trial.number,
+            label,
+            result.value,
+            result.attrs.get("seconds", 0.0),
         )
 
     def _claim_is_free(self, claim: Claim) -> bool:
@@ -455,7 +471,8 @@ class Session:
     @staticmethod
     def _check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
         errors = [
-            t for t in trials
+            t
+            for t in trials
             if t.state == TrialState.FAIL and "error" in t.user_attrs and point_key(t.params) == key
         ]
         if len(errors) >= MAX_FAILURES:
@@ -492,7 +509,9 @@ class Session:
 def grid_points(spec: StageSpec) -> list[dict[str, Any]]:
     """The stage's grid in plan order (first key slowest)."""
     names = list(spec.grid)
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+    return [
+        dict(zip(names, values, strict=True)) for values in itertools.product(*spec.grid.values())
+    ]
 
 
 def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -533,7 +552,18 @@ def _create_trial(
 
 def _data_summary(prepared: Prepared) -> dict[str, Any]:
     m = prepared.manifest
-    keys = ("key", "source", "source_sha256", "split", "rows", "seed", "n_rows_total", "n_train", "n_val", "n_test")
+    keys = (
+        "key",
+        "source",
+        "source_sha256",
+        "split",
+        "rows",
+        "seed",
+        "n_rows_total",
+        "n_train",
+        "n_val",
+        "n_test",
+    )
     return {k: m.get(k) for k in keys}
 
 

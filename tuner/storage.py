@@ -48,7 +48,9 @@ def check_url(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def open_storage(url: str, *, heartbeat_interval: int, grace_period: int) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, heartbeat_interval: int, grace_period: int
+) -> optuna.storages.RDBStorage:
     """Open (and create if needed) the Optuna RDB storage at ``url``."""
     check_url(url)
     if url.startswith("sqlite"):

@@ -16,7 +16,9 @@ def _fmt(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -52,7 +54,16 @@ def status_table(status: dict[str, Any]) -> str:
     for s in status["stages"]:
         best = ", ".join(f"{k}={_fmt(v)}" for k, v in (s["best_params"] or {}).items())
         value = f"{s['best_value']:.4f}" if s["best_value"] is not None else ""
-        rows.append([s["name"], s["state"], f"{s['n_complete']}/{s['n_total']}", best, value, s["study"] or ""])
+        rows.append(
+            [
+                s["name"],
+                s["state"],
+                f"{s['n_complete']}/{s['n_total']}",
+                best,
+                value,
+                s["study"] or "",
+            ]
+        )
     text = f"plan {status['plan']} on {status['storage']}\n"
     text += _table(["stage", "state", "done", "best", "value", "study"], rows)
     final = status["final"]

@@ -356,22 +356,34 @@ def _add_outliers(rng: np.random.Generator, features: np.ndarray, scale: np.ndar
         features[take, cols] += sign * rng.uniform(5.0, 25.0, size=take.size) * scale[cols]
 
 
+_WRITE_BLOCK_ROWS = 4_096
+"""Rows formatted per string-formatting call in :func:`write_uci`."""
+
+
 def write_uci(path: Path | str, years: np.ndarray, features: np.ndarray) -> None:
     """Write ``years`` and ``features`` in the exact UCI YearPredictionMSD.txt text format.
 
     One line per row: the year as an integer, then the 90 features formatted ``%.5f``, comma
-    separated, ``\\n`` line ends, no header. The loaders of the real file therefore read the
-    synthetic one unchanged.
+    separated, ``\\n`` line ends, no header, so the loaders of the real file read the synthetic
+    one unchanged. Blocks of rows are formatted with one ``%`` operation each (C-level
+    formatting, no per-row Python loop), which is byte-identical to ``np.savetxt`` with the
+    same format but faster.
     """
     years = np.asarray(years)
     features = np.asarray(features, dtype=np.float64)
     if years.ndim != 1 or features.ndim != 2 or features.shape != (years.size, N_FEATURES):
         raise ValueError(
-            f"expected years (n,) and features (n, {N_FEATURES}); "
+            f"expected years of shape (n,) and features of shape (n, {N_FEATURES}); "
             f"got {years.shape} and {features.shape}"
         )
-    if not np.all(np.isfinite(features)):
+    if not np.array_equal(years, np.round(years)):
+        raise ValueError("years must be whole numbers")
+    if not np.isfinite(features).all():
         raise ValueError("features must be finite")
-    fmt = ["%d"] + ["%.5f"] * N_FEATURES
+    line = "%d," + ",".join(["%.5f"] * N_FEATURES) + "\n"
+    # Years travel as (whole) floats; "%d" prints them as integers.
     table = np.column_stack([years.astype(np.float64), features])
-    np.savetxt(Path(path), table, fmt=fmt, delimiter=",", newline="\n")
+    with Path(path).open("w", encoding="ascii", newline="\n") as fh:
+        for start in range(0, len(table), _WRITE_BLOCK_ROWS):
+            block = table[start : start + _WRITE_BLOCK_ROWS]
+            fh.write((line * len(block)) % tuple(block.ravel().tolist()))
