@@ -103,3 +103,17 @@ def test_every_command_has_help(tmp_path):
     for cmd in ("prepare", "run-stage", "run-all", "final", "status", "predict", "synthesize"):
         proc = run_cli(cmd, "--help", cwd=tmp_path, check=True)
         assert "usage:" in proc.stdout
+
+
+def test_bad_data_file_exits_2_and_writes_nothing(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("2001," + ",".join(["1.5"] * 90) + "\n1999," + ",".join(["2.5"] * 89) + "\n")
+    for cmd in (("prepare",), ("run-stage", "lr"), ("run-all",), ("final",)):
+        proc = run_cli(*cmd, "--plan", "quick", "--data", str(bad), cwd=work)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"tuner: error: {bad}: line 2: expected 91 comma-separated values, found 90"
+        ], proc.stderr
+    assert list(work.iterdir()) == []

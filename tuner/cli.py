@@ -141,14 +141,18 @@ def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
     return fixes
 
 
-def _session(args: argparse.Namespace):
+def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
+    """Open the plan on its storage. With ``with_data`` the data is read and validated first,
+    so that a bad data file stops the command before anything (a storage file) is written."""
     from tuner.plan import coerce_params, load_plan
-    from tuner.prepare import DataSpec
-    from tuner.stages import Session, Settings
+    from tuner.prepare import DataSpec, prepare
+    from tuner.stages import Session, Settings, check_stage_name
     from tuner.storage import default_storage_url
 
     workdir = args.workdir.resolve()
     plan = load_plan(args.plan, workdir)
+    if stage is not None:
+        check_stage_name(plan, stage)
     fixes = _parse_fixes(getattr(args, "fix", []))
     coerce_params(fixes)  # reject unknown keys and bad values before anything runs
     if args.rows is not None and args.rows < 1:
@@ -164,7 +168,8 @@ def _session(args: argparse.Namespace):
     )
     if settings.grace_period <= settings.heartbeat_interval:
         raise TunerError("--grace-period must be longer than --heartbeat-interval")
-    return Session(plan, settings)
+    prepared = prepare(settings.data, settings.data_dir) if with_data else None
+    return Session(plan, settings, prepared)
 
 
 def _status(session) -> dict[str, Any]:
@@ -203,11 +208,8 @@ def _run_stages(session, stages: list[str], force: bool) -> None:
 
 
 def _cmd_run_stage(args: argparse.Namespace) -> int:
-    from tuner.stages import check_stage_name
-
-    session = _session(args)
+    session = _session(args, stage=args.stage)
     try:
-        check_stage_name(session.plan, args.stage)
         _run_stages(session, [args.stage], args.force)
     finally:
         session.close()
@@ -248,7 +250,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from tuner.summary import status_table
 
-    session = _session(args)
+    session = _session(args, with_data=False)
     try:
         status = _status(session)
     finally:

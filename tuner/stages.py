@@ -126,7 +126,7 @@ class StageState:
 class Session:
     """A plan opened on a storage: studies, claims and (lazily) the prepared data."""
 
-    def __init__(self, plan: Plan, settings: Settings) -> None:
+    def __init__(self, plan: Plan, settings: Settings, prepared: Prepared | None = None) -> None:
         self.plan = plan
         self.settings = settings
         self.storage = open_storage(
@@ -136,7 +136,7 @@ class Session:
         )
         self.claims = ClaimTable(settings.storage_url, settings.grace_period)
         self.owner = new_owner_id()
-        self._prepared: Prepared | None = None
+        self._prepared = prepared
         self._data: TensorData | None = None
 
     def close(self) -> None:
