@@ -17,13 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from tuner.storage import engine_kwargs
+from tuner.errors import StorageError
+from tuner.storage import CREATE_RETRIES, engine_kwargs, first_line, is_schema_race
 
 _metadata = sa.MetaData()
 claims_table = sa.Table(
@@ -79,7 +81,14 @@ class ClaimTable:
     def __init__(self, url: str, grace_period_s: float) -> None:
         self.engine = sa.create_engine(url, **engine_kwargs(url))
         self.grace = dt.timedelta(seconds=grace_period_s)
-        _metadata.create_all(self.engine, checkfirst=True)
+        for attempt in range(CREATE_RETRIES):
+            try:
+                _metadata.create_all(self.engine, checkfirst=True)
+                break
+            except sa.exc.DBAPIError as err:
+                if not is_schema_race(err) or attempt + 1 == CREATE_RETRIES:
+                    raise StorageError(f"cannot create tuner_claims: {first_line(err)}") from None
+                time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -56,6 +56,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="where data, studies, models go (default: .)",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for training (default: torch's, one per core); with several workers "
+        "on one machine give each cores/workers, oversubscribed threads slow training badly",
+    )
 
 
 def _runner(parser: argparse.ArgumentParser) -> None:
@@ -307,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise TunerError(f"--threads must be >= 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
         return COMMANDS[args.command](args)
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tuner.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
+CREATE_RETRIES = 5
 SQLITE_TIMEOUT_S = 120  # wait for a writer's lock instead of failing with "database is locked"
 
 
@@ -55,29 +57,54 @@ def open_storage(
     check_url(url)
     if url.startswith("sqlite"):
         _enable_wal(url)
-    try:
-        with warnings.catch_warnings():
-            # heartbeats are "experimental" in Optuna's API, yet crash recovery needs them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs(url),
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-            )
-    except (OperationalError, sqlalchemy.exc.DBAPIError) as err:
-        reason = str(err.orig if getattr(err, "orig", None) else err).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(CREATE_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                # heartbeats are "experimental" in Optuna's API, yet crash recovery needs them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                )
+        except (OperationalError, sqlalchemy.exc.DBAPIError) as err:
+            reason = first_line(err)
+            if is_schema_race(err) and attempt + 1 < CREATE_RETRIES:
+                # another worker is creating the same tables right now
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+def first_line(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)
+    return str(orig if orig is not None else err).strip().splitlines()[0]
+
+
+def is_schema_race(err: BaseException) -> bool:
+    """True for the error a worker gets when another creates the same tables concurrently."""
+    text = str(err).lower()
+    return any(s in text for s in ("already exists", "duplicate", "unique constraint"))
 
 
 def _enable_wal(url: str) -> None:
-    """Put a SQLite database in WAL mode (persistent) so readers never block the writer."""
+    """Put a SQLite database in WAL mode (persistent) so readers never block the writer.
+
+    Switching needs a moment with no other connection; when another worker holds one, it has
+    switched already or will, so a busy database is not an error here.
+    """
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            if str(mode).lower() != "wal":
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     except OperationalError as err:
-        raise StorageError(f"cannot open storage {url}: {err.orig}") from None
+        if "locked" not in str(err.orig) and "busy" not in str(err.orig):
+            raise StorageError(f"cannot open storage {url}: {err.orig}") from None
+        logger.debug("could not switch %s to WAL now: %s", url, err.orig)
     finally:
         engine.dispose()
 

@@ -67,8 +67,8 @@ FIRST_DECADE = 1920
 _N_AVG = 12
 _N_COV = N_FEATURES - _N_AVG  # 78 = 12 variances + 66 covariances
 _N_PAIRS = _N_COV - _N_AVG  # 66
-_N_GENRES = 16
-_N_GENRE_DIM = 8
+_N_GENRES = 128
+_N_GENRE_DIM = 12
 _N_TREND = 4
 _N_COUPLED_PAIRS = 2
 _N_STYLE = 6
@@ -81,11 +81,11 @@ _OUTLIER_RATE = 0.003
 """Fraction of rows that receive gross outliers."""
 
 # Calibration knobs (see the module docstring for the measured accuracies).
-_GENRE_SEP = 1.5
+_GENRE_SEP = 2.5
 """Spread of the genre centres in the genre block, in units of the within-genre noise."""
-_GENRE_DRIFT = 0.6
+_GENRE_DRIFT = 1.1
 """Within-genre drift per unit era, each genre along its own direction (piecewise signal)."""
-_SIGNAL = 0.2
+_SIGNAL = 0.35
 """Global trend along the era shared by all songs (the part a linear model can use)."""
 _HETERO = 1.0
 """Era dependence of the trend block's spread (signal in the variance)."""
