@@ -117,3 +117,24 @@ def test_bad_data_file_exits_2_and_writes_nothing(tmp_path):
             f"tuner: error: {bad}: line 2: expected 91 comma-separated values, found 90"
         ], proc.stderr
     assert list(work.iterdir()) == []
+
+
+def test_final_on_a_zip_scores_the_published_test_split(tmp_path, msd_file):
+    import math
+    import zipfile
+
+    archive = tmp_path / "YearPredictionMSD.txt.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(msd_file, "YearPredictionMSD.txt")
+    fixes = ["lr=0.01", "weight_decay=0", "init=default", "activation=gelu", "norm=none"]
+    fixes += ["optimizer=rmsprop"]
+    args = ["final", "--plan", "quick", "--data", str(archive)]
+    for f in fixes:
+        args += ["--fix", f]
+    run_cli(*args, cwd=tmp_path, check=True)
+    metrics = json.loads((tmp_path / "models" / "quick" / "metrics.json").read_text())
+    # the recipe's sizes: test_size=0.30 of all rows, then the second half (rounded up) of that
+    n = len(msd_file.read_text().splitlines())
+    assert metrics["n_test"] == math.ceil(0.5 * math.ceil(0.30 * n)) == 450
+    assert metrics["config"]["optimizer"] == "rmsprop" and metrics["config"]["activation"] == "gelu"
+    assert metrics["fixed_params"]["lr"] == 0.01

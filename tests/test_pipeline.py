@@ -200,3 +200,16 @@ def test_final_writes_model_metrics_and_predict_round_trips(workdir, msd_file, t
     assert run_final(s).n_complete == 1
     trials = optuna.load_study(study_name="tiny.final", storage=s.storage).trials
     assert len(trials) == 1
+
+
+def test_real_rows_run_through_a_stage_and_the_final_job(tmp_path, real_head):
+    write_tiny_plan(tmp_path)
+    s = session(tmp_path, str(real_head))
+    lr = s.run_stage("lr")
+    assert lr.state == "done" and lr.user_attrs["data"]["n_rows_total"] == 1176
+    fixes = {"weight_decay": "0", "activation": "relu", "norm": "none", "optimizer": "adam"}
+    s2 = session(tmp_path, str(real_head), fixes=fixes)
+    assert run_final(s2).state == "done"
+    metrics = json.loads((tmp_path / "models" / "tiny" / "metrics.json").read_text())
+    assert metrics["fixed_params"]["lr"] == lr.best_params["lr"]
+    assert metrics["n_test"] == len(s2.data().test[1]) > 150

@@ -1,7 +1,7 @@
 """The LR range test of the ``lr`` stage, run with torch-lr-finder.
 
-One epoch of training with the learning rate growing exponentially from ``start_lr`` to
-``end_lr``; the suggestion is torch-lr-finder's "steepest gradient" rule (the smoothed loss's
+One epoch of training (at least 100 steps, repeating the data when an epoch is shorter) with
+the learning rate growing exponentially from ``start_lr`` to ``end_lr``; the suggestion is torch-lr-finder's "steepest gradient" rule (the smoothed loss's
 steepest descent, skipping the first 10 and last 5 iterations), optionally snapped to the
 nearest power of ten as the published study read its plot.
 """
@@ -28,6 +28,7 @@ from tuner.plan import StageSpec, TrainConfig
 logger = logging.getLogger(__name__)
 
 SKIP_START, SKIP_END = 10, 5
+MIN_ITERATIONS = 100  # on small data one epoch is too few steps for a usable curve
 
 
 class _SlicedBatches(IterableDataset):
@@ -83,7 +84,7 @@ def range_test(
         model = build_model(range_cfg, x.shape[1], n_classes)
     optimizer = make_optimizer(range_cfg, model.parameters(), lr=stage.start_lr)
     loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
-    num_iter = max(len(x) // cfg.batch_size, 1)
+    num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)
     finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device="cpu")
     # torch-lr-finder prints its progress notes; keep stdout for our own output.
     with contextlib.redirect_stdout(io.StringIO()) as notes:
