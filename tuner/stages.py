@@ -337,6 +337,7 @@ class Session:
     ) -> list[dict[str, Any]]:
         """Run the LR range test once per study (one worker does it, others wait for it) and
         return the candidate learning rates to verify."""
+        waiting = False
         while "points" not in study.user_attrs:
             got, _ = self.claims.try_claim(
                 study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
@@ -350,7 +351,9 @@ class Session:
                 points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
                 study.set_user_attr("points", points)
                 break
-            logger.info("waiting for another worker's LR range test on %s", study.study_name)
+            if not waiting:
+                logger.info("waiting for another worker's LR range test on %s", study.study_name)
+                waiting = True
             time.sleep(self.settings.poll_interval)
         return list(study.user_attrs["points"])
 
