@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures: a PostgreSQL server)
+
 REAL_HEAD = Path(__file__).resolve().parents[2] / "shared/data/msd_head_1176.csv"
 """1,176 real rows of YearPredictionMSD.txt, outside the repository (absent in a fresh clone)."""
 

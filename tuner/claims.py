@@ -10,6 +10,10 @@ PostgreSQL.
 A claim is live while its owner refreshes ``heartbeat_at``. It can be taken over when its trial
 FAILed, when its heartbeat is older than the grace period (the owner died), or when the owner is
 a process on this host that no longer exists (a killed run restarted at once).
+
+On PostgreSQL, where workers run on several machines, heartbeats are stamped and judged by the
+database server's clock (UTC), so a worker whose own clock is off cannot take a live claim over.
+SQLite serves one machine: its heartbeats use the local clock.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from tuner.errors import StorageError
-from tuner.storage import CREATE_RETRIES, engine_kwargs, first_line, is_schema_race
+from tuner.storage import CREATE_RETRIES, engine_kwargs, first_line, is_schema_race, resolve_url
 
 _metadata = sa.MetaData()
 claims_table = sa.Table(
@@ -66,6 +70,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
+_PG_NOW = sa.func.timezone("UTC", sa.func.now(), type_=sa.DateTime)
+"""PostgreSQL's clock, as the naive UTC timestamp stored in ``heartbeat_at``."""
+
+
 @dataclass(frozen=True)
 class Claim:
     study_name: str
@@ -79,7 +87,9 @@ class ClaimTable:
     """Claims on one database, shared by every worker of every stage."""
 
     def __init__(self, url: str, grace_period_s: float) -> None:
+        url = resolve_url(url)
         self.engine = sa.create_engine(url, **engine_kwargs(url))
+        self._server_clock = self.engine.dialect.name == "postgresql"
         self.grace = dt.timedelta(seconds=grace_period_s)
         for attempt in range(CREATE_RETRIES):
             try:
@@ -101,8 +111,19 @@ class ClaimTable:
             ).first()
         return Claim(**row._mapping) if row else None
 
+    def _stamp(self):
+        """What ``heartbeat_at`` is set to: the server's clock on PostgreSQL, else ours."""
+        return _PG_NOW if self._server_clock else _now()
+
+    def now(self) -> dt.datetime:
+        """The time claims are judged by (see :meth:`_stamp`)."""
+        if not self._server_clock:
+            return _now()
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(_PG_NOW)).scalar_one()
+
     def is_stale(self, claim: Claim) -> bool:
-        return _now() - claim.heartbeat_at > self.grace or owner_is_dead_here(claim.owner)
+        return self.now() - claim.heartbeat_at > self.grace or owner_is_dead_here(claim.owner)
 
     def try_claim(
         self, study_name: str, point: str, owner: str, is_free: Callable[[Claim], bool]
@@ -114,7 +135,7 @@ class ClaimTable:
         or it is stale); the takeover itself is a compare-and-swap on the old owner.
         """
         t = claims_table
-        now = _now()
+        now = self._stamp()
         try:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -153,7 +174,7 @@ class ClaimTable:
             conn.execute(
                 t.update()
                 .where(t.c.study_name == study_name, t.c.point == point, t.c.owner == owner)
-                .values(trial_id=trial_id, heartbeat_at=_now())
+                .values(trial_id=trial_id, heartbeat_at=self._stamp())
             )
 
     def refresh(self, owner: str, study_names: Iterable[str]) -> None:
@@ -163,7 +184,7 @@ class ClaimTable:
             conn.execute(
                 t.update()
                 .where(t.c.owner == owner, t.c.study_name.in_(list(study_names)))
-                .values(heartbeat_at=_now())
+                .values(heartbeat_at=self._stamp())
             )
 
     def release(self, study_name: str, point: str, owner: str) -> None:

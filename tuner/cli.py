@@ -117,6 +117,42 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
+    p = sub.add_parser(
+        "report",
+        help="write plots, report.md and a self-contained report.html under WORKDIR/reports/PLAN/",
+    )
+    _common(p)
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: WORKDIR/reports/PLAN)"
+    )
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard on the storage and artifacts (works while stages run)",
+    )
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("TUNER_STORAGE"),
+        help="SQLAlchemy URL of the study storage (default: $TUNER_STORAGE, else "
+        "sqlite:///WORKDIR/studies/tuner.sqlite3)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("."),
+        help="where studies and artifacts are (default: .)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, loopback only; the dashboard has no "
+        "login and can edit and delete studies)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+
     p = sub.add_parser("predict", help="predict the decade of each row of a file")
     p.add_argument("--model", type=Path, required=True, help="a model.pt written by the final job")
     p.add_argument(
@@ -232,8 +268,37 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
         _run_stages(session, [s.name for s in session.plan.stages], args.force)
         run_final(session, force=args.force)
         print(status_table(_status(session)))
+        try:
+            _print_report(session)
+        except Exception:  # the results are in the storage; `tuner report` can retry
+            logger.warning("could not write the report; run `tuner report`", exc_info=True)
     finally:
         session.close()
+    return 0
+
+
+def _print_report(session, out: Path | None = None) -> None:
+    from tuner.report import write_report
+
+    paths = write_report(session, out)
+    print(f"report: {paths.markdown}, {paths.html.name} and {len(paths.plots)} plots", flush=True)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    session = _session(args, with_data=False)
+    try:
+        _print_report(session, args.out)
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import serve
+    from tuner.storage import default_storage_url
+
+    workdir = args.workdir.resolve()
+    serve(args.storage or default_storage_url(workdir), workdir, args.host, args.port)
     return 0
 
 
@@ -297,6 +362,8 @@ COMMANDS = {
     "run-all": _cmd_run_all,
     "final": _cmd_final,
     "status": _cmd_status,
+    "report": _cmd_report,
+    "dashboard": _cmd_dashboard,
     "predict": _cmd_predict,
     "synthesize": _cmd_synthesize,
 }
@@ -328,3 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept in the storage", file=sys.stderr)
         return 130
+    except Exception as err:  # a database that went away mid-run: one line, not a traceback
+        from tuner.storage import default_storage_url, lost_storage
+
+        workdir = getattr(args, "workdir", Path("."))
+        lost = lost_storage(err, getattr(args, "storage", None) or default_storage_url(workdir))
+        if lost is None:
+            raise
+        print(f"tuner: error: {lost}", file=sys.stderr)
+        return 2

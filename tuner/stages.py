@@ -30,13 +30,14 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from tuner import notes
 from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.errors import PlanError, StageError
 from tuner.lr_range import range_test
 from tuner.objectives import PointResult, Report, TensorData, evaluate_point
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
 from tuner.prepare import DataSpec, Prepared, prepare
-from tuner.storage import latest_version, open_storage, study_name
+from tuner.storage import error_line, latest_version, lost_storage, open_storage, study_name
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +253,7 @@ class Session:
             study.set_user_attr("points", points)
         search_space = _search_space(points)
         study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
+        notes.on_stage_started(self, study, spec.name)
 
         def evaluate(point: dict[str, Any], trial: optuna.Trial, report: Report) -> PointResult:
             cfg = base.with_params(point)
@@ -260,6 +262,7 @@ class Session:
 
         steps = spec.folds if spec.kind == "cv" else spec.epochs
         self._work(study, points, evaluate, search_space, steps)
+        notes.on_stage_done(self, study, spec.name)
         return self.stage_state(spec.name)
 
     def run_final(
@@ -279,6 +282,8 @@ class Session:
             return evaluate_final(cfg, fixed, trial=trial, report=report)
 
         self._work(study, [{}], evaluate, {}, self.plan.final.epochs)
+        metrics = self.settings.models_dir / self.plan.name / "metrics.json"
+        notes.on_final_done(self, study, metrics)
         return self.stage_state(FINAL)
 
     def _open_study(
@@ -326,9 +331,10 @@ class Session:
             study.set_user_attr("plan", self.plan.name)
             study.set_user_attr("stage", stage_attrs)
             study.set_user_attr("fixed_params", fixed)
-            study.set_user_attr("data_key", data_key)
             study.set_user_attr("data", _data_summary(prepared))
             study.set_user_attr("seed", self.settings.seed)
+            # last: a worker that died before this line left a study the next one completes
+            study.set_user_attr("data_key", data_key)
         logger.info("stage %s: study %s, fixed params %s", stage, name, fixed or "none")
         return study
 
@@ -343,11 +349,14 @@ class Session:
                 study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
             )
             if got:
+                t0 = time.perf_counter()
                 with self._heartbeat([study.study_name], []):
                     result = range_test(
                         spec, base, data.train, n_classes=data.n_classes, seed=self.settings.seed
                     )
-                study.set_user_attr("lr_range_test", result.to_dict())
+                curve = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
+                study.set_user_attr("lr_range_test", curve)
+                notes.on_range_test(self, study, curve)
                 points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
                 study.set_user_attr("points", points)
                 break
@@ -434,15 +443,23 @@ class Session:
             with self._heartbeat([study.study_name], [trial._trial_id]), bar:
                 result = evaluate(point, trial, report)
         except BaseException as err:
+            lost = lost_storage(
+                err, self.settings.storage_url, f"training {study.study_name} trial {trial.number}"
+            )
+            if lost is not None:  # nothing more to write: the trial's heartbeat stops, so the
+                raise lost from None  # next worker (or run) fails the trial and retries it
             kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
             try:
                 trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
                 study.tell(trial, state=TrialState.FAIL)
-            except Exception:  # the storage itself may be what failed
-                logger.exception("could not mark trial %d as failed", trial.number)
+            except Exception as tell_err:  # the storage itself may be what failed
+                logger.warning(
+                    "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
+                )
             raise
         for name, value in result.attrs.items():
             trial.set_user_attr(name, value)
+        notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell: then frozen
         study.tell(trial, result.value)
         logger.info(
             "%s trial %d (%s): %.4f in %.1fs",
@@ -495,8 +512,8 @@ class Session:
                     for trial_id in trial_ids:
                         self.storage.record_heartbeat(trial_id)
                     self.claims.refresh(self.owner, studies)
-                except Exception:  # keep beating; a lasting outage shows up in the main thread
-                    logger.warning("heartbeat failed", exc_info=True)
+                except Exception as err:  # keep beating; an outage shows up in the main thread
+                    logger.warning("heartbeat failed: %s", error_line(err))
 
         for trial_id in trial_ids:
             self.storage.record_heartbeat(trial_id)

@@ -1,8 +1,13 @@
 """Where studies live: storage URLs, connections, and the names of stage studies.
 
 The default storage is SQLite under the workdir (``sqlite:///<workdir>/studies/tuner.sqlite3``);
-any SQLAlchemy URL works, PostgreSQL for many workers. Heartbeats are always on so that a trial
-left RUNNING by a killed worker is failed and its grid point trained again.
+any SQLAlchemy URL works, PostgreSQL for many workers (``postgresql://`` and ``postgres://`` URLs
+use the psycopg 3 driver). Heartbeats are always on so that a trial left RUNNING by a killed
+worker is failed and its grid point trained again.
+
+A storage that cannot be reached, or whose connection breaks during a run, is a
+:class:`~tuner.errors.StorageError` (one line, exit status 2): connecting gives up after
+``CONNECT_TIMEOUT_S`` seconds instead of hanging.
 """
 
 from __future__ import annotations
@@ -24,28 +29,57 @@ logger = logging.getLogger(__name__)
 
 CREATE_RETRIES = 5
 SQLITE_TIMEOUT_S = 120  # wait for a writer's lock instead of failing with "database is locked"
+CONNECT_TIMEOUT_S = 10  # a server that does not answer: give up instead of hanging
+# TCP keepalives: a server (or network) that vanishes without closing the connection is noticed
+# within about a minute instead of a query waiting forever.
+PG_CONNECT_ARGS = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+_PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 def default_storage_url(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'studies' / 'tuner.sqlite3').resolve()}"
 
 
+def resolve_url(url: str) -> str:
+    """The URL tuner connects with: ``postgresql://`` and ``postgres://`` (no driver named) use
+    psycopg 3, ``postgresql+psycopg://``, a dependency of tuner; SQLAlchemy would otherwise look
+    for psycopg2. Any other URL is returned unchanged."""
+    url = url.strip()
+    for scheme in _PG_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
 def engine_kwargs(url: str) -> dict:
     """Connection settings that let several processes share one database."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    if url.startswith("postgresql+psycopg"):
+        return {"pool_pre_ping": True, "connect_args": dict(PG_CONNECT_ARGS)}
     return {"pool_pre_ping": True}
 
 
 def check_url(url: str) -> None:
     """Raise :class:`StorageError` for a URL SQLAlchemy cannot parse or has no driver for."""
+    url = resolve_url(url)
+    shown = _redact_unparsed(url)
     try:
         parsed = make_url(url)
         parsed.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise StorageError(f"storage URL {url!r} is not a valid SQLAlchemy URL: {err}") from None
+        reason = str(err).replace(url, shown).strip().splitlines()[0] if str(err) else "unknown"
+        raise StorageError(
+            f"storage URL {shown!r} is not a valid SQLAlchemy URL: {reason}"
+        ) from None
     except ImportError as err:
-        raise StorageError(f"storage URL {url!r} needs a database driver: {err}") from None
+        raise StorageError(f"storage URL {shown!r} needs a database driver: {err}") from None
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
@@ -54,6 +88,7 @@ def open_storage(
     url: str, *, heartbeat_interval: int, grace_period: int
 ) -> optuna.storages.RDBStorage:
     """Open (and create if needed) the Optuna RDB storage at ``url``."""
+    url = resolve_url(url)
     check_url(url)
     if url.startswith("sqlite"):
         _enable_wal(url)
@@ -80,7 +115,58 @@ def open_storage(
 
 def first_line(err: BaseException) -> str:
     orig = getattr(err, "orig", None)
-    return str(orig if orig is not None else err).strip().splitlines()[0]
+    lines = str(orig if orig is not None else err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def error_line(err: BaseException) -> str:
+    """One line for a storage error: the database's own message where Optuna wrapped it."""
+    return first_line(connection_failure(err) or err)
+
+
+def connection_failure(err: BaseException) -> BaseException | None:
+    """The database error behind ``err`` when the storage went away (refused, dropped, timed out,
+    locked for too long), else ``None``.
+
+    Looks through Optuna's wrapping (``StorageInternalError`` from a failed commit) at the
+    causes: a SQLAlchemy ``OperationalError`` or ``InterfaceError``, or any DBAPI error that
+    invalidated its connection.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.OperationalError) and _is_sqlite(current):
+            # sqlite3 raises OperationalError for bad SQL and missing tables too: those are bugs
+            if any(s in str(current.orig).lower() for s in _SQLITE_UNAVAILABLE):
+                return current
+        elif isinstance(current, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return current
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+_SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _is_sqlite(err: sqlalchemy.exc.DBAPIError) -> bool:
+    return type(err.orig).__module__.startswith("sqlite3")
+
+
+def lost_storage(err: BaseException, url: str, doing: str = "") -> StorageError | None:
+    """A one-line :class:`StorageError` for a storage failure behind ``err`` (see
+    :func:`connection_failure`), or ``None`` when ``err`` is something else."""
+    cause = connection_failure(err)
+    if cause is None:
+        return None
+    where = f" while {doing}" if doing else ""
+    return StorageError(
+        f"lost the connection to storage {redact(url)}{where}: {first_line(cause)} "
+        "(finished trials are kept; a trial left running is failed and retried by the next "
+        "worker or run)"
+    )
 
 
 def is_schema_race(err: BaseException) -> bool:
@@ -113,8 +199,13 @@ def redact(url: str) -> str:
     """The URL with its password hidden, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return _redact_unparsed(url)
+
+
+def _redact_unparsed(url: str) -> str:
+    """Hide ``user:PASSWORD@`` in a URL that may not parse."""
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
 
 
 def study_name(plan: str, stage: str, version: int = 1) -> str:

@@ -1,0 +1,273 @@
+"""Fused group training: every member trains exactly as it would alone through engine.train."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tuner.engine import History, as_tensors, train
+from tuner.fused import train_group
+from tuner.plan import TrainConfig
+
+N_CLASSES = 10
+RTOL = 1e-4  # on train and validation losses
+
+
+def _data(n: int = 600, n_val: int = 200, seed: int = 0):
+    """Learnable 10-class data with 90 features: class c lifts every 10th feature."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n + n_val)
+    x = rng.normal(size=(n + n_val, 90)) + 0.8 * (y[:, None] == (np.arange(90) % N_CLASSES))
+    xt, yt = as_tensors(x.astype(np.float32), y)
+    return xt[:n], yt[:n], xt[n:], yt[n:]
+
+
+DATA = _data()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is faster, and on a loaded machine much faster (no OpenMP
+    threads waiting at barriers for a descheduled sibling)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(hidden=(32, 32), batch_size=64, **kw)
+
+
+def _alone(cfg, x, y, vx, vy, *, epochs, seed) -> History:
+    _, hist = train(cfg, (x, y), (vx, vy), epochs=epochs, seed=seed, n_classes=N_CLASSES)
+    return hist
+
+
+def _assert_same(fused: History, alone: History, n_val: int, what: str = "") -> None:
+    assert len(fused.epochs) == len(alone.epochs), what
+    for f, a in zip(fused.epochs, alone.epochs, strict=True):
+        assert f.epoch == a.epoch
+        np.testing.assert_allclose(f.train_loss, a.train_loss, rtol=RTOL, err_msg=what)
+        np.testing.assert_allclose(f.val_loss, a.val_loss, rtol=RTOL, err_msg=what)
+        assert abs(f.val_acc - a.val_acc) <= 1 / n_val + 1e-12, what
+
+
+def _check_group(cfgs, seeds, *, epochs=3, data=DATA):
+    x, y, vx, vy = data
+    fused = train_group(cfgs, x, y, vx, vy, epochs=epochs, seeds=seeds, n_classes=N_CLASSES)
+    assert len(fused) == len(cfgs)
+    for cfg, seed, hist in zip(cfgs, seeds, fused, strict=True):
+        _assert_same(hist, _alone(cfg, x, y, vx, vy, epochs=epochs, seed=seed), len(vx), str(cfg))
+    return fused
+
+
+def test_optimizers_with_their_own_lr_and_weight_decay():
+    cfgs = [
+        _cfg(optimizer="adam", lr=1e-3),
+        _cfg(optimizer="adam", lr=3e-3, weight_decay=1e-3),
+        _cfg(optimizer="sgd", lr=1e-2, weight_decay=1e-4),
+        _cfg(optimizer="sgd", lr=5e-2, momentum=0.0),
+        _cfg(optimizer="sgd", lr=2e-2, momentum=0.5),
+        _cfg(optimizer="rmsprop", lr=1e-3),
+        _cfg(optimizer="rmsprop", lr=5e-4, weight_decay=1e-3),
+        _cfg(optimizer="adamw", lr=2e-3, weight_decay=1e-2),
+        _cfg(optimizer="adamw", lr=1e-3),
+    ]
+    hists = _check_group(cfgs, [0] * len(cfgs))
+    assert max(h.final_acc for h in hists) > 0.3  # they learn
+
+
+def test_activations():
+    acts = ["relu", "leaky_relu", "gelu", "tanh", "silu"]
+    _check_group([_cfg(activation=a, lr=3e-3) for a in acts], [1] * len(acts))
+
+
+def test_norms_with_a_last_partial_batch():
+    # BatchNorm members get some weight decay: see test_batchnorm_with_adam_and_no_weight_decay.
+    x, y, vx, vy = DATA
+    # 577 = 9 * 64 + 1: BatchNorm drops the last single-row batch, the others train on it.
+    data = (x[:577], y[:577], vx, vy)
+    cfgs = [
+        _cfg(norm=n, activation=a, weight_decay=1e-3 if n == "batch" else wd)
+        for n in ("none", "batch", "layer")
+        for a, wd in (("relu", 0.0), ("gelu", 1e-3))
+    ]
+    cfgs.append(_cfg(norm="batch", optimizer="sgd", lr=3e-2))  # SGD: the noise stays noise
+    _check_group(cfgs, [2] * len(cfgs), data=data)
+
+
+def test_batchnorm_with_adam_and_no_weight_decay():
+    """The Linear bias before a BatchNorm has a zero gradient up to rounding noise; Adam (and
+    RMSprop) without weight decay normalise that noise into steps of about lr. The bias leaves
+    the training loss unchanged (batch statistics cancel it) but moves the running mean, so the
+    validation loss follows the noise: engine.train itself differs by up to ~0.1% between 1 and
+    2 threads here. Train losses still match to RTOL; validation losses to 1%."""
+    x, y, vx, vy = DATA
+    cfgs = [_cfg(lr=3e-2, norm="batch"), _cfg(lr=3e-3, norm="batch", optimizer="adamw")]
+    fused = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[4, 4], n_classes=N_CLASSES)
+    for cfg, hist in zip(cfgs, fused, strict=True):
+        alone = _alone(cfg, x, y, vx, vy, epochs=2, seed=4)
+        for f, a in zip(hist.epochs, alone.epochs, strict=True):
+            np.testing.assert_allclose(f.train_loss, a.train_loss, rtol=RTOL)
+            np.testing.assert_allclose(f.val_loss, a.val_loss, rtol=1e-2)
+            assert abs(f.val_acc - a.val_acc) <= 0.02
+
+
+def test_inits():
+    cfgs = [_cfg(init=i) for i in ("default", "xavier_uniform", "kaiming_normal")]
+    _check_group(cfgs, [3, 3, 3])
+
+
+def test_three_layers_of_different_widths_and_a_group_of_one():
+    cfgs = [
+        TrainConfig(hidden=(32, 16, 8), batch_size=64, norm=n, lr=3e-3, weight_decay=1e-3)
+        for n in ("layer", "batch")
+    ]
+    _check_group(cfgs, [5, 5], epochs=2)
+    _check_group(cfgs[:1], [6], epochs=2)
+
+
+def test_different_seeds_per_member():
+    cfgs = [
+        _cfg(lr=lr, norm=n, weight_decay=1e-3)
+        for lr, n in ((1e-3, "none"), (3e-3, "batch"), (1e-3, "layer"))
+    ]
+    cfgs.append(_cfg(lr=2e-3))
+    _check_group(cfgs, [0, 1, 2, 1])
+
+
+def test_cv_folds_of_unequal_sizes():
+    x, y, vx, vy = DATA
+    # Validation folds of 215, 200 and 185 rows: training on 385 (= 6 * 64 + 1), 400, 415 rows.
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(5))
+    folds = [perm[:215], perm[215:415], perm[415:]]
+    trains = [torch.cat([f for j, f in enumerate(folds) if j != i]) for i in range(3)]
+    grid = [_cfg(lr=2e-3), _cfg(lr=1e-3, norm="batch", weight_decay=1e-3), _cfg(optimizer="sgd")]
+    cfgs, tr, va = [], [], []
+    for cfg in grid:
+        for i in range(3):
+            cfgs.append(cfg)
+            tr.append(trains[i])
+            va.append(folds[i])
+    seeds = [7] * len(cfgs)
+    fused = train_group(
+        cfgs,
+        x,
+        y,
+        x,
+        y,
+        epochs=2,
+        seeds=seeds,
+        n_classes=N_CLASSES,
+        train_idx=tr,
+        val_idx=va,
+    )
+    for cfg, t, v, hist in zip(cfgs, tr, va, fused, strict=True):
+        alone = _alone(cfg, x[t], y[t], x[v], y[v], epochs=2, seed=7)
+        _assert_same(hist, alone, len(v), f"{cfg} fold of {len(t)}")
+
+
+def test_dropped_member_leaves_the_others_unchanged():
+    x, y, vx, vy = DATA
+    cfgs = [
+        _cfg(lr=1e-3),
+        _cfg(lr=3e-2, norm="batch", weight_decay=1e-3),
+        _cfg(lr=2e-3, optimizer="rmsprop"),
+    ]
+    seen = []
+
+    def on_epoch(epoch, stats):
+        seen.append((epoch, [s is not None for s in stats]))
+        return {1} if epoch == 1 else None
+
+    fused = train_group(
+        cfgs, x, y, vx, vy, epochs=3, seeds=[4, 4, 4], n_classes=N_CLASSES, on_epoch=on_epoch
+    )
+    assert seen == [(1, [True, True, True]), (2, [True, False, True]), (3, [True, False, True])]
+    assert len(fused[1].epochs) == 1 and fused[1].stopped_early
+    assert not fused[0].stopped_early
+    for k in (0, 2):
+        _assert_same(fused[k], _alone(cfgs[k], x, y, vx, vy, epochs=3, seed=4), len(vx))
+    _assert_same(fused[1], _alone(cfgs[1], x, y, vx, vy, epochs=1, seed=4), len(vx))
+
+
+def test_on_epoch_may_raise_to_stop():
+    x, y, vx, vy = DATA
+
+    def on_epoch(epoch, stats):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(
+            [_cfg()], x, y, vx, vy, epochs=2, seeds=[0], n_classes=N_CLASSES, on_epoch=on_epoch
+        )
+
+
+def test_exported_member_matches_the_model_trained_alone():
+    x, y, vx, vy = DATA
+    cfgs = [_cfg(norm="batch", lr=1e-3, weight_decay=1e-3), _cfg(norm="layer", optimizer="sgd")]
+    group = []
+    train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 0], n_classes=N_CLASSES, group=group)
+    for k, cfg in enumerate(cfgs):
+        model, _ = train(cfg, (x, y), (vx, vy), epochs=2, seed=0, n_classes=N_CLASSES)
+        exported = group[0].export(k)
+        for name, ref in model.state_dict().items():
+            got = exported.state_dict()[name]
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hidden": (32, 16)},
+        {"batch_size": 32},
+    ],
+)
+def test_members_must_share_widths_and_batch_size(bad):
+    x, y, vx, vy = DATA
+    cfgs = [_cfg(), TrainConfig(**{"hidden": (32, 32), "batch_size": 64, **bad})]
+    with pytest.raises(ValueError, match="hidden|batch_size"):
+        train_group(cfgs, x, y, vx, vy, epochs=1, seeds=[0, 0], n_classes=N_CLASSES)
+
+
+def test_bad_arguments():
+    x, y, vx, vy = DATA
+    with pytest.raises(ValueError, match="seeds"):
+        train_group([_cfg()], x, y, vx, vy, epochs=1, seeds=[0, 1], n_classes=N_CLASSES)
+    with pytest.raises(ValueError, match="precision"):
+        train_group(
+            [_cfg()], x, y, vx, vy, epochs=1, seeds=[0], n_classes=N_CLASSES, precision="fp8"
+        )
+    with pytest.raises(ValueError, match="train_idx"):
+        train_group([_cfg()], x, y, vx, vy, epochs=1, seeds=[0], n_classes=N_CLASSES, train_idx=[])
+    assert train_group([], x, y, vx, vy, epochs=1, seeds=[], n_classes=N_CLASSES) == []
+
+
+def test_bf16_trains_close_to_fp32():
+    x, y, vx, vy = DATA
+    cfgs = [_cfg(lr=3e-3), _cfg(lr=3e-3, norm="layer", activation="gelu")]
+    fp32 = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=[0, 0], n_classes=N_CLASSES)
+    bf16 = train_group(
+        cfgs, x, y, vx, vy, epochs=3, seeds=[0, 0], n_classes=N_CLASSES, precision="bf16"
+    )
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a.final_acc > 0.3
+        assert abs(a.final_acc - b.final_acc) <= 0.05
+        assert abs(a.epochs[-1].val_loss - b.epochs[-1].val_loss) <= 0.05 * a.epochs[-1].val_loss
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    x, y, vx, vy = DATA
+    cfgs = [_cfg(lr=2e-3), _cfg(norm="batch", optimizer="sgd"), _cfg(optimizer="rmsprop")]
+    cpu = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 1, 0], n_classes=N_CLASSES)
+    gpu = train_group(
+        cfgs, x, y, vx, vy, epochs=2, seeds=[0, 1, 0], n_classes=N_CLASSES, device="cuda"
+    )
+    for a, b in zip(cpu, gpu, strict=True):
+        # TF32 may be on for CUDA matmuls: compare loosely.
+        np.testing.assert_allclose(
+            [e.val_loss for e in a.epochs], [e.val_loss for e in b.epochs], rtol=2e-2
+        )

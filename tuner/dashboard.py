@@ -1,0 +1,136 @@
+"""``python -m tuner dashboard``: optuna-dashboard on the project's storage and artifact store.
+
+The dashboard opens the storage the way workers do (:func:`tuner.storage.open_storage`: WAL
+mode on SQLite and a long busy timeout), so it can be watched while stages run: readers never
+block the writer in WAL mode, and a write that meets a lock waits instead of failing with
+"database is locked". It serves the study notes, the intermediate values (learning curves) and
+the plot artifacts under ``WORKDIR/artifacts`` that the stages write.
+
+It listens on loopback by default. optuna-dashboard has no authentication and its API can edit
+notes and delete studies: bind another address only on a trusted network.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socketserver
+import threading
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from tuner.errors import StorageError, TunerError
+from tuner.notes import artifact_store
+from tuner.storage import check_url, open_storage, redact
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """One thread per request (the single-page app loads several files at once)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's name
+        logger.debug("%s - %s", self.address_string(), format % args)
+
+
+class Dashboard:
+    """A running dashboard server: ``url``, ``serve_forever()`` or ``start()``/``stop()``."""
+
+    def __init__(self, storage_url: str, workdir: Path, host: str = "127.0.0.1", port: int = 8080):
+        import optuna_dashboard
+
+        _check_exists(storage_url)
+        check_url(storage_url)
+        self.storage = open_storage(storage_url, heartbeat_interval=5, grace_period=20)
+        self.artifacts = artifact_store(workdir)
+        app = optuna_dashboard.wsgi(self.storage, artifact_store=self.artifacts)
+        try:
+            self.server = make_server(
+                host, port, app, server_class=_Server, handler_class=_QuietHandler
+            )
+        except OSError as err:
+            self.storage.engine.dispose()
+            raise TunerError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+        self.host = host
+        self.port = self.server.server_port
+        self.storage_url = storage_url
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/dashboard"
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+    def start(self) -> Dashboard:
+        """Serve in a background thread (tests, notebooks)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="dashboard", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server.server_close()
+        self.storage.remove_session()
+        self.storage.engine.dispose()
+
+    def __enter__(self) -> Dashboard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _check_exists(url: str) -> None:
+    """A SQLite file that does not exist is a wrong path, not a storage to create."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return  # check_url says what is wrong with it
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise StorageError(
+                f"no storage at {parsed.database}: run a stage first, or pass --storage/--workdir"
+            )
+
+
+def serve(storage_url: str, workdir: Path, host: str, port: int) -> None:
+    """Serve until Ctrl-C, printing the URL first."""
+    dash = Dashboard(storage_url, workdir, host, port)
+    if host not in LOOPBACK:
+        logger.warning(
+            "listening on %s: optuna-dashboard has no login and can edit notes and delete "
+            "studies; anyone who reaches this address can",
+            host,
+        )
+    print(
+        f"optuna-dashboard: {dash.url}\n  storage {redact(storage_url)}\n"
+        f"  artifacts {Path(workdir) / 'artifacts'}\n  Ctrl-C to stop",
+        flush=True,
+    )
+
+    def stop(signum, frame):  # a service manager's SIGTERM stops it like Ctrl-C
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        dash.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped", flush=True)
+    finally:
+        dash.stop()

@@ -1,0 +1,826 @@
+"""Train the trials of one stage together: one stacked model, every trial its own weights.
+
+:func:`train_group` trains ``K`` MLPs of the same widths and batch size as one stacked model:
+layer ``l`` of all members is a ``[K, out, in]`` weight tensor and one batched matrix product
+(``torch.baddbmm``) runs the layer for every member at once. Each member keeps its own
+initialisation (built exactly as :func:`tuner.engine.train` builds it), its own optimizer state,
+learning rate, weight decay and momentum, its own activation and normalisation, and sees the
+batches that :func:`tuner.engine.train` would show it alone (the same per-epoch permutation from
+a generator seeded by its seed, the same last partial batch). Members that share the seed and
+the training rows see the very same batches (common random numbers), and then the input batch
+is gathered once for all of them.
+
+What is measured does not change: member ``k``'s per-epoch train loss, validation loss and
+validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alone, up to
+floating-point rounding (different GEMM blocking and a fused optimizer kernel; see
+``tests/test_fused.py`` for the tolerances).
+
+Where the time goes (a 256x256 MLP at batch 128 on a 2-core CPU): alone, a step is three small
+GEMMs plus ~40 dispatcher calls, autograd bookkeeping, allocations and an optimizer that loops
+over parameters in Python; the arithmetic is a minority. Stacked, the step is the same ~35
+calls for all members together, so the fixed cost is shared and the GEMMs are ``K`` times
+larger. To remove what is not arithmetic the module
+
+* does the backward pass by hand (the network is fixed: ``Linear -> [norm] -> act``), with
+  the same ATen backward kernels autograd would call, so no graph is recorded and every
+  weight/bias gradient is written straight into a preallocated ``[K, ...]`` gradient buffer
+  (``out=``);
+* steps the optimizers with torch's fused multi-tensor kernels (``_fused_adam_``,
+  ``_fused_adamw_``, ``_fused_sgd_``: one pass over memory instead of ~8 elementwise passes),
+  one call for all members that share the optimizer and its hyperparameters (views of the
+  stacked buffers, built once); RMSprop, which has no fused kernel, uses ``_foreach`` ops;
+* never synchronises per step (no ``.item()``): train losses accumulate in a ``[K]`` tensor;
+* evaluates in chunks under ``torch.inference_mode()``.
+
+The stacked layout: weights ``[K, out, in]`` (``nn.Linear`` orientation, so member ``k``'s
+weight is the contiguous view ``W[k]``), activations ``[K, batch, width]``. A batch shared by all
+members is passed as a stride-0 ``expand`` of one ``[batch, features]`` tensor, which MKL's
+batched GEMM reads without copying.
+
+``precision="bf16"`` runs the GEMMs (forward and backward) on bfloat16 copies of activations,
+gradients and weights, like ``torch.autocast("cpu", dtype=torch.bfloat16)`` would, and keeps
+fp32 master weights, optimizer state, normalisation and the loss. It pays only where the CPU
+has native bf16 dot products (AVX512-BF16 / AMX); elsewhere oneDNN emulates them and it is far
+slower than fp32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tuner.engine import EVAL_BATCH, EpochStats, History, seeded
+from tuner.model import build_model
+from tuner.plan import TrainConfig
+
+PRECISIONS = ("fp32", "bf16")
+
+_BN_EPS = 1e-5
+_BN_MOMENTUM = 0.1
+_LN_EPS = 1e-5
+_LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default
+_RMSPROP_ALPHA = 0.99
+_RMSPROP_EPS = 1e-8
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+_EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over members (16 MB fp32)
+
+OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
+
+_aten = torch.ops.aten
+
+
+# --------------------------------------------------------------------------------------------
+# Activations and normalisation on a slice of the member axis
+# --------------------------------------------------------------------------------------------
+
+
+def _act_forward(name: str, u: torch.Tensor) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(u)
+    if name == "leaky_relu":
+        return nn.functional.leaky_relu(u, _LEAKY_SLOPE)
+    if name == "gelu":
+        return nn.functional.gelu(u)
+    if name == "tanh":
+        return torch.tanh(u)
+    if name == "silu":
+        return nn.functional.silu(u)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _act_backward(name: str, g: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. the activation's input ``u`` given ``g`` w.r.t. its output ``a``; the
+    kernels autograd uses for these modules."""
+    if name == "relu":
+        return _aten.threshold_backward(g, a, 0)
+    if name == "leaky_relu":
+        return _aten.leaky_relu_backward(g, u, _LEAKY_SLOPE, False)
+    if name == "gelu":
+        return _aten.gelu_backward(g, u, approximate="none")
+    if name == "tanh":
+        return _aten.tanh_backward(g, a)
+    if name == "silu":
+        return _aten.silu_backward(g, u)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Members ``start:stop`` of a (sub)stack share the normalisation and the activation."""
+
+    start: int
+    stop: int
+    norm: str
+    act: str
+
+
+def _segments(cfgs: Sequence[TrainConfig]) -> list[_Segment]:
+    segs: list[_Segment] = []
+    for k, cfg in enumerate(cfgs):
+        if segs and segs[-1].norm == cfg.norm and segs[-1].act == cfg.activation:
+            last = segs[-1]
+            segs[-1] = _Segment(last.start, k + 1, last.norm, last.act)
+        else:
+            segs.append(_Segment(k, k + 1, cfg.norm, cfg.activation))
+    return segs
+
+
+def _cat0(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _OptGroup:
+    """Members trained by one optimizer call: same optimizer, lr, weight decay, momentum."""
+
+    kind: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    members: list[int]  # stack positions
+    lists: dict[str, list[torch.Tensor]]  # "p", "g", state names, "step": per-tensor views
+
+
+class FusedGroup:
+    """``K`` MLPs of equal widths trained as one stack (see the module docstring).
+
+    Lower-level than :func:`train_group`: ``step_epoch`` trains one epoch, ``evaluate`` scores
+    the members, ``drop`` removes members from the stack, ``export`` rebuilds a member as the
+    ``nn.Sequential`` that :func:`tuner.model.build_model` would give, with its current weights.
+    Members are addressed by their position in ``cfgs``.
+    """
+
+    def __init__(
+        self,
+        cfgs: Sequence[TrainConfig],
+        n_features: int,
+        n_classes: int,
+        *,
+        seeds: Sequence[int],
+        precision: str = "fp32",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        cfgs = list(cfgs)
+        if not cfgs:
+            raise ValueError("train_group needs at least one configuration")
+        if len(seeds) != len(cfgs):
+            raise ValueError(f"got {len(seeds)} seeds for {len(cfgs)} configurations")
+        hidden = {tuple(c.hidden) for c in cfgs}
+        if len(hidden) != 1:
+            raise ValueError(f"all members must share `hidden`; got {sorted(hidden)}")
+        batch = {c.batch_size for c in cfgs}
+        if len(batch) != 1:
+            raise ValueError(f"all members must share `batch_size`; got {sorted(batch)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.hidden: tuple[int, ...] = tuple(cfgs[0].hidden)
+        self.batch_size: int = cfgs[0].batch_size
+        self.n_features, self.n_classes = n_features, n_classes
+        self.precision = precision
+        self.device = torch.device(device)
+        self.cfgs, self.seeds = cfgs, [int(s) for s in seeds]
+        self.n_steps = [0] * len(cfgs)  # optimizer steps taken, per member
+
+        # Stack order: members sorted by (norm, activation) so that each kind is one slice.
+        self.order: list[int] = sorted(
+            range(len(cfgs)), key=lambda i: (cfgs[i].norm, cfgs[i].activation)
+        )
+        models = []
+        for i in self.order:
+            with seeded(self.seeds[i]):
+                models.append(build_model(cfgs[i], n_features, n_classes))
+        self._build_stack(models)
+
+    # ---------------------------------------------------------------- construction
+
+    def _build_stack(self, models: list[nn.Sequential]) -> None:
+        dev = self.device
+        linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
+        norms = [
+            [m for m in model if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))] for model in models
+        ]
+        n_layers = len(self.hidden) + 1
+        params: list[torch.Tensor] = []
+        self._w_idx, self._b_idx = [], []
+        self._gamma_idx: list[int] = []
+        self._beta_idx: list[int] = []
+        for layer in range(n_layers):
+            w = torch.stack([lin[layer].weight.detach() for lin in linears]).to(dev)
+            b = torch.stack([lin[layer].bias.detach() for lin in linears]).to(dev)
+            self._w_idx.append(len(params))
+            params.append(w.contiguous())
+            self._b_idx.append(len(params))
+            params.append(b.contiguous())
+        self.running: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for layer, width in enumerate(self.hidden):
+            gamma = torch.ones(len(models), width)
+            beta = torch.zeros(len(models), width)
+            rmean = torch.zeros(len(models), width)
+            rvar = torch.ones(len(models), width)
+            for k, ns in enumerate(norms):
+                if ns:
+                    gamma[k] = ns[layer].weight.detach()
+                    beta[k] = ns[layer].bias.detach()
+                    if isinstance(ns[layer], nn.BatchNorm1d):
+                        rmean[k] = ns[layer].running_mean
+                        rvar[k] = ns[layer].running_var
+            self._gamma_idx.append(len(params))
+            params.append(gamma.to(dev))
+            self._beta_idx.append(len(params))
+            params.append(beta.to(dev))
+            self.running.append((rmean.to(dev), rvar.to(dev)))
+        self.params = params
+        self.grads = [torch.zeros_like(p) for p in params]
+        kinds = {self.cfgs[i].optimizer for i in self.order}
+        self.state: dict[str, list[torch.Tensor]] = {}
+        if kinds & {"adam", "adamw"}:
+            self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
+            self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
+        if "sgd" in kinds:
+            self.state["momentum"] = [torch.zeros_like(p) for p in params]
+        if "rmsprop" in kinds:
+            self.state["square_avg"] = [torch.zeros_like(p) for p in params]
+        self.steps = torch.zeros(len(models), device=dev)  # Adam's per-member step counts
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Recompute everything derived from ``self.order`` and the buffers."""
+        stack_cfgs = [self.cfgs[i] for i in self.order]
+        self.segments = _segments(stack_cfgs)
+        groups: dict[tuple, list[int]] = {}
+        for pos, cfg in enumerate(stack_cfgs):
+            momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+            key = (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum)
+            groups.setdefault(key, []).append(pos)
+        self.opt_groups = [
+            self._opt_group(kind, lr, wd, mom, members)
+            for (kind, lr, wd, mom), members in groups.items()
+        ]
+
+    def _member_param_ids(self, pos: int) -> list[int]:
+        ids = [*self._w_idx, *self._b_idx]
+        if self.cfgs[self.order[pos]].norm != "none":
+            ids += [*self._gamma_idx, *self._beta_idx]
+        return ids
+
+    def _opt_group(
+        self, kind: str, lr: float, wd: float, mom: float, members: list[int]
+    ) -> _OptGroup:
+        lists: dict[str, list[torch.Tensor]] = {"p": [], "g": [], "step": []}
+        names = {
+            "adam": ("exp_avg", "exp_avg_sq"),
+            "adamw": ("exp_avg", "exp_avg_sq"),
+            "sgd": ("momentum",),
+            "rmsprop": ("square_avg",),
+        }[kind]
+        for name in names:
+            lists[name] = []
+        for pos in members:
+            for i in self._member_param_ids(pos):
+                lists["p"].append(self.params[i][pos])
+                lists["g"].append(self.grads[i][pos])
+                lists["step"].append(self.steps[pos])
+                for name in names:
+                    lists[name].append(self.state[name][i][pos])
+        return _OptGroup(kind, lr, wd, mom, members, lists)
+
+    # ---------------------------------------------------------------- members
+
+    @property
+    def active(self) -> list[int]:
+        """Members still in the stack (positions in ``cfgs``), in stack order."""
+        return list(self.order)
+
+    def drop(self, members: Iterable[int]) -> None:
+        """Remove members (positions in ``cfgs``) from the stack; the others are unaffected."""
+        gone = set(members)
+        keep = [pos for pos, i in enumerate(self.order) if i not in gone]
+        if len(keep) == len(self.order):
+            return
+        sel = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self.order = [self.order[pos] for pos in keep]
+
+        def take(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.index_select(0, sel) for t in ts]
+
+        self.params, self.grads = take(self.params), take(self.grads)
+        self.state = {name: take(ts) for name, ts in self.state.items()}
+        self.running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
+        self.steps = self.steps.index_select(0, sel)
+        self._rebuild()
+
+    def export(self, member: int) -> nn.Sequential:
+        """Member ``member`` (position in ``cfgs``) as a plain ``nn.Sequential`` in eval mode."""
+        pos = self.order.index(member)
+        cfg = self.cfgs[member]
+        model = build_model(cfg, self.n_features, self.n_classes)
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        norms = [m for m in model if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))]
+        with torch.no_grad():
+            for layer, lin in enumerate(linears):
+                lin.weight.copy_(self.params[self._w_idx[layer]][pos])
+                lin.bias.copy_(self.params[self._b_idx[layer]][pos])
+            for layer, norm in enumerate(norms):
+                norm.weight.copy_(self.params[self._gamma_idx[layer]][pos])
+                norm.bias.copy_(self.params[self._beta_idx[layer]][pos])
+                if isinstance(norm, nn.BatchNorm1d):
+                    norm.running_mean.copy_(self.running[layer][0][pos])
+                    norm.running_var.copy_(self.running[layer][1][pos])
+                    norm.num_batches_tracked.fill_(self.n_steps[member])
+        return model.to(self.device).eval()
+
+    # ---------------------------------------------------------------- arithmetic
+
+    def _minus_one(self, dtype: torch.dtype) -> torch.Tensor:
+        cached = getattr(self, "_minus_one_cache", None)
+        if cached is None or cached.dtype != dtype:
+            cached = self._minus_one_cache = torch.full(
+                (1, 1, 1), -1.0, dtype=dtype, device=self.device
+            )
+        return cached
+
+    def _mm(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """``h @ w^T + b`` per member: h [K, B, in], w [K, out, in], b [K, out]."""
+        if self.precision == "bf16":
+            z = torch.bmm(h.to(torch.bfloat16), w.to(torch.bfloat16).transpose(1, 2)).float()
+            return z if b is None else z.add_(b.unsqueeze(1))
+        if b is None:
+            return torch.bmm(h, w.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    def _mm_logits(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The output layer, ``h @ w^T + b`` [K, B, classes], computed as ``(w @ h^T)^T``: with
+        few classes MKL is several times faster with them as the GEMM's rows."""
+        if self.precision == "bf16":
+            zt = torch.bmm(w.to(torch.bfloat16), h.to(torch.bfloat16).transpose(1, 2)).float()
+            return zt.add_(b.unsqueeze(2)).transpose(1, 2)
+        return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
+
+    def _mm_grads(
+        self, g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, gw: torch.Tensor, need_h: bool
+    ) -> torch.Tensor | None:
+        """Write ``g^T h`` (the weight gradient) into ``gw``; return ``g w`` if ``need_h``."""
+        if self.precision == "bf16":
+            gb = g.to(torch.bfloat16)
+            gw.copy_(torch.bmm(gb.transpose(1, 2), h.to(torch.bfloat16)))
+            return torch.bmm(gb, w.to(torch.bfloat16)).float() if need_h else None
+        torch.bmm(g.transpose(1, 2), h, out=gw)
+        return torch.bmm(g, w) if need_h else None
+
+    def _forward_backward(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        running: list[tuple[torch.Tensor, torch.Tensor]],
+        segments: list[_Segment],
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+    ) -> torch.Tensor:
+        """One training step's forward and backward pass for a (sub)stack.
+
+        ``xb`` [K, B, F] (may be a stride-0 expand), ``yb`` [K, B]. Writes every gradient into
+        ``grads``, updates BatchNorm running statistics in ``running``, returns the mean loss
+        per member [K]."""
+        n_batch = xb.shape[1]
+        saved = []
+        h = xb
+        for layer in range(len(self.hidden)):
+            z = self._mm(h, params[self._w_idx[layer]], params[self._b_idx[layer]])
+            gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
+            rmean, rvar = running[layer]
+            us, acts, norm_saved = [], [], []
+            for s in segments:
+                zs = z[s.start : s.stop]
+                if s.norm == "layer":
+                    xhat, mean, rstd = _aten.native_layer_norm(
+                        zs, [zs.shape[-1]], None, None, _LN_EPS
+                    )
+                    us_ = torch.addcmul(
+                        beta[s.start : s.stop, None], xhat, gamma[s.start : s.stop, None]
+                    )
+                    norm_saved.append((xhat, mean, rstd))
+                elif s.norm == "batch":
+                    var, mean = torch.var_mean(zs, dim=1, keepdim=True, correction=0)
+                    rstd = (var + _BN_EPS).rsqrt_()
+                    xhat = (zs - mean).mul_(rstd)
+                    us_ = torch.addcmul(
+                        beta[s.start : s.stop, None], xhat, gamma[s.start : s.stop, None]
+                    )
+                    unbiased = var.squeeze(1) * (n_batch / (n_batch - 1))
+                    rmean[s.start : s.stop].mul_(1 - _BN_MOMENTUM).add_(
+                        mean.squeeze(1), alpha=_BN_MOMENTUM
+                    )
+                    rvar[s.start : s.stop].mul_(1 - _BN_MOMENTUM).add_(unbiased, alpha=_BN_MOMENTUM)
+                    norm_saved.append((xhat, rstd))
+                else:
+                    us_ = zs
+                    norm_saved.append(None)
+                us.append(us_)
+                acts.append(_act_forward(s.act, us_))
+            saved.append((h, z, us, acts, norm_saved))
+            h = _cat0(acts)
+        logits = self._mm_logits(h, params[self._w_idx[-1]], params[self._b_idx[-1]])
+
+        # Cross-entropy, mean over the batch per member; its gradient w.r.t. the logits is
+        # (softmax - onehot) / B.
+        logp = torch.log_softmax(logits, dim=2)
+        target = yb.unsqueeze(2)
+        loss = logp.gather(2, target).squeeze(2).mean(1).neg_()
+        g = logp.exp_()
+        g.scatter_add_(2, target, self._minus_one(g.dtype).expand(target.shape))
+        g.mul_(1.0 / n_batch)
+
+        # Backward, output layer first.
+        n_layers = len(self.hidden) + 1
+        for layer in reversed(range(n_layers)):
+            w_i, b_i = self._w_idx[layer], self._b_idx[layer]
+            h_in = saved[layer][0] if layer < len(self.hidden) else h
+            torch.sum(g, 1, out=grads[b_i])
+            g_h = self._mm_grads(g, h_in, params[w_i], grads[w_i], need_h=layer > 0)
+            if layer == 0:
+                break
+            _, z, us, acts, norm_saved = saved[layer - 1]
+            gamma = params[self._gamma_idx[layer - 1]]
+            g_gamma, g_beta = grads[self._gamma_idx[layer - 1]], grads[self._beta_idx[layer - 1]]
+            parts = []
+            for s, u, a, ns in zip(segments, us, acts, norm_saved, strict=True):
+                gs = _act_backward(s.act, g_h[s.start : s.stop], u, a)
+                if s.norm == "none":
+                    parts.append(gs)
+                    continue
+                xhat = ns[0]
+                torch.sum(gs * xhat, 1, out=g_gamma[s.start : s.stop])
+                torch.sum(gs, 1, out=g_beta[s.start : s.stop])
+                g_xhat = gs.mul_(gamma[s.start : s.stop, None])
+                if s.norm == "layer":
+                    _, mean, rstd = ns
+                    zs = z[s.start : s.stop]
+                    parts.append(
+                        _aten.native_layer_norm_backward(
+                            g_xhat, zs, [zs.shape[-1]], mean, rstd, None, None, [True, False, False]
+                        )[0]
+                    )
+                else:
+                    rstd = ns[1]
+                    proj = (g_xhat * xhat).mean(1, keepdim=True)
+                    gz = g_xhat - g_xhat.mean(1, keepdim=True)
+                    gz.sub_(xhat * proj).mul_(rstd)
+                    parts.append(gz)
+            g = _cat0(parts)
+        return loss
+
+    def _forward_eval(self, params, running, segments, xb: torch.Tensor) -> torch.Tensor:
+        h = xb
+        for layer in range(len(self.hidden)):
+            z = torch.baddbmm(
+                params[self._b_idx[layer]].unsqueeze(1),
+                h,
+                params[self._w_idx[layer]].transpose(1, 2),
+            )
+            gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
+            rmean, rvar = running[layer]
+            acts = []
+            for s in segments:
+                zs = z[s.start : s.stop]
+                sl = slice(s.start, s.stop)
+                if s.norm == "layer":
+                    zs = _aten.native_layer_norm(zs, [zs.shape[-1]], None, None, _LN_EPS)[0]
+                    zs = torch.addcmul(beta[sl, None], zs, gamma[sl, None])
+                elif s.norm == "batch":
+                    scale = (rvar[sl] + _BN_EPS).rsqrt_().mul_(gamma[sl])
+                    zs = torch.addcmul(beta[sl, None], zs - rmean[sl, None], scale[:, None])
+                acts.append(_act_forward(s.act, zs))
+            h = _cat0(acts)
+        w, b = params[self._w_idx[-1]], params[self._b_idx[-1]]
+        return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
+
+    def _optimizer_step(self, groups: list[_OptGroup]) -> None:
+        b1, b2 = _ADAM_BETAS
+        for grp in groups:
+            ls = grp.lists
+            if grp.kind in ("adam", "adamw"):
+                fn = torch._fused_adam_ if grp.kind == "adam" else torch._fused_adamw_
+                fn(
+                    ls["p"],
+                    ls["g"],
+                    ls["exp_avg"],
+                    ls["exp_avg_sq"],
+                    [],
+                    ls["step"],
+                    lr=grp.lr,
+                    beta1=b1,
+                    beta2=b2,
+                    weight_decay=grp.weight_decay,
+                    eps=_ADAM_EPS,
+                    amsgrad=False,
+                    maximize=False,
+                )
+            elif grp.kind == "sgd":
+                # Zero-initialised buffers make the first step buf = 0 * m + g = g, exactly
+                # torch.optim.SGD's clone of the first gradient.
+                torch._fused_sgd_(
+                    ls["p"],
+                    ls["g"],
+                    ls["momentum"] if grp.momentum != 0 else [],
+                    weight_decay=grp.weight_decay,
+                    momentum=grp.momentum,
+                    lr=grp.lr,
+                    dampening=0.0,
+                    nesterov=False,
+                    maximize=False,
+                    is_first_step=False,
+                )
+            else:  # rmsprop, as torch.optim.RMSprop's foreach implementation
+                grads = ls["g"]
+                if grp.weight_decay != 0:
+                    torch._foreach_add_(grads, ls["p"], alpha=grp.weight_decay)
+                sq = ls["square_avg"]
+                torch._foreach_mul_(sq, _RMSPROP_ALPHA)
+                torch._foreach_addcmul_(sq, grads, grads, value=1 - _RMSPROP_ALPHA)
+                avg = torch._foreach_sqrt(sq)
+                torch._foreach_add_(avg, _RMSPROP_EPS)
+                torch._foreach_addcdiv_(ls["p"], grads, avg, value=-grp.lr)
+
+    # ---------------------------------------------------------------- steps
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of every member: ``xb`` [B, F] shared or [K, B, F] per member,
+        ``yb`` [B] or [K, B]. Returns the mean loss per member [K] (stack order)."""
+        k = len(self.order)
+        if xb.dim() == 2:
+            xb, yb = xb.expand(k, *xb.shape), yb.expand(k, yb.shape[0])
+        loss = self._forward_backward(self.params, self.grads, self.running, self.segments, xb, yb)
+        self.steps += 1
+        self._optimizer_step(self.opt_groups)
+        for i in self.order:
+            self.n_steps[i] += 1
+        return loss
+
+    def train_step_subset(
+        self, positions: list[int], xb: torch.Tensor, yb: torch.Tensor
+    ) -> torch.Tensor:
+        """A step of the members at stack ``positions`` only (the others do not move)."""
+        if len(positions) == len(self.order):
+            return self.train_step(xb, yb)
+        k = len(positions)
+        if xb.dim() == 2:
+            xb, yb = xb.expand(k, *xb.shape), yb.expand(k, yb.shape[0])
+        lo, hi = positions[0], positions[-1] + 1
+        contiguous = positions == list(range(lo, hi))
+        if contiguous:  # views: gradients and running statistics land in place
+            params = [p[lo:hi] for p in self.params]
+            grads = [g[lo:hi] for g in self.grads]
+            running = [(m[lo:hi], v[lo:hi]) for m, v in self.running]
+        else:
+            sel = torch.tensor(positions, dtype=torch.long, device=self.device)
+            params = [p.index_select(0, sel) for p in self.params]
+            grads = [torch.empty_like(p) for p in params]
+            running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
+        segments = _segments([self.cfgs[self.order[pos]] for pos in positions])
+        loss = self._forward_backward(params, grads, running, segments, xb, yb)
+        if not contiguous:
+            for dst, src in zip(self.grads, grads, strict=True):
+                dst.index_copy_(0, sel, src)
+            for (m, v), (ms, vs) in zip(self.running, running, strict=True):
+                m.index_copy_(0, sel, ms)
+                v.index_copy_(0, sel, vs)
+        wanted = set(positions)
+        groups = []
+        for grp in self.opt_groups:
+            members = [pos for pos in grp.members if pos in wanted]
+            if members:
+                groups.append(
+                    self._opt_group(grp.kind, grp.lr, grp.weight_decay, grp.momentum, members)
+                )
+        for pos in positions:
+            self.steps[pos] += 1
+            self.n_steps[self.order[pos]] += 1
+        self._optimizer_step(groups)
+        return loss
+
+    @torch.inference_mode()
+    def evaluate(
+        self, positions: list[int], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[list[float], list[float]]:
+        """Mean cross-entropy and accuracy on ``(x, y)`` of the members at stack ``positions``
+        (all evaluated on the same rows), in eval mode (BatchNorm uses running statistics)."""
+        k = len(positions)
+        if k == len(self.order):
+            params, running, segments = self.params, self.running, self.segments
+        else:
+            sel = torch.tensor(positions, dtype=torch.long, device=self.device)
+            params = [p.index_select(0, sel) for p in self.params]
+            running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
+            segments = _segments([self.cfgs[self.order[pos]] for pos in positions])
+        n = len(x)
+        chunk = max(1, min(EVAL_BATCH, _EVAL_ELEMENTS // (k * max(*self.hidden, self.n_classes))))
+        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(k, dtype=torch.long, device=self.device)
+        for start in range(0, n, chunk):
+            xb = x[start : start + chunk]
+            yb = y[start : start + chunk]
+            logits = self._forward_eval(params, running, segments, xb.expand(k, *xb.shape))
+            logp = torch.log_softmax(logits, dim=2)
+            target = yb.expand(k, len(yb)).unsqueeze(2)
+            loss_sum -= logp.gather(2, target).sum((1, 2), dtype=torch.float64)
+            correct += (logits.argmax(dim=2) == yb).sum(1)
+        denom = max(n, 1)
+        return (loss_sum / denom).tolist(), (correct.double() / denom).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+
+
+def _batch_sizes(n: int, batch_size: int, min_size: int) -> list[int]:
+    """The batch sizes :func:`tuner.engine.batch_indices` yields for ``n`` rows."""
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    return [s for s in sizes if s >= min_size]
+
+
+def _same_rows(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
+
+
+def _dedupe(idx: Sequence[torch.Tensor | None]) -> list[int]:
+    """For each entry, the position of its first equal entry (rows identical)."""
+    firsts: list[int] = []
+    ids = []
+    for t in idx:
+        for j in firsts:
+            if _same_rows(idx[j], t):
+                ids.append(j)
+                break
+        else:
+            firsts.append(len(ids))
+            ids.append(len(ids))
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def train_group(
+    cfgs: Sequence[TrainConfig],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    epochs: int,
+    seeds: Sequence[int],
+    n_classes: int,
+    train_idx: Sequence[torch.Tensor] | None = None,
+    val_idx: Sequence[torch.Tensor] | None = None,
+    on_epoch: OnEpoch | None = None,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    group: list[FusedGroup] | None = None,
+) -> list[History]:
+    """Train ``cfgs`` together as one stacked model; return one :class:`History` per member.
+
+    Member ``k`` trains as ``engine.train(cfgs[k], (x[train_idx[k]], y[train_idx[k]]),
+    (val_x[val_idx[k]], val_y[val_idx[k]]), epochs=epochs, seed=seeds[k], ...)`` would train
+    it alone: the same initial weights, batches, optimizer and per-epoch statistics (up to
+    floating-point rounding). All members must share ``hidden`` and ``batch_size``; activation,
+    norm, init, optimizer, lr, weight_decay and momentum may differ.
+
+    ``train_idx`` / ``val_idx``: per-member row subsets (CV folds); ``None``: all rows.
+    ``on_epoch(epoch, stats)`` runs after every epoch with one :class:`EpochStats` per member
+    (``None`` for members already stopped); it may return member indices to stop now (pruned
+    trials: they leave the stack and their histories end here, marked ``stopped_early``), or
+    raise to abort the whole group. ``EpochStats.seconds`` is the group's wall time for the
+    epoch (training and evaluation of all members).
+    ``precision``: ``"fp32"`` or ``"bf16"`` (bfloat16 GEMMs, fp32 master weights; see the module
+    docstring). ``device``: where the stack lives; the data are copied there once.
+    ``group``: if a list is given, the :class:`FusedGroup` is appended to it (to export the
+    trained members).
+    """
+    k_all = len(cfgs)
+    if k_all == 0:
+        return []
+    if train_idx is not None and len(train_idx) != k_all:
+        raise ValueError(f"train_idx has {len(train_idx)} entries for {k_all} configurations")
+    if val_idx is not None and len(val_idx) != k_all:
+        raise ValueError(f"val_idx has {len(val_idx)} entries for {k_all} configurations")
+    dev = torch.device(device)
+    fg = FusedGroup(cfgs, x.shape[1], n_classes, seeds=seeds, precision=precision, device=dev)
+    if group is not None:
+        group.append(fg)
+    x, y = x.to(dev), y.to(dev)
+    val_x, val_y = val_x.to(dev), val_y.to(dev)
+    tr = [None if train_idx is None else train_idx[i].to(dev) for i in range(k_all)]
+    va = [None if val_idx is None else val_idx[i].to(dev) for i in range(k_all)]
+    n_rows = [len(x) if t is None else len(t) for t in tr]
+    row_set = _dedupe(tr)
+    val_set = _dedupe(va)
+    val_data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i in range(k_all):
+        j = val_set[i]
+        if j not in val_data:
+            val_data[j] = (val_x, val_y) if va[j] is None else (val_x[va[j]], val_y[va[j]])
+    min_size = [2 if c.norm == "batch" else 1 for c in cfgs]
+    sizes = [_batch_sizes(n_rows[i], fg.batch_size, min_size[i]) for i in range(k_all)]
+    generators: dict[tuple[int, int], torch.Generator] = {}
+    for i in range(k_all):
+        key = (fg.seeds[i], n_rows[i])
+        if key not in generators:
+            generators[key] = torch.Generator().manual_seed(fg.seeds[i])
+    histories = [History() for _ in range(k_all)]
+    bsz = fg.batch_size
+
+    with torch.inference_mode():
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            members = fg.active  # original indices, stack order
+            # One permutation per distinct (seed, n), drawn in the order engine.train would.
+            perms = {}
+            for i in members:
+                key = (fg.seeds[i], n_rows[i])
+                if key not in perms:
+                    perms[key] = torch.randperm(n_rows[i], generator=generators[key]).to(dev)
+            rows = {}
+            for i in members:
+                key = (fg.seeds[i], n_rows[i], row_set[i])
+                if key not in rows:
+                    perm = perms[key[:2]]
+                    rows[key] = perm if tr[i] is None else tr[i][perm]
+            row_of = [rows[(fg.seeds[i], n_rows[i], row_set[i])] for i in members]
+            shared = len(rows) == 1
+            n_full = min(n_rows[i] // bsz for i in members)
+            loss_sum = torch.zeros(len(members), device=dev)
+            seen = [0] * len(members)
+            if shared:
+                r = row_of[0]
+                for s in range(n_full):
+                    idx = r[s * bsz : (s + 1) * bsz]
+                    loss_sum += fg.train_step(x[idx], y[idx])
+            elif n_full:
+                mat = torch.stack([r[: n_full * bsz] for r in row_of])
+                for s in range(n_full):
+                    idx = mat[:, s * bsz : (s + 1) * bsz]
+                    loss_sum += fg.train_step(x[idx], y[idx])
+            if n_full:
+                loss_sum *= bsz
+                seen = [n_full * bsz] * len(members)
+            # The rest: last partial batches, members with more rows than others.
+            n_steps = max(len(sizes[i]) for i in members)
+            for s in range(n_full, n_steps):
+                by_size: dict[int, list[int]] = {}
+                for pos, i in enumerate(members):
+                    if s < len(sizes[i]):
+                        by_size.setdefault(sizes[i][s], []).append(pos)
+                for b, positions in by_size.items():
+                    if len({id(row_of[p]) for p in positions}) == 1:
+                        idx = row_of[positions[0]][s * bsz : s * bsz + b]
+                    else:
+                        idx = torch.stack([row_of[p][s * bsz : s * bsz + b] for p in positions])
+                    loss = fg.train_step_subset(positions, x[idx], y[idx])
+                    sel = torch.tensor(positions, dtype=torch.long, device=dev)
+                    loss_sum.index_add_(0, sel, loss * b)
+                    for p in positions:
+                        seen[p] += b
+            train_loss = (
+                loss_sum.double().cpu() / torch.tensor([max(n, 1) for n in seen])
+            ).tolist()
+
+            # Evaluation, grouped by validation subset.
+            val_loss, val_acc = [0.0] * len(members), [0.0] * len(members)
+            by_val: dict[int, list[int]] = {}
+            for pos, i in enumerate(members):
+                by_val.setdefault(val_set[i], []).append(pos)
+            for j, positions in by_val.items():
+                losses, accs = fg.evaluate(positions, *val_data[j])
+                for pos, lo, ac in zip(positions, losses, accs, strict=True):
+                    val_loss[pos], val_acc[pos] = lo, ac
+            seconds = time.perf_counter() - t0
+            stats: list[EpochStats | None] = [None] * k_all
+            for pos, i in enumerate(members):
+                stats[i] = EpochStats(epoch, train_loss[pos], val_loss[pos], val_acc[pos], seconds)
+                histories[i].epochs.append(stats[i])
+            if on_epoch is not None:
+                stop = on_epoch(epoch, stats)
+                if stop:
+                    stop = {int(i) for i in stop} & set(members)
+                    if stop and epoch < epochs:
+                        for i in stop:
+                            histories[i].stopped_early = True
+                        fg.drop(stop)
+                        if not fg.active:
+                            break
+    return histories

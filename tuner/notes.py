@@ -1,0 +1,402 @@
+"""What the dashboard shows beside the numbers: study notes and plot artifacts.
+
+Every stage study carries a Markdown note (optuna-dashboard's notes): what the stage tunes, its
+grid, the params fixed from earlier stages, and once it is done the winner and its margin.
+Each trial gets its learning-curve plot as an artifact, the ``lr`` study its range-test plot,
+every finished stage study its summary plot (curves per grid point, or CV error bars), and the
+final study its training history and test confusion matrix. Artifacts live in an Optuna
+:class:`~optuna.artifacts.FileSystemArtifactStore` under ``WORKDIR/artifacts``.
+
+The hooks (``on_*``) are called by :class:`tuner.stages.Session` and are best effort: a plot or
+note that cannot be written is logged and never fails a trial or a stage. They are idempotent
+across workers: notes are rebuilt from the storage (any worker that finishes a stage writes the
+same text), and study artifacts have an ID derived from the study and file name, so writing
+one twice replaces it instead of adding a copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import statistics
+import tempfile
+import uuid
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner import plots
+from tuner.plots import fmt_value, point_label
+
+if TYPE_CHECKING:
+    from tuner.stages import Session, StageState
+
+logger = logging.getLogger(__name__)
+
+ARTIFACTS_DIR = "artifacts"
+
+
+def artifacts_dir(workdir: Path) -> Path:
+    return Path(workdir) / ARTIFACTS_DIR
+
+
+def artifact_store(workdir: Path) -> optuna.artifacts.FileSystemArtifactStore:
+    """The artifact store of a workdir (``WORKDIR/artifacts``), created if needed."""
+    path = artifacts_dir(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    return optuna.artifacts.FileSystemArtifactStore(path)
+
+
+# -- reading a stage ---------------------------------------------------------------------------
+def stage_rows(state: StageState) -> list[dict[str, Any]]:
+    """The complete grid points of a stage in grid order (plan order), one dict each:
+    ``params, value, std, fold_values, history, seconds, trial, peak_epoch``."""
+    points = state.user_attrs.get("points")
+    order = {json.dumps(p, sort_keys=True): i for i, p in enumerate(points or [])}
+    latest: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in state.trials:
+        if t.state == TrialState.COMPLETE:
+            latest[json.dumps(t.params, sort_keys=True)] = t
+    rows = [
+        {
+            "params": dict(t.params),
+            "value": t.value,
+            "std": t.user_attrs.get("std"),
+            "fold_values": t.user_attrs.get("fold_values"),
+            "history": t.user_attrs.get("history"),
+            "seconds": t.user_attrs.get("seconds"),
+            "peak_epoch": t.user_attrs.get("peak_epoch"),
+            "trial": t.number,
+        }
+        for key, t in latest.items()
+        if points is None or key in order
+    ]
+    rows.sort(key=lambda r: order.get(json.dumps(r["params"], sort_keys=True), r["trial"]))
+    return rows
+
+
+def winner(rows: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
+    """The best row and the runner-up (``None`` where there are too few)."""
+    ranked = sorted(rows, key=lambda r: r["value"], reverse=True)
+    return (ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None)
+
+
+def tuned_params(stage: Mapping[str, Any]) -> list[str]:
+    if stage.get("kind") == "lr_range_test":
+        return [stage.get("param", "lr")]
+    return list(stage.get("grid", {}))
+
+
+def scored_by(stage: Mapping[str, Any]) -> str:
+    """How a grid point of the stage is scored, in words."""
+    epochs = stage.get("epochs", 1)
+    ep = f"{epochs} epoch{'s' if epochs != 1 else ''}"
+    kind = stage.get("kind")
+    if kind == "cv":
+        return (
+            f"mean over {stage.get('folds')} stratified folds of the train split of the final "
+            f"validation accuracy ({ep} per fold); per-fold values and std kept"
+        )
+    which = "peak" if stage.get("objective") == "peak" else "final"
+    run = f"{which} validation accuracy over {ep}"
+    if kind == "lr_range_test":
+        cands = ", ".join(f"x{fmt_value(c)}" for c in stage.get("candidates", [1.0]))
+        return (
+            f"LR range test ({stage.get('range_optimizer', 'adam')}, one epoch, "
+            f"{fmt_value(stage.get('start_lr'))} -> {fmt_value(stage.get('end_lr'))}), "
+            f"suggestion at the steepest loss descent (snap: {stage.get('snap')}); the "
+            f"candidates ({cands} the chosen LR) are verified by a run scored by {run}"
+        )
+    return run
+
+
+def fmt_params(params: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in (params or {}).items()) or "none"
+
+
+def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
+    if stage.get("kind") == "lr_range_test":
+        if points:
+            return ", ".join(point_label(p) for p in points)
+        return "decided by the range test"
+    return "; ".join(
+        f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in stage.get("grid", {}).items()
+    )
+
+
+def winner_text(rows: list[dict[str, Any]]) -> str:
+    """``activation=gelu (0.6123), +0.0042 over activation=relu (0.6081)``, with a warning
+    where a CV margin is smaller than the winner's std over folds."""
+    best, second = winner(rows)
+    if best is None:
+        return "none yet"
+    text = f"**{fmt_params(best['params'])}** ({best['value']:.4f})"
+    if second is not None:
+        margin = best["value"] - second["value"]
+        text += f", +{margin:.4f} over {fmt_params(second['params'])} ({second['value']:.4f})"
+        if best.get("std") and margin < best["std"]:
+            text += f"; the margin is within one std over folds ({best['std']:.4f})"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def points_table(
+    rows: list[dict[str, Any]], params: list[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of a stage's grid-point table (grid order, the winner marked)."""
+    best, _ = winner(rows)
+    has_std = any(r.get("std") is not None for r in rows)
+    header = [*params, "value"] + (["std", "folds"] if has_std else []) + ["seconds", "trial", ""]
+    cells = []
+    for r in rows:
+        row = [fmt_value(r["params"].get(p)) for p in params] + [f"{r['value']:.4f}"]
+        if has_std:
+            row.append(f"{r['std']:.4f}" if r.get("std") is not None else "")
+            row.append(", ".join(f"{v:.4f}" for v in r.get("fold_values") or []))
+        row += [f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", str(r["trial"])]
+        row.append("winner" if r is best else "")
+        cells.append(row)
+    return header, cells
+
+
+# -- notes -------------------------------------------------------------------------------------
+def stage_note(state: StageState) -> str:
+    """The Markdown note of a stage study, from what the storage holds."""
+    attrs = state.user_attrs
+    stage = attrs.get("stage") or {}
+    params = tuned_params(stage) or sorted({k for r in stage_rows(state) for k in r["params"]})
+    rows = stage_rows(state)
+    lines = [
+        f"## Stage `{state.name}` ({stage.get('kind', '?')}): {state.state}, "
+        f"{state.n_complete}/{state.n_total} points complete",
+        "",
+    ]
+    if stage.get("description"):
+        lines += [stage["description"], ""]
+    lines += [
+        f"- **Tunes:** {', '.join(params)}",
+        f"- **Grid:** {grid_text(stage, attrs.get('points'))}",
+        f"- **Scored by:** {scored_by(stage)}",
+        f"- **Fixed from earlier stages:** {fmt_params(attrs.get('fixed_params'))}",
+    ]
+    curve = attrs.get("lr_range_test")
+    if curve:
+        lines.append(
+            f"- **Range test:** steepest descent at {curve['suggestion']:.3g}, "
+            f"chosen {fmt_value(curve['chosen'])} (plot: artifact `lr_range_test.png`)"
+        )
+    data = attrs.get("data") or {}
+    if data:
+        lines.append(
+            f"- **Data:** {data.get('source')} ({data.get('split')} split, key "
+            f"`{data.get('key')}`): train {data.get('n_train')}, val {data.get('n_val')}"
+        )
+    lines.append(f"- **Winner:** {winner_text(rows)}")
+    if rows:
+        header, cells = points_table(rows, params)
+        lines += ["", _table(header, cells)]
+    return "\n".join(lines) + "\n"
+
+
+def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
+    """The Markdown note of the final study: configuration and test scores."""
+    attrs = state.user_attrs
+    lines = [f"## Final model: {state.state}", ""]
+    lines.append(f"- **Fixed params (stage winners):** {fmt_params(attrs.get('fixed_params'))}")
+    complete = [t for t in state.trials if t.state == TrialState.COMPLETE]
+    if complete:
+        t = complete[-1]
+        cfg = t.user_attrs.get("config")
+        if cfg:
+            lines.append(f"- **Configuration:** {fmt_params(cfg)}")
+    if metrics:
+        lines += [
+            f"- **Test accuracy:** {metrics['test_accuracy']:.4f}, **test loss:** "
+            f"{metrics['test_loss']:.4f}, macro F1 {metrics['macro_f1']:.4f} on "
+            f"{metrics['n_test']} test rows",
+            f"- **Epochs trained:** {metrics.get('epochs_trained')}"
+            + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
+            "",
+        ]
+        per_class = metrics.get("per_class") or {}
+        lines.append(
+            _table(
+                ["decade", "precision", "recall", "F1", "support"],
+                [
+                    [
+                        name,
+                        f"{c['precision']:.3f}",
+                        f"{c['recall']:.3f}",
+                        f"{c['f1']:.3f}",
+                        str(c["support"]),
+                    ]
+                    for name, c in per_class.items()
+                ],
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_note(study: optuna.Study, body: str) -> bool:
+    """Write ``body`` as the study's note unless it already is (no needless version bumps)."""
+    from optuna_dashboard import get_note
+    from optuna_dashboard import save_note as _save
+
+    if get_note(study) == body:
+        return False
+    _save(study, body)
+    return True
+
+
+# -- artifacts ---------------------------------------------------------------------------------
+def put_study_artifact(store, study: optuna.Study, path: Path) -> str:
+    """Attach ``path`` to ``study`` under an ID derived from the study and file name: writing
+    it again (another worker, a rerun) replaces the artifact instead of adding a copy."""
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
+
+    path = Path(path)
+    artifact_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tuner:{study.study_name}/{path.name}"))
+    with open(path, "rb") as f:
+        store.write(artifact_id, f)  # the file first: the dashboard never lists a missing one
+    meta = ArtifactMeta(artifact_id, path.name, "image/png", None)
+    study._storage.set_study_system_attr(
+        study._study_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
+    )
+    return artifact_id
+
+
+def _best_effort(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            logger.warning("%s failed; the run goes on without it", fn.__name__, exc_info=True)
+            return None
+
+    return wrapper
+
+
+def _store(session: Session):
+    store = getattr(session, "_artifact_store", None)
+    if store is None:
+        store = artifact_store(session.settings.workdir)
+        session._artifact_store = store
+    return store
+
+
+def stage_plot(state: StageState, path: Path) -> Path | None:
+    """The summary plot of a stage: CV error bars, or validation curves per grid point."""
+    rows = stage_rows(state)
+    stage = state.user_attrs.get("stage") or {}
+    param = ", ".join(tuned_params(stage)) or None
+    if not rows:
+        return None
+    if stage.get("kind") == "cv" or all(r.get("fold_values") for r in rows):
+        return plots.cv_errorbars(state.name, rows, path, param=param)
+    curves = [r for r in rows if isinstance(r.get("history"), dict)]
+    return plots.stage_curves(state.name, curves, path, param=param) if curves else None
+
+
+def objective_name(stage: Mapping[str, Any]) -> str:
+    """What a stage study's value is, for the dashboard's axis labels."""
+    if stage.get("final"):
+        return "test accuracy"
+    if stage.get("kind") == "cv":
+        return "validation accuracy (mean over folds)"
+    return f"{'peak' if stage.get('objective') == 'peak' else 'final'} validation accuracy"
+
+
+def _name_objective(study: optuna.Study, stage: Mapping[str, Any]) -> None:
+    name = objective_name(stage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != [name]:
+            study.set_metric_names([name])
+
+
+@_best_effort
+def on_stage_started(session: Session, study: optuna.Study, stage: str) -> None:
+    """Write the stage's note before training: what it tunes, grid, fixed params."""
+    state = session.stage_state(stage)
+    _name_objective(study, state.user_attrs.get("stage") or {})
+    save_note(study, stage_note(state))
+
+
+@_best_effort
+def on_range_test(session: Session, study: optuna.Study, curve: Mapping[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plots.lr_range_test(curve, Path(tmp) / "lr_range_test.png")
+        put_study_artifact(_store(session), study, path)
+
+
+@_best_effort
+def on_trial_done(
+    session: Session,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    point: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Attach the trial's learning-curve plot (before it is told: finished trials are frozen)."""
+    history = attrs.get("history")
+    if not history:
+        return
+    label = fmt_params(point) if point else "final"
+    value = ""
+    if "fold_values" in attrs:
+        folds = attrs["fold_values"]
+        value = f": {statistics.fmean(folds):.4f} +- {attrs.get('std', 0.0):.4f} over folds"
+    title = f"{study.study_name} trial {trial.number} ({label}){value}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plots.trial_curve(title, history, Path(tmp) / f"trial_{trial.number}_curve.png")
+        optuna.artifacts.upload_artifact(
+            artifact_store=_store(session), file_path=str(path), study_or_trial=trial
+        )
+
+
+@_best_effort
+def on_stage_done(session: Session, study: optuna.Study, stage: str) -> None:
+    """The finished stage: its note with the winner, and its summary plot."""
+    state = session.stage_state(stage)
+    save_note(study, stage_note(state))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = stage_plot(state, Path(tmp) / f"{stage}_summary.png")
+        if path is not None:
+            put_study_artifact(_store(session), study, path)
+
+
+@_best_effort
+def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> None:
+    """The final study's note (test scores) and plots (history, confusion matrix).
+
+    Written by the worker that ran the final job (the one holding ``metrics.json``); another
+    worker that waited for it leaves them alone rather than write a note without the scores.
+    """
+    from tuner.stages import FINAL
+
+    if not metrics_path.is_file():
+        return
+    metrics = json.loads(metrics_path.read_text())
+    _name_objective(study, {"final": True})
+    save_note(study, final_note(session.stage_state(FINAL), metrics))
+    with tempfile.TemporaryDirectory() as tmp:
+        history_path = metrics_path.parent / "history.json"
+        if history_path.is_file():
+            history = json.loads(history_path.read_text())
+            path = plots.final_history(history, Path(tmp) / "final_history.png")
+            put_study_artifact(_store(session), study, path)
+        if metrics:
+            path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")
+            put_study_artifact(_store(session), study, path)

@@ -1,0 +1,282 @@
+"""Plots of a plan's data, stages and final model: small PNGs drawn headless with matplotlib.
+
+Every function takes plain data (manifests, trial user attrs, ``metrics.json``) and a path,
+draws one figure with the Agg backend and writes it as PNG. They run per trial while stages
+train (the learning-curve artifact of each trial), so they stay cheap: small figures, no
+``tight_layout``, matplotlib imported once and lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DPI = 90
+WINNER = "#d62728"
+# matplotlib's default cycle without its red, which marks winners
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _figure(width: float = 6.0, height: float = 3.4, ncols: int = 1):
+    """A figure (not registered with pyplot: no global state, thread-safe) and its axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _save(fig, path: Path, *, left=0.1, right=0.97, bottom=0.16, top=0.88, wspace=0.3) -> Path:
+    """Lay out and write ``fig`` to ``path`` atomically (a dashboard may be reading it)."""
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for anyone who reads reports
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Integer epochs on the x axis, with room around a single epoch."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    last = max(epochs, default=1)
+    ax.set_xlim(0.7, last + 0.3)
+    if last <= 15:
+        ax.xaxis.set_major_locator(FixedLocator(list(range(1, last + 1))))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def fmt_value(value: Any) -> str:
+    """A grid value for labels and tables: ``1e-05``, ``0.001``, ``gelu``, ``256x256``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+    return f"{value:g}"
+
+
+def point_label(params: Mapping[str, Any]) -> str:
+    """``activation=gelu``; a single-param point shows only its value."""
+    if len(params) == 1:
+        return fmt_value(next(iter(params.values())))
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "final"
+
+
+# -- data ---------------------------------------------------------------------------------------
+def decade_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
+    """Rows per decade in the prepared data, stacked by split, with each decade's share."""
+    labels = list(manifest.get("label_names") or [f"{1920 + 10 * i}s" for i in range(10)])
+    counts = manifest["class_counts"]
+    fig, (ax,) = _figure(6.4, 3.4)
+    bottom = [0] * len(labels)
+    colors = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+    for split in ("train", "val", "test"):
+        values = counts.get(split)
+        if not values:
+            continue
+        ax.bar(labels, values, bottom=bottom, label=split, color=colors[split], width=0.75)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    total = sum(bottom) or 1
+    for i, n in enumerate(bottom):
+        ax.annotate(
+            f"{100 * n / total:.1f}%",
+            (i, n),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            xytext=(0, 1),
+            textcoords="offset points",
+        )
+    ax.set_ylim(0, max(bottom) * 1.12 if max(bottom) else 1)
+    ax.set_ylabel("rows")
+    ax.set_title(f"Decade distribution ({total:,} rows, {manifest.get('split', '?')} split)")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path, left=0.11)
+
+
+# -- stages -------------------------------------------------------------------------------------
+def lr_range_test(curve: Mapping[str, Any], path: Path, *, skip: tuple[int, int] = (10, 5)) -> Path:
+    """Loss against learning rate (log scale), the steepest-descent suggestion and the chosen
+    (snapped) learning rate marked."""
+    lrs, losses = list(curve["lrs"]), list(curve["losses"])
+    fig, (ax,) = _figure(6.0, 3.4)
+    ax.plot(lrs, losses, color="#1f77b4", lw=1.3, label="smoothed loss")
+    lo, hi = skip[0], max(len(lrs) - skip[1], skip[0] + 1)
+    finite = [v for v in losses[lo:hi] if math.isfinite(v)] or [1.0]
+    ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), max(finite) * 1.15)
+    ax.set_xscale("log")
+    s, c = curve.get("suggestion"), curve.get("chosen")
+    if s:
+        ax.axvline(s, color="#ff7f0e", ls="--", lw=1.2, label=f"steepest descent {s:.2g}")
+        i = min(range(len(lrs)), key=lambda j: abs(math.log(lrs[j] / s)))
+        ax.plot([lrs[i]], [losses[i]], "o", color="#ff7f0e")
+    if c:
+        ax.axvline(c, color=WINNER, lw=1.4, label=f"chosen {c:.2g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("LR range test")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    return _save(fig, path, left=0.1, bottom=0.15)
+
+
+def cv_errorbars(
+    stage: str,
+    points: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    param: str | None = None,
+) -> Path:
+    """Mean validation accuracy over folds with +- one standard deviation, per grid point.
+
+    ``points``: ``{"params", "value", "std", "fold_values"}`` in grid order; the best one is
+    drawn in red. Individual fold values are shown as small dots.
+    """
+    fig, (ax,) = _figure(6.0, 3.4)
+    labels = [point_label(p["params"]) for p in points]
+    values = [p["value"] for p in points]
+    stds = [p.get("std") or 0.0 for p in points]
+    best = max(range(len(points)), key=lambda i: values[i]) if points else -1
+    for i, p in enumerate(points):
+        color = WINNER if i == best else "#1f77b4"
+        ax.errorbar(i, values[i], yerr=stds[i], fmt="o", color=color, capsize=5, ms=6, lw=1.5)
+        folds = p.get("fold_values") or []
+        ax.plot([i + 0.12] * len(folds), folds, ".", color="0.55", ms=4)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_xlabel(param or "grid point")
+    ax.set_ylabel("val accuracy, mean of folds")
+    ax.set_title(f"{stage}: CV accuracy, mean +- std over folds (dots: folds)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path, left=0.15)
+
+
+def stage_curves(
+    stage: str,
+    points: Sequence[Mapping[str, Any]],
+    path: Path,
+    *,
+    param: str | None = None,
+) -> Path:
+    """Validation accuracy per epoch, one line per grid point; the winner drawn thicker in red.
+
+    ``points``: ``{"params", "value", "history"}`` with ``history`` a per-epoch dict
+    (``epoch``, ``val_acc``, ``train_loss``, ``val_loss``).
+    """
+    fig, (ax_acc, ax_loss) = _figure(8.0, 3.4, ncols=2)
+    best = max(range(len(points)), key=lambda i: points[i]["value"]) if points else -1
+    epochs: list[int] = []
+    for i, p in enumerate(points):
+        h = p["history"]
+        epochs += h["epoch"]
+        label = point_label(p["params"])
+        color = PALETTE[i % len(PALETTE)]
+        style = (
+            {"lw": 2.4, "color": WINNER, "zorder": 3} if i == best else {"lw": 1.3, "color": color}
+        )
+        ax_acc.plot(h["epoch"], h["val_acc"], marker="o", ms=4, label=label, **style)
+        ax_loss.plot(h["epoch"], h["val_loss"], marker="o", ms=4, **style)
+    for ax, what in ((ax_acc, "validation accuracy"), (ax_loss, "validation loss")):
+        _epoch_axis(ax, epochs)
+        ax.set_ylabel(what)
+    ax_acc.legend(fontsize=7, frameon=False, title=param, title_fontsize=7)
+    fig.suptitle(f"{stage}: validation curves per grid point (winner in red)", fontsize=10)
+    return _save(fig, path, left=0.1, wspace=0.32)
+
+
+def trial_curve(title: str, history: Any, path: Path) -> Path:
+    """One trial's learning curve: losses and validation accuracy per epoch. A CV trial's
+    ``history`` is a list (one per fold): one line per fold."""
+    runs = history if isinstance(history, list) else [history]
+    fig, (ax_loss, ax_acc) = _figure(6.4, 2.8, ncols=2)
+    epochs: list[int] = []
+    for k, h in enumerate(runs):
+        epochs += h["epoch"]
+        color = PALETTE[k % len(PALETTE)]
+        suffix = f" fold {k}" if len(runs) > 1 else ""
+        kw = {"color": color, "ms": 4}
+        ax_loss.plot(h["epoch"], h["train_loss"], marker="o", label=f"train{suffix}", **kw)
+        ax_loss.plot(h["epoch"], h["val_loss"], marker="s", ls="--", label=f"val{suffix}", **kw)
+        ax_acc.plot(h["epoch"], h["val_acc"], marker="o", label=f"val{suffix}", **kw)
+    ax_loss.set_ylabel("loss (solid train, dashed val)")
+    ax_acc.set_ylabel("validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        _epoch_axis(ax, epochs)
+    ax_loss.legend(fontsize=6, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path, left=0.1, bottom=0.17, top=0.86, wspace=0.4)
+
+
+# -- final --------------------------------------------------------------------------------------
+def final_history(history: Mapping[str, Any], path: Path, *, title: str = "final") -> Path:
+    """The final retrain: train and validation loss, validation accuracy, per epoch."""
+    fig, (ax_loss, ax_acc) = _figure(8.0, 3.4, ncols=2)
+    epochs = history["epoch"]
+    ax_loss.plot(epochs, history["train_loss"], marker="o", ms=3, label="train")
+    ax_loss.plot(epochs, history["val_loss"], marker="s", ms=3, label="validation")
+    ax_acc.plot(epochs, history["val_acc"], marker="o", ms=3, color="#2ca02c")
+    best = min(range(len(epochs)), key=lambda i: history["val_loss"][i])
+    ax_loss.axvline(epochs[best], color="0.6", ls=":", lw=1, label="best val loss")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_acc.set_ylabel("validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        _epoch_axis(ax, epochs)
+    ax_loss.legend(fontsize=8, frameon=False)
+    stopped = " (stopped early)" if history.get("stopped_early") else ""
+    fig.suptitle(f"{title}: training history, {len(epochs)} epochs{stopped}", fontsize=10)
+    return _save(fig, path, left=0.1, wspace=0.32)
+
+
+def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
+    """The test confusion matrix, each row normalized to the true decade's count."""
+    matrix = metrics["confusion_matrix"]
+    labels = list(metrics["labels"])
+    rows = [[v / (sum(r) or 1) for v in r] for r in matrix]
+    fig, (ax,) = _figure(5.6, 5.0)
+    im = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+    n = len(labels)
+    for i in range(n):
+        for j in range(n):
+            v = rows[i][j]
+            if v >= 0.005:
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v > 0.55 else "black",
+                )
+    ax.set_xticks(range(n), labels, rotation=45, fontsize=7)
+    support = [sum(r) for r in matrix]
+    ax.set_yticks(
+        range(n), [f"{lab} ({s})" for lab, s in zip(labels, support, strict=True)], fontsize=7
+    )
+    ax.set_xlabel("predicted decade")
+    ax.set_ylabel("true decade (test rows)")
+    acc = metrics.get("test_accuracy")
+    ax.set_title(
+        "Test confusion matrix (row-normalized)" + (f", accuracy {acc:.4f}" if acc else ""),
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+    return _save(fig, path, left=0.2, right=0.9, bottom=0.13, top=0.93)
