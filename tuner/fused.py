@@ -154,10 +154,13 @@ class _OptGroup:
 class FusedGroup:
     """``K`` MLPs of equal widths trained as one stack (see the module docstring).
 
-    Lower-level than :func:`train_group`: ``step_epoch`` trains one epoch, ``evaluate`` scores
-    the members, ``drop`` removes members from the stack, ``export`` rebuilds a member as the
-    ``nn.Sequential`` that :func:`tuner.model.build_model` would give, with its current weights.
-    Members are addressed by their position in ``cfgs``.
+    Lower-level than :func:`train_group`, which drives it: ``train_step`` steps every member
+    on one batch, ``train_step_subset`` only some (last partial batches, folds of other sizes),
+    ``evaluate`` scores members on shared rows, ``drop`` removes members from the stack, and
+    ``export`` rebuilds a member as the ``nn.Sequential`` that :func:`tuner.model.build_model`
+    gives, with its current weights. ``drop`` and ``export`` take positions in ``cfgs``; the
+    step and evaluation methods take stack positions (``active`` lists the members in stack
+    order: members are sorted by normalisation and activation so that each kind is one slice).
     """
 
     def __init__(

@@ -426,6 +426,8 @@ class Session:
     ) -> None:
         key = point_key(point)
         trial = _create_trial(study, point, grid_id, search_space)
+        # a first heartbeat at once: a worker dying right here leaves a trial Optuna can fail
+        self.storage.record_heartbeat(trial._trial_id)
         self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
         trial.set_user_attr("worker", self.owner)
         label = ", ".join(f"{k}={v}" for k, v in point.items()) or "final"
