@@ -20,6 +20,15 @@ from tuner.errors import StageError, TunerError
 logger = logging.getLogger("tuner")
 
 
+def _storage_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get("TUNER_STORAGE"),
+        help="SQLAlchemy URL of the study storage (default: $TUNER_STORAGE, else "
+        "sqlite:///WORKDIR/studies/tuner.sqlite3)",
+    )
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("plan, storage and data")
     g.add_argument(
@@ -27,12 +36,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default="seed",
         help="plan name in studies/ or path to a TOML plan (default: seed)",
     )
-    g.add_argument(
-        "--storage",
-        default=os.environ.get("TUNER_STORAGE"),
-        help="SQLAlchemy URL of the study storage (default: $TUNER_STORAGE, else "
-        "sqlite:///WORKDIR/studies/tuner.sqlite3)",
-    )
+    _storage_arg(g)
     g.add_argument(
         "--data",
         default="uci",
@@ -130,12 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard",
         help="serve optuna-dashboard on the storage and artifacts (works while stages run)",
     )
-    p.add_argument(
-        "--storage",
-        default=os.environ.get("TUNER_STORAGE"),
-        help="SQLAlchemy URL of the study storage (default: $TUNER_STORAGE, else "
-        "sqlite:///WORKDIR/studies/tuner.sqlite3)",
-    )
+    _storage_arg(p)
     p.add_argument(
         "--workdir",
         type=Path,

@@ -30,7 +30,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner import plots
+from tuner import notes, plots
 from tuner.notes import (
     fmt_params,
     grid_text,
@@ -350,19 +350,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
             ]
         )
-        doc.table(
-            ["decade", "precision", "recall", "F1", "support"],
-            [
-                [
-                    name,
-                    f"{c['precision']:.3f}",
-                    f"{c['recall']:.3f}",
-                    f"{c['f1']:.3f}",
-                    str(c["support"]),
-                ]
-                for name, c in metrics.get("per_class", {}).items()
-            ],
-        )
+        doc.table(notes.PER_CLASS_HEADER, notes.per_class_rows(metrics.get("per_class", {})))
         if history:
             doc.img(
                 draw("final_history", plots.final_history, history, out / "final_history.png"),
