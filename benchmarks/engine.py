@@ -15,11 +15,14 @@ Cases (all a 256x256 GELU MLP, batch 128, Adam):
 * ``engine``: one trial through :func:`tuner.engine.train` (index-sliced in-memory batches);
 * ``fused``: :func:`tuner.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
   each with its own learning rate (the worst case for the optimizer: one fused call per
-  member); ``--precisions fp32 bf16``.
+  member; ``--same-lr`` gives them all 1e-3); ``--precisions fp32 bf16``.
 
 ``trial_samples_per_s`` counts training samples summed over the group's members per second of
-wall time (set-up and the per-epoch evaluation of 1,024 validation rows included for
-``engine`` and ``fused``). ``gflops`` counts 6 x the parameter-matmul FLOPs per sample
+training wall time: model building and optimizer set-up excluded, the epoch's evaluation on
+1,024 validation rows included for ``engine`` and ``fused`` (their ``EpochStats.seconds``). The cases run in turn for ``--rounds`` rounds of one timed run each
+(``--seconds`` long, at most one epoch over the rows; bf16 cases once) and the best run of
+each case is reported, with every run's rate in ``all_rates``: on a shared machine a burst of
+load then spoils a run rather than a case. ``gflops`` counts 6 x the parameter-matmul FLOPs per sample
 (forward 2 x (90x256 + 256x256 + 256x10), x3 for forward and backward); ``peak_share`` divides
 it by the fp32 (or bf16) ``torch.mm`` rate measured at the start of the same run. The machine's
 load average is printed with every line: compare figures only from a quiet machine.
@@ -33,6 +36,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,33 +68,32 @@ def load(rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
     return x[VAL_ROWS:], y[VAL_ROWS:], x[:VAL_ROWS], y[:VAL_ROWS]
 
 
-def mm_peak(dtype: torch.dtype, budget_s: float) -> tuple[float, int]:
-    """Best ``torch.mm`` rate in GFLOP/s over square sizes up to 2048 within ``budget_s``."""
-    best, size = 0.0, 0
+def mm_peak(dtype: torch.dtype, budget_s: float) -> float:
+    """Best ``torch.mm`` rate in GFLOP/s over square sizes 512..2048 within about ``budget_s``."""
+    best = 0.0
     for n in (512, 1024, 2048):
         a = torch.randn(n, n).to(dtype)
         b = torch.randn(n, n).to(dtype)
         t0 = time.perf_counter()
-        a @ b  # warm-up; also tells whether the next size fits the budget
+        a @ b  # warm-up; also tells whether this size fits the budget
         first = time.perf_counter() - t0
-        if first * 8 > budget_s and n > 512:
+        if first * 4 > budget_s and n > 512:
             break
-        reps = max(3, min(20, int(budget_s / 3 / max(first, 1e-6))))
-        times = []
+        reps = max(2, min(10, int(budget_s / 3 / max(first, 1e-6))))
         for _ in range(reps):
             t0 = time.perf_counter()
             a @ b
-            times.append(time.perf_counter() - t0)
-        rate = 2 * n**3 / min(times) / 1e9
-        if rate > best:
-            best, size = rate, n
-        if first * 8 * 8 > budget_s:  # the next size would be 8x slower
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        if first * 8 * 4 > budget_s:  # the next size would be 8x slower
             break
-    return best, size
+    return best
+
+
+SAME_LR = False  # --same-lr: every member lr 1e-3 (one optimizer call for the whole group)
 
 
 def cfg_for(k: int) -> TrainConfig:
-    lr = float(10 ** (-4 + 2 * (k % 25) / 24))  # 1e-4 .. 1e-2, one per member
+    lr = 1e-3 if SAME_LR else float(10 ** (-4 + 2 * (k % 25) / 24))  # 1e-4 .. 1e-2
     return TrainConfig(hidden=HIDDEN, activation="gelu", lr=lr, batch_size=BATCH)
 
 
@@ -120,17 +124,17 @@ def published(x, y, steps: int) -> float:
 
 
 def engine(x, y, vx, vy, steps: int) -> float:
+    """Seconds of one ``engine.train`` epoch of ``steps`` steps (its evaluation included)."""
     n = steps * BATCH
-    t0 = time.perf_counter()
-    train(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
-    return time.perf_counter() - t0
+    _, hist = train(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
+    return hist.epochs[0].seconds
 
 
 def fused(x, y, vx, vy, steps: int, trials: int, precision: str) -> float:
     n = steps * BATCH
+    """Seconds of one ``train_group`` epoch of ``steps`` steps (its evaluation included)."""
     cfgs = [cfg_for(k) for k in range(trials)]
-    t0 = time.perf_counter()
-    train_group(
+    hists = train_group(
         cfgs,
         x[:n],
         y[:n],
@@ -141,49 +145,95 @@ def fused(x, y, vx, vy, steps: int, trials: int, precision: str) -> float:
         n_classes=N_CLASSES,
         precision=precision,
     )
-    return time.perf_counter() - t0
+    return hists[0].epochs[0].seconds
 
 
-def measure(run, trials: int, seconds: float, max_steps: int) -> tuple[float, int, float, float]:
-    """Warm up, then time runs of as many steps as take about ``seconds`` (at most
-    ``max_steps`` a run, one epoch over the rows; runs repeat until ``seconds`` have passed).
+@dataclass
+class Case:
+    name: str
+    trials: int
+    precision: str
+    run: Callable[[int], float]  # steps -> wall seconds
+    steps: int = 0
+    best: dict | None = None
+    rates: list[float] = field(default_factory=list)
 
-    Each run includes its set-up (models, optimizer, loader) and, for ``engine`` and ``fused``,
-    one evaluation; the per-step time that sizes the runs is estimated without them (the
-    difference of a 2- and a 6-step run). Returns (trial samples per second, steps, wall
-    seconds, process CPU seconds); CPU seconds near ``threads x wall`` mean the process had
-    its cores to itself (OpenMP spin-waits count as CPU time)."""
-    short = run(2)
-    per_step = max((run(6) - short) / 4, 1e-6)
-    steps = int(min(max_steps, max(8, seconds / per_step)))
-    done, wall, cpu = 0, 0.0, 0.0
-    while wall < 0.8 * seconds or done == 0:
-        c0 = time.process_time()
-        wall += run(steps)
-        cpu += time.process_time() - c0
-        done += steps
-    return trials * done * BATCH / wall, done, wall, cpu
+
+def size(case: Case, seconds: float, max_steps: int) -> None:
+    """Warm up and choose the steps of one timed run (about ``seconds``, at most one epoch).
+
+    The per-step time used here is the better of two 10-step runs."""
+    per_step = min(case.run(10), case.run(10)) / 10
+    case.steps = int(min(max_steps, max(10, seconds / per_step)))
+
+
+def time_once(case: Case, seconds: float, max_steps: int) -> None:
+    """One timed run; the next run is sized from the best rate so far (so one slow probe under
+    a burst of load does not leave every later run short)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    seconds = case.run(case.steps)
+    cpu_per_wall = (time.process_time() - c0) / (time.perf_counter() - t0)
+    rate = case.trials * case.steps * BATCH / seconds
+    case.rates.append(rate)
+    if case.best is None or rate > case.best["rate"]:
+        case.best = {
+            "rate": rate,
+            "steps": case.steps,
+            "seconds": seconds,
+            "cpu_per_wall": cpu_per_wall,
+            "loadavg": os.getloadavg(),
+        }
+    best_steps = seconds * case.best["rate"] / (case.trials * BATCH)
+    case.steps = int(min(max_steps, max(10, best_steps)))
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--seconds", type=float, default=8.0, help="target time per case")
-    ap.add_argument("--quick", action="store_true", help="smoke run: small data, ~1 s per case")
+    ap.add_argument("--seconds", type=float, default=3.0, help="time of one timed run")
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs per fp32 case (best kept)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: small data, short runs")
     ap.add_argument("--cases", nargs="+", default=["published", "engine", "fused"])
     ap.add_argument("--trials", nargs="+", type=int, default=[1, 3, 12, 25])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument(
+        "--same-lr", action="store_true", help="fused members share lr 1e-3 (default: 1e-4..1e-2)"
+    )
     args = ap.parse_args(argv)
+    global SAME_LR
+    SAME_LR = args.same_lr
     if args.quick:
-        args.rows, args.seconds = min(args.rows, 8_000), 1.0
+        args.rows, args.seconds, args.rounds = min(args.rows, 8_000), 0.5, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
     x, y, vx, vy = load(args.rows)
     max_steps = len(x) // BATCH
-    budget = 2.0 if args.quick else 6.0
-    peak = {"fp32": mm_peak(torch.float32, budget), "bf16": mm_peak(torch.bfloat16, budget)}
+    cases: list[Case] = []
+    if "published" in args.cases:
+        cases.append(Case("published", 1, "fp32", lambda s: published(x, y, s)))
+    if "engine" in args.cases:
+        cases.append(Case("engine", 1, "fp32", lambda s: engine(x, y, vx, vy, s)))
+    if "fused" in args.cases:
+        for p in args.precisions:
+            for k in args.trials:
+                cases.append(Case("fused", k, p, lambda s, k=k, p=p: fused(x, y, vx, vy, s, k, p)))
+    for case in cases:
+        size(case, args.seconds, max_steps)
+
+    # Rounds over the cases in turn (bf16 cases once: on most CPUs they are slow), so that a
+    # burst of load from other processes spoils one run of a case rather than the case.
+    budget = 1.0 if args.quick else 3.0
+    peak = {"fp32": 0.0, "bf16": 0.0}
+    for r in range(args.rounds):
+        peak["fp32"] = max(peak["fp32"], mm_peak(torch.float32, budget))
+        order = cases[r % len(cases) :] + cases[: r % len(cases)] if cases else []
+        for case in order:
+            if case.precision == "fp32" or r == 0:
+                time_once(case, args.seconds, max_steps)
+    peak["bf16"] = mm_peak(torch.bfloat16, budget)
+
     print(
         json.dumps(
             {
@@ -192,51 +242,32 @@ def main(argv: list[str] | None = None) -> None:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "rows": len(x),
-                "peak_gflops": {k: round(v[0], 1) for k, v in peak.items()},
-                "peak_mm_size": {k: v[1] for k, v in peak.items()},
+                "rounds": args.rounds,
+                "peak_gflops": {k: round(v, 1) for k, v in peak.items()},
                 "loadavg": os.getloadavg(),
             }
         ),
         flush=True,
     )
-
-    base = None
-
-    def emit(case: str, trials: int, precision: str, result) -> None:
-        rate, steps, wall, cpu = result
-        gflops = rate * FLOPS_PER_SAMPLE / 1e9
+    base = next((c.best["rate"] for c in cases if c.name == "published"), None)
+    for case in cases:
+        best = case.best
+        gflops = best["rate"] * FLOPS_PER_SAMPLE / 1e9
         line = {
-            "case": case,
-            "trials": trials,
-            "precision": precision,
-            "trial_samples_per_s": round(rate),
-            "ratio_vs_published": round(rate / base, 2) if base else None,
+            "case": case.name,
+            "trials": case.trials,
+            "precision": case.precision,
+            "trial_samples_per_s": round(best["rate"]),
+            "ratio_vs_published": round(best["rate"] / base, 2) if base else None,
             "gflops": round(gflops, 1),
-            "peak_share": round(gflops / peak[precision][0], 3),
-            "steps": steps,
-            "wall_s": round(wall, 2),
-            "cpu_s": round(cpu, 2),
-            "loadavg": os.getloadavg(),
+            "peak_share": round(gflops / peak[case.precision], 3),
+            "steps": best["steps"],
+            "seconds": round(best["seconds"], 2),
+            "cpu_per_wall": round(best["cpu_per_wall"], 2),
+            "loadavg": best["loadavg"],
+            "all_rates": [round(r) for r in case.rates],
         }
         print(json.dumps(line), flush=True)
-
-    if "published" in args.cases:
-        result = measure(lambda s: published(x, y, s), 1, args.seconds, max_steps)
-        base = result[0]
-        emit("published", 1, "fp32", result)
-    if "engine" in args.cases:
-        result = measure(lambda s: engine(x, y, vx, vy, s), 1, args.seconds, max_steps)
-        emit("engine", 1, "fp32", result)
-    if "fused" in args.cases:
-        for precision in args.precisions:
-            for k in args.trials:
-                result = measure(
-                    lambda s, k=k, p=precision: fused(x, y, vx, vy, s, k, p),
-                    k,
-                    args.seconds,
-                    max_steps,
-                )
-                emit("fused", k, precision, result)
 
 
 if __name__ == "__main__":

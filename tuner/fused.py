@@ -12,23 +12,31 @@ is gathered once for all of them.
 
 What is measured does not change: member ``k``'s per-epoch train loss, validation loss and
 validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alone, up to
-floating-point rounding (different GEMM blocking and a fused optimizer kernel; see
-``tests/test_fused.py`` for the tolerances).
+floating-point rounding (different GEMM blocking and a fused optimizer kernel: relative
+differences ~1e-7 after a few epochs; see ``tests/test_fused.py``). One case follows the
+rounding noise further: the Linear bias in front of a BatchNorm has a zero gradient up to
+noise, which Adam/AdamW/RMSprop without weight decay turn into steps of about ``lr``; the
+training loss does not see it, the running mean (hence the validation loss, ~1e-3 relative)
+does -- as much as ``engine.train`` itself differs between one and two threads.
 
-Where the time goes (a 256x256 MLP at batch 128 on a 2-core CPU): alone, a step is three small
-GEMMs plus ~40 dispatcher calls, autograd bookkeeping, allocations and an optimizer that loops
-over parameters in Python; the arithmetic is a minority. Stacked, the step is the same ~35
-calls for all members together, so the fixed cost is shared and the GEMMs are ``K`` times
-larger. To remove what is not arithmetic the module
+Where the time goes (a 256x256 GELU MLP at batch 128 on a 2-core CPU): alone, a step is three
+small GEMMs (~64 MFLOP) and ~290 ATen calls (autograd nodes, AccumulateGrad, dtype/scalar
+copies, and an Adam that loops over the six parameters in Python: ~1 ms of a ~3 ms step). In
+the stack the step is ~130 calls whatever ``K`` is (one optimizer call more per distinct
+learning rate), so the fixed cost is shared and the GEMMs are ``K`` times larger; from about
+six members on, GEMMs are 70-75% of the step, exact-erf GELU forward and backward ~15% and the
+fused Adam ~6%. To remove what is not arithmetic the module
 
 * does the backward pass by hand (the network is fixed: ``Linear -> [norm] -> act``), with
   the same ATen backward kernels autograd would call, so no graph is recorded and every
   weight/bias gradient is written straight into a preallocated ``[K, ...]`` gradient buffer
-  (``out=``);
+  (``out=``); the input gradient of the first layer is never computed;
 * steps the optimizers with torch's fused multi-tensor kernels (``_fused_adam_``,
   ``_fused_adamw_``, ``_fused_sgd_``: one pass over memory instead of ~8 elementwise passes),
-  one call for all members that share the optimizer and its hyperparameters (views of the
-  stacked buffers, built once); RMSprop, which has no fused kernel, uses ``_foreach`` ops;
+  one call for all members that share the optimizer and its hyperparameters, over slices of
+  the stacked buffers built once; RMSprop, which has no fused kernel, uses ``_foreach`` ops;
+* computes the output layer as ``(W @ h^T)^T``: with 10 classes as the GEMM's columns MKL is
+  3-4x slower than with them as its rows;
 * never synchronises per step (no ``.item()``): train losses accumulate in a ``[K]`` tensor;
 * evaluates in chunks under ``torch.inference_mode()``.
 
@@ -67,6 +75,12 @@ _RMSPROP_ALPHA = 0.99
 _RMSPROP_EPS = 1e-8
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
+_STATE_NAMES = {
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+    "sgd": ("momentum",),
+    "rmsprop": ("square_avg",),
+}
 _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over members (16 MB fp32)
 
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
@@ -194,9 +208,18 @@ class FusedGroup:
         self.cfgs, self.seeds = cfgs, [int(s) for s in seeds]
         self.n_steps = [0] * len(cfgs)  # optimizer steps taken, per member
 
-        # Stack order: members sorted by (norm, activation) so that each kind is one slice.
+        # Stack order: members sorted by (norm, activation) so that each kind is one slice,
+        # then by optimizer settings so that members stepped by one call are neighbours.
         self.order: list[int] = sorted(
-            range(len(cfgs)), key=lambda i: (cfgs[i].norm, cfgs[i].activation)
+            range(len(cfgs)),
+            key=lambda i: (
+                cfgs[i].norm,
+                cfgs[i].activation,
+                cfgs[i].optimizer,
+                cfgs[i].lr,
+                cfgs[i].weight_decay,
+                cfgs[i].momentum,
+            ),
         )
         models = []
         for i in self.order:
@@ -258,44 +281,50 @@ class FusedGroup:
 
     def _rebuild(self) -> None:
         """Recompute everything derived from ``self.order`` and the buffers."""
-        stack_cfgs = [self.cfgs[i] for i in self.order]
-        self.segments = _segments(stack_cfgs)
-        groups: dict[tuple, list[int]] = {}
-        for pos, cfg in enumerate(stack_cfgs):
-            momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
-            key = (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum)
-            groups.setdefault(key, []).append(pos)
-        self.opt_groups = [
-            self._opt_group(kind, lr, wd, mom, members)
-            for (kind, lr, wd, mom), members in groups.items()
-        ]
+        self.segments = _segments([self.cfgs[i] for i in self.order])
+        self.opt_groups = self._opt_groups(list(range(len(self.order))))
+        self._groups_stale = False
 
-    def _member_param_ids(self, pos: int) -> list[int]:
-        ids = [*self._w_idx, *self._b_idx]
-        if self.cfgs[self.order[pos]].norm != "none":
-            ids += [*self._gamma_idx, *self._beta_idx]
-        return ids
+    def _opt_key(self, pos: int) -> tuple[str, float, float, float]:
+        cfg = self.cfgs[self.order[pos]]
+        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+        return (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum)
 
-    def _opt_group(
-        self, kind: str, lr: float, wd: float, mom: float, members: list[int]
-    ) -> _OptGroup:
-        lists: dict[str, list[torch.Tensor]] = {"p": [], "g": [], "step": []}
-        names = {
-            "adam": ("exp_avg", "exp_avg_sq"),
-            "adamw": ("exp_avg", "exp_avg_sq"),
-            "sgd": ("momentum",),
-            "rmsprop": ("square_avg",),
-        }[kind]
-        for name in names:
-            lists[name] = []
-        for pos in members:
-            for i in self._member_param_ids(pos):
-                lists["p"].append(self.params[i][pos])
-                lists["g"].append(self.grads[i][pos])
-                lists["step"].append(self.steps[pos])
-                for name in names:
-                    lists[name].append(self.state[name][i][pos])
-        return _OptGroup(kind, lr, wd, mom, members, lists)
+    def _opt_groups(self, positions: list[int]) -> list[_OptGroup]:
+        """The optimizer calls that step the members at stack ``positions`` (ascending).
+
+        One call per (optimizer, lr, weight decay, momentum). Inside a call, neighbours in the
+        stack with the same step count and the same parameter set (with or without norm
+        parameters) form a run whose tensors are passed as slices ``buffer[k0:k1]``: a group
+        of ``K`` members with one learning rate is one call over a handful of tensors, not
+        ``K`` x (number of parameter tensors)."""
+        runs: dict[tuple, list[list]] = {}
+        for pos in positions:
+            i = self.order[pos]
+            sub = (self.n_steps[i], self.cfgs[i].norm != "none")
+            rs = runs.setdefault(self._opt_key(pos), [])
+            if rs and rs[-1][1] == pos and rs[-1][2] == sub:
+                rs[-1][1] = pos + 1
+            else:
+                rs.append([pos, pos + 1, sub])
+        groups = []
+        for (kind, lr, wd, mom), rs in runs.items():
+            names = _STATE_NAMES[kind]
+            lists: dict[str, list[torch.Tensor]] = {n: [] for n in ("p", "g", "step", *names)}
+            members = []
+            for k0, k1, (_, has_norm) in rs:
+                members.extend(range(k0, k1))
+                ids = [*self._w_idx, *self._b_idx]
+                if has_norm:
+                    ids += [*self._gamma_idx, *self._beta_idx]
+                for i in ids:
+                    lists["p"].append(self.params[i][k0:k1])
+                    lists["g"].append(self.grads[i][k0:k1])
+                    lists["step"].append(self.steps[k0])
+                    for name in names:
+                        lists[name].append(self.state[name][i][k0:k1])
+            groups.append(_OptGroup(kind, lr, wd, mom, members, lists))
+        return groups
 
     # ---------------------------------------------------------------- members
 
@@ -563,6 +592,9 @@ class FusedGroup:
         if xb.dim() == 2:
             xb, yb = xb.expand(k, *xb.shape), yb.expand(k, yb.shape[0])
         loss = self._forward_backward(self.params, self.grads, self.running, self.segments, xb, yb)
+        if self._groups_stale:
+            self.opt_groups = self._opt_groups(list(range(k)))
+            self._groups_stale = False
         self.steps += 1
         self._optimizer_step(self.opt_groups)
         for i in self.order:
@@ -597,18 +629,12 @@ class FusedGroup:
             for (m, v), (ms, vs) in zip(self.running, running, strict=True):
                 m.index_copy_(0, sel, ms)
                 v.index_copy_(0, sel, vs)
-        wanted = set(positions)
-        groups = []
-        for grp in self.opt_groups:
-            members = [pos for pos in grp.members if pos in wanted]
-            if members:
-                groups.append(
-                    self._opt_group(grp.kind, grp.lr, grp.weight_decay, grp.momentum, members)
-                )
+        groups = self._opt_groups(positions)
         for pos in positions:
             self.steps[pos] += 1
             self.n_steps[self.order[pos]] += 1
         self._optimizer_step(groups)
+        self._groups_stale = True  # step counts may differ now: regroup the runs
         return loss
 
     @torch.inference_mode()
