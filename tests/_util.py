@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from tuner.plan import load_plan
 from tuner.prepare import DataSpec
-from tuner.stages import Session, Settings
+from tuner.stages import Session, Settings, point_key
 from tuner.storage import default_storage_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,3 +127,27 @@ def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# The weight-decay grid of TINY_PLAN, and worker flags for tests that run several at once: one
+# torch thread each (two workers with two threads on two cores mostly wait), fast heartbeats.
+WD_POINTS = {point_key({"weight_decay": v}) for v in (0.0, 1e-4, 1e-2)}
+WORKER_ARGS = ("--plan", "tiny", "--fix", "lr=0.01", "--threads", "1")
+WORKER_ARGS += ("--heartbeat-interval", "1", "--grace-period", "4")
+
+
+def stage_trials(storage_url: str, name: str = "tiny.weight_decay") -> list:
+    """The trials of study ``name`` (none when it does not exist yet)."""
+    storage = optuna.storages.RDBStorage(storage_url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+    finally:
+        storage.engine.dispose()
+
+
+def assert_each_point_complete_once(trials) -> None:
+    complete = [point_key(t.params) for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted(WD_POINTS), complete
+    assert not [t for t in trials if t.state == TrialState.RUNNING]

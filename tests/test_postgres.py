@@ -16,10 +16,16 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from tests._util import popen_cli, run_cli, write_tiny_plan
+from tests._util import (
+    WORKER_ARGS,
+    assert_each_point_complete_once,
+    popen_cli,
+    run_cli,
+    stage_trials,
+    write_tiny_plan,
+)
 from tuner import claims, cli
 from tuner.claims import ClaimTable, claims_table
-from tuner.stages import point_key
 from tuner.storage import (
     PG_CONNECT_ARGS,
     connection_failure,
@@ -28,39 +34,9 @@ from tuner.storage import (
     resolve_url,
 )
 
-WD_POINTS = {point_key({"weight_decay": v}) for v in (0.0, 1e-4, 1e-2)}
-WORKER_ARGS = (
-    "--plan",
-    "tiny",
-    "--fix",
-    "lr=0.01",
-    "--threads",
-    "1",
-    "--heartbeat-interval",
-    "1",
-    "--grace-period",
-    "4",
-)
-
 
 def _stage(msd_file, url: str) -> tuple[str, ...]:
     return ("run-stage", "weight_decay", "--data", str(msd_file), "--storage", url, *WORKER_ARGS)
-
-
-def _trials(url: str, name: str = "tiny.weight_decay"):
-    storage = optuna.storages.RDBStorage(url)
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
-    finally:
-        storage.engine.dispose()
-
-
-def _assert_each_point_complete_once(trials) -> None:
-    complete = [point_key(t.params) for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(complete) == sorted(WD_POINTS), complete
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
 def _wait_for(condition, procs, timeout: float = 120, what: str = "condition"):
@@ -141,8 +117,8 @@ def test_three_workers_racing_on_one_stage_complete_each_point_once(
         outs = _finish(workers)
     finally:
         gate.dispose()
-    trials = _trials(postgres_url)
-    _assert_each_point_complete_once(trials)
+    trials = stage_trials(postgres_url)
+    assert_each_point_complete_once(trials)
     assert len(trials) == 3  # no duplicate, no failed trial
     assert len({t.user_attrs["worker"] for t in trials}) == 3
     for out, _ in outs:
@@ -180,8 +156,8 @@ def test_worker_sigkilled_mid_trial_on_another_host_is_retried_by_a_live_worker(
             if p is not None and p.poll() is None:
                 p.kill()
 
-    trials = _trials(postgres_url)
-    _assert_each_point_complete_once(trials)
+    trials = stage_trials(postgres_url)
+    assert_each_point_complete_once(trials)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [killed.number]
     assert len(trials) == 4  # the three points, plus the killed attempt
@@ -216,8 +192,8 @@ def test_database_lost_mid_trial_exits_2_with_one_line_and_the_next_run_resumes(
 
     rerun = run_cli(*args, cwd=tmp_path, check=True)
     assert "3/3 complete" in rerun.stdout
-    trials = _trials(url)
-    _assert_each_point_complete_once(trials)
+    trials = stage_trials(url)
+    assert_each_point_complete_once(trials)
     assert sum(t.state == TrialState.FAIL for t in trials) == 1  # the interrupted trial
 
 
