@@ -85,8 +85,10 @@ def session(
     plan: str = "tiny",
     fixes: dict | None = None,
     rows: int | None = None,
+    group_size: int = 0,
 ) -> Session:
     settings = Settings(
+        group_size=group_size,
         workdir=workdir,
         storage_url=default_storage_url(workdir),
         data=DataSpec(source=data, rows=rows),
@@ -133,7 +135,7 @@ def popen_cli(*args: str, cwd: Path) -> subprocess.Popen:
 # torch thread each (two workers with two threads on two cores mostly wait), fast heartbeats.
 WD_POINTS = {point_key({"weight_decay": v}) for v in (0.0, 1e-4, 1e-2)}
 WORKER_ARGS = ("--plan", "tiny", "--fix", "lr=0.01", "--threads", "1")
-WORKER_ARGS += ("--heartbeat-interval", "1", "--grace-period", "4")
+WORKER_ARGS += ("--heartbeat-interval", "1", "--grace-period", "4", "--group-size", "1")
 
 
 def stage_trials(storage_url: str, name: str = "tiny.weight_decay") -> list:

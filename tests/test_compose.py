@@ -191,7 +191,14 @@ def test_compose_services_run_the_whole_plan_on_postgres_with_two_workers(
     the dashboard command, on the test PostgreSQL (the compose URL pointed at it), with the
     small plan and data chosen by the compose variables."""
     plan = write_tiny_plan(tmp_path)
-    doc = compose({"POSTGRES_PASSWORD": "pw", "TUNER_PLAN": str(plan), "TUNER_DATA": str(msd_file)})
+    doc = compose(
+        {
+            "POSTGRES_PASSWORD": "pw",
+            "TUNER_PLAN": str(plan),
+            "TUNER_DATA": str(msd_file),
+            "TUNER_GROUP_SIZE": "1",  # one point per claim: both workers get some
+        }
+    )
     services = doc["services"]
     compose_url = make_url(services["worker"]["environment"]["TUNER_STORAGE"])
     url = compose_url.set(

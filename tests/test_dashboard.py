@@ -124,7 +124,7 @@ def test_dashboard_on_a_missing_storage_exits_2(tmp_path, capsys):
 def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_file):
     """SQLite: the dashboard reads every study, trial and artifact in a loop while a worker in
     another process creates the study and trains, writes and tells its trials."""
-    write_tiny_plan(tmp_path, wd_epochs=3)
+    write_tiny_plan(tmp_path, wd_epochs=300)  # long enough to be seen running (seconds)
     url = default_storage_url(tmp_path)
     open_storage(url, heartbeat_interval=5, grace_period=20).engine.dispose()  # an empty storage
     with Dashboard(url, tmp_path, "127.0.0.1", 0).start() as dash:
@@ -162,8 +162,13 @@ def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_fi
         assert polls >= 10 and seen_running, (polls, seen_running)
         # and the dashboard sees the finished stage, with its note
         study_id = wait_until(lambda: _studies(base).get("tiny.weight_decay"))
-        detail = get_json(f"{base}/api/studies/{study_id}")
-        assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+
+        def finished():  # the dashboard caches a study's trials for 2 s
+            detail = get_json(f"{base}/api/studies/{study_id}")
+            states = [t["state"] for t in detail["trials"]]
+            return detail if states == ["Complete"] * 3 else None
+
+        detail = wait_until(finished, timeout=10)
         assert detail["note"]["body"].startswith("## Stage `weight_decay` (cv): done, 3/3")
 
 

@@ -114,17 +114,17 @@ def test_changed_predecessor_starts_a_new_study(workdir, msd_file):
 
 
 def test_resume_trains_only_unfinished_points(workdir, msd_file):
-    s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"}, group_size=1)
     calls = []
-    real = s._run_point
+    real = s._run_group
 
-    def crash_on_second(study, point, *args):
-        calls.append(point)
+    def crash_on_second(study, group, *args):
+        calls.append(group[0][0])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(study, point, *args)
+        return real(study, group, *args)
 
-    s._run_point = crash_on_second
+    s._run_group = crash_on_second
     with pytest.raises(KeyboardInterrupt):
         s.run_stage("weight_decay")
     s.close()
@@ -136,26 +136,47 @@ def test_resume_trains_only_unfinished_points(workdir, msd_file):
     assert point_key(calls[0]) in done
 
 
+@pytest.mark.parametrize(("group_size", "groups"), [(0, [3]), (2, [2, 1])])
+def test_a_worker_trains_its_claimed_points_as_one_group(workdir, msd_file, group_size, groups):
+    s = session(workdir, str(msd_file), fixes={"lr": "0.01"}, group_size=group_size)
+    state = s.run_stage("weight_decay")
+    trials = sorted(state.trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # the trials of a group are all created before any of them is told
+    sizes, first = [], 0
+    while first < len(trials):
+        end = first + 1
+        while end < len(trials) and trials[end].datetime_start < trials[first].datetime_complete:
+            end += 1
+        sizes.append(end - first)
+        first = end
+    assert sizes == groups
+    for t in trials:  # every point keeps its own fold values and config
+        assert len(t.user_attrs["fold_values"]) == 2
+        assert t.user_attrs["config"]["weight_decay"] == t.params["weight_decay"]
+
+
 def test_failed_training_is_recorded_and_retried(workdir, msd_file, monkeypatch):
     import tuner.stages as stages
 
     s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
-    real = stages.evaluate_point
+    real = stages.evaluate_points
     failures = []
 
-    def flaky(spec, cfg, *a, **k):
-        if cfg.weight_decay == 1e-2 and not failures:
-            failures.append(cfg)
+    def flaky(spec, cfgs, *a, **k):
+        if not failures:
+            failures.append(cfgs)
             raise RuntimeError("out of memory")
-        return real(spec, cfg, *a, **k)
+        return real(spec, cfgs, *a, **k)
 
-    monkeypatch.setattr(stages, "evaluate_point", flaky)
+    monkeypatch.setattr(stages, "evaluate_points", flaky)
     with pytest.raises(RuntimeError):
         s.run_stage("weight_decay")
     state = s.run_stage("weight_decay")
     assert state.state == "done"
     failed = [t for t in state.trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and "out of memory" in failed[0].user_attrs["error"]
+    # the whole group failed together: every point's trial is failed, then retried
+    assert len(failed) == 3 and all("out of memory" in t.user_attrs["error"] for t in failed)
     assert not [t for t in state.trials if t.state == TrialState.RUNNING]
 
 

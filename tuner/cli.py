@@ -91,6 +91,29 @@ def _runner(parser: argparse.ArgumentParser) -> None:
         default=20,
         help="seconds without a heartbeat after which another worker retries a point (default: 20)",
     )
+    g = parser.add_argument_group("training engine")
+    g.add_argument(
+        "--group-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="grid points a worker claims and trains together as one fused model (default 0: "
+        "all it can claim, fastest for one worker; with W workers on a stage of P points, "
+        "about P/W spreads the work)",
+    )
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where training runs (default auto: CUDA when torch sees a GPU, else the CPU)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32, or bf16 matrix products with fp32 master weights (pays only on hardware "
+        "with native bf16: recent GPUs, CPUs with AVX512-BF16/AMX; default fp32)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +209,7 @@ def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
 def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
     """Open the plan on its storage. With ``with_data`` the data is read and validated first,
     so that a bad data file stops the command before anything (a storage file) is written."""
+    from tuner.fused import Compute
     from tuner.plan import coerce_params, load_plan
     from tuner.prepare import DataSpec, prepare
     from tuner.stages import Session, Settings, check_stage_name
@@ -199,6 +223,15 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     coerce_params(fixes)  # reject unknown keys and bad values before anything runs
     if args.rows is not None and args.rows < 1:
         raise TunerError(f"--rows must be positive, got {args.rows}")
+    group_size = getattr(args, "group_size", 0)
+    if group_size < 0:
+        raise TunerError(f"--group-size must be >= 0, got {group_size}")
+    try:
+        compute = Compute.resolve(
+            getattr(args, "device", "auto"), getattr(args, "precision", "fp32")
+        )
+    except ValueError as err:
+        raise TunerError(str(err)) from None
     settings = Settings(
         workdir=workdir,
         storage_url=args.storage or default_storage_url(workdir),
@@ -207,6 +240,8 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
         fixes=fixes,
         heartbeat_interval=getattr(args, "heartbeat_interval", 5),
         grace_period=getattr(args, "grace_period", 20),
+        group_size=group_size,
+        compute=compute,
     )
     if settings.grace_period <= settings.heartbeat_interval:
         raise TunerError("--grace-period must be longer than --heartbeat-interval")

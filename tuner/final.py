@@ -20,7 +20,8 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tuner.engine import EpochStats, evaluate, train
+from tuner.engine import EpochStats, evaluate
+from tuner.fused import train_one
 from tuner.objectives import PointResult
 from tuner.plan import TrainConfig
 from tuner.stages import FINAL, Session, StageState
@@ -80,17 +81,28 @@ def test_metrics(
 
 
 def stage_wall_times(session: Session) -> dict[str, float]:
-    """Seconds spent in each stage's trials, summed (from the storage)."""
+    """Seconds during which some trial of each stage was training (from the storage).
+
+    Trials trained together overlap, so this is the length of the union of the settled trials'
+    start-to-end intervals, not their sum: one worker's wall time for the stage.
+    """
+    settled = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     times: dict[str, float] = {}
     for spec in session.plan.stages:
-        state = session.stage_state(spec.name)
-        times[spec.name] = sum(
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            for t in state.trials
-            if t.state == optuna.trial.TrialState.COMPLETE
-            and t.datetime_start
-            and t.datetime_complete
+        spans = sorted(
+            (t.datetime_start, t.datetime_complete)
+            for t in session.stage_state(spec.name).trials
+            if t.state in settled and t.datetime_start and t.datetime_complete
         )
+        total, end = 0.0, None
+        for start, stop in spans:
+            if end is None or start > end:
+                total += (stop - start).total_seconds()
+                end = stop
+            elif stop > end:
+                total += (stop - end).total_seconds()
+                end = stop
+        times[spec.name] = total
     return times
 
 
@@ -98,13 +110,14 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
     """Run the final job of the session's plan (once across all workers)."""
     plan = session.plan
 
-    def evaluate_final(cfg: TrainConfig, fixed: dict[str, Any], *, trial, report) -> PointResult:
+    def evaluate_final(cfg: TrainConfig, fixed: dict[str, Any], *, trial, reporter) -> PointResult:
         prepared = session.prepared()
         data = session.data()
         t0 = time.perf_counter()
 
         def on_epoch(e: EpochStats) -> None:
-            report(e.val_acc, e.epoch)
+            reporter.report(0, e.val_acc, e.epoch)
+            reporter.progress(e.epoch)
             logger.info(
                 "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
                 e.epoch,
@@ -114,7 +127,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
                 e.val_acc,
             )
 
-        model, history = train(
+        model, history = train_one(
             cfg,
             data.train,
             data.val,
@@ -124,6 +137,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             patience=plan.final.patience,
             restore_best=plan.final.restore_best,
             on_epoch=on_epoch,
+            compute=session.settings.compute,
         )
         train_seconds = time.perf_counter() - t0
         label_names = list(prepared.label_names)

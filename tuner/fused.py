@@ -54,6 +54,8 @@ slower than fp32.
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ from tuner.model import build_model
 from tuner.plan import TrainConfig
 
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1
@@ -86,6 +89,32 @@ _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over member
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
 
 _aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where fused groups train and in which precision (``--device``, ``--precision``)."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "fp32") -> Compute:
+        """``device="auto"`` picks CUDA when torch sees a GPU. Raises ``ValueError`` for an
+        unknown name, for ``cuda`` without a GPU, and for bf16 on a CPU without bf16 support."""
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}"
+            )
+        has_cuda = torch.cuda.is_available()
+        if device == "cuda" and not has_cuda:
+            raise ValueError("--device cuda: torch sees no CUDA device here (try --device auto)")
+        resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+        if precision == "bf16" and resolved == "cpu" and not torch.backends.mkldnn.is_available():
+            raise ValueError("--precision bf16 needs oneDNN (mkldnn) on the CPU")
+        return cls(resolved, precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +382,10 @@ class FusedGroup:
 
     def export(self, member: int) -> nn.Sequential:
         """Member ``member`` (position in ``cfgs``) as a plain ``nn.Sequential`` in eval mode."""
+        with torch.inference_mode(False):  # export() may run inside train_group's on_epoch
+            return self._export(member)
+
+    def _export(self, member: int) -> nn.Sequential:
         pos = self.order.index(member)
         cfg = self.cfgs[member]
         model = build_model(cfg, self.n_features, self.n_classes)
@@ -853,3 +886,61 @@ def train_group(
                         if not fg.active:
                             break
     return histories
+
+
+def train_one(
+    cfg: TrainConfig,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    val_xy: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    seed: int,
+    n_classes: int,
+    patience: int | None = None,
+    restore_best: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    compute: Compute | None = None,
+) -> tuple[nn.Module, History]:
+    """One trial through the fused engine; the contract of :func:`tuner.engine.train`.
+
+    ``patience``: stop when validation loss has not improved for that many epochs.
+    ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.
+    The model is returned as a plain ``nn.Sequential`` on the CPU, in eval mode.
+    """
+    compute = compute or Compute()
+    best = {"loss": math.inf, "since": 0, "state": None}
+    holder: list[FusedGroup] = []
+    stopped: list[nn.Module] = []  # the model at an early stop (it leaves the stack)
+
+    def hook(epoch: int, stats: list[EpochStats | None]) -> list[int]:
+        e = stats[0]
+        assert e is not None
+        if on_epoch is not None:
+            on_epoch(e)
+        if e.val_loss < best["loss"]:
+            best.update(loss=e.val_loss, since=0)
+            if restore_best:
+                best["state"] = copy.deepcopy(holder[0].export(0).state_dict())
+        else:
+            best["since"] += 1
+        if patience is not None and best["since"] >= patience and epoch < epochs:
+            stopped.append(holder[0].export(0))
+            return [0]
+        return []
+
+    (history,) = train_group(
+        [cfg],
+        *train_xy,
+        *val_xy,
+        epochs=epochs,
+        seeds=[seed],
+        n_classes=n_classes,
+        on_epoch=hook,
+        precision=compute.precision,
+        device=compute.device,
+        group=holder,
+    )
+    model = stopped[0] if stopped else holder[0].export(0)
+    if restore_best and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return model.cpu().eval(), history

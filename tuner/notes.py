@@ -32,6 +32,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import plots
+from tuner.decide import decision_text
 from tuner.plots import fmt_value, point_label
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ def stage_rows(state: StageState) -> list[dict[str, Any]]:
             "params": dict(t.params),
             "value": t.value,
             "std": t.user_attrs.get("std"),
+            "ci95": t.user_attrs.get("ci95"),
+            "n": t.user_attrs.get("n"),
             "fold_values": t.user_attrs.get("fold_values"),
             "history": t.user_attrs.get("history"),
             "seconds": t.user_attrs.get("seconds"),
@@ -156,13 +159,17 @@ def points_table(
 ) -> tuple[list[str], list[list[str]]]:
     """Header and cells of a stage's grid-point table (grid order, the winner marked)."""
     best, _ = winner(rows)
-    has_std = any(r.get("std") is not None for r in rows)
-    header = [*params, "value"] + (["std", "folds"] if has_std else []) + ["seconds", "trial", ""]
+    has_std = any(r.get("fold_values") or (r.get("n") or 1) > 1 for r in rows)
+    header = [*params, "value"] + (["std", "95% CI", "n", "folds"] if has_std else [])
+    header += ["seconds", "trial", ""]
     cells = []
     for r in rows:
         row = [fmt_value(r["params"].get(p)) for p in params] + [f"{r['value']:.4f}"]
         if has_std:
+            ci = r.get("ci95")
             row.append(f"{r['std']:.4f}" if r.get("std") is not None else "")
+            row.append(f"{ci[0]:.4f}..{ci[1]:.4f}" if ci and r.get("n", 1) > 1 else "")
+            row.append(str(r.get("n") or ""))
             row.append(", ".join(f"{v:.4f}" for v in r.get("fold_values") or []))
         row += [f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", str(r["trial"])]
         row.append("winner" if r is best else "")
@@ -203,6 +210,11 @@ def stage_note(state: StageState) -> str:
             f"`{data.get('key')}`): train {data.get('n_train')}, val {data.get('n_val')}"
         )
     lines.append(f"- **Winner:** {winner_text(rows)}")
+    lines.append(f"- **Decision:** {decision_text(state.decision)}")
+    if state.best_params is not None:
+        lines.append(f"- **Carried forward:** {fmt_params(state.best_params)}")
+    if state.n_pruned:
+        lines.append(f"- **Pruned:** {state.n_pruned} point(s) stopped early")
     if rows:
         header, cells = points_table(rows, params)
         lines += ["", _table(header, cells)]

@@ -130,6 +130,12 @@ class StageSpec:
     epochs: int = 1
     objective: str = "peak"
     folds: int = 0
+    repeats: int = 1  # seeds per grid point (per fold in CV), trained together
+    keep_incumbent_unless_significant: bool = False
+    pruner: str = "none"  # sweeps: "median" over epochs; cv: "wilcoxon" over validation blocks
+    pruner_warmup: int = 3  # median: epochs every point trains before it can be pruned
+    pruner_p: float = 0.1  # wilcoxon: one-sided p-value below which a point is pruned
+    blocks: int = 10  # wilcoxon: validation blocks per fold (the paired instances)
     sampler: str = "grid"
     description: str = ""
     # lr_range_test only
@@ -234,6 +240,12 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         raise PlanError(f"{where}: objective 'mean' needs kind = 'cv'")
     if spec.epochs < 1:
         raise PlanError(f"{where}: epochs must be >= 1")
+    if spec.repeats < 1:
+        raise PlanError(f"{where}: repeats must be >= 1")
+    pruners = ("none", "wilcoxon") if spec.kind == "cv" else ("none", "median")
+    _check_choice(f"{where} pruner (for a {spec.kind} stage)", spec.pruner, pruners)
+    if spec.blocks < 2 or spec.pruner_warmup < 1 or not 0 < spec.pruner_p < 1:
+        raise PlanError(f"{where}: need blocks >= 2, pruner_warmup >= 1, 0 < pruner_p < 1")
     _check_choice(f"{where} sampler", spec.sampler, ("grid",))
     return spec
 

@@ -31,6 +31,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from tuner import notes, plots
+from tuner.decide import decision_text
 from tuner.notes import (
     fmt_params,
     grid_text,
@@ -322,6 +323,9 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"chosen {fmt_value(curve['chosen'])}"
             )
         items.append(f"**Winner:** {winner_text(rows)}")
+        items.append(f"**Decision:** {decision_text(state.decision)}")
+        if state.best_params is not None:
+            items.append(f"**Carried forward:** {fmt_params(state.best_params)}")
         doc.ul(items)
         if rows:
             header, cells = points_table(rows, params)

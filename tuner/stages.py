@@ -32,21 +32,25 @@ from tqdm import tqdm
 
 from tuner import notes
 from tuner.claims import Claim, ClaimTable, new_owner_id
+from tuner.decide import Decision, PointStats, decide
 from tuner.errors import PlanError, StageError
+from tuner.fused import Compute
 from tuner.lr_range import range_test
-from tuner.objectives import PointResult, Report, TensorData, evaluate_point
+from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
 from tuner.prepare import DataSpec, Prepared, prepare
+from tuner.pruners import for_stage
 from tuner.storage import error_line, latest_version, lost_storage, open_storage, study_name
 
 logger = logging.getLogger(__name__)
 
 FINAL = "final"
 RANGE_TEST_CLAIM = "__range_test__"
+SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
 
-Evaluate = Callable[[dict[str, Any], optuna.Trial, Report], PointResult]
-"""Trains one claimed point: ``(params, trial, report) -> result``."""
+Evaluate = Callable[[list[dict[str, Any]], list[optuna.Trial], Reporter], list[PointResult]]
+"""Trains a group of claimed points: ``(points, trials, reporter) -> results``."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class Settings:
     heartbeat_interval: int = 5
     grace_period: int = 20
     poll_interval: float = 2.0
+    group_size: int = 0  # points a worker claims and trains together; 0: all it can claim
+    compute: Compute = field(default_factory=Compute)
 
     @property
     def data_dir(self) -> Path:
@@ -110,6 +116,9 @@ class StageState:
     fixed_params: dict[str, Any] | None
     user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
     trials: list[FrozenTrial] = field(default_factory=list, repr=False)
+    points: list[PointStats] = field(default_factory=list, repr=False)
+    decision: Decision | None = None
+    n_pruned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,10 +126,13 @@ class StageState:
             "study": self.study,
             "state": self.state,
             "n_complete": self.n_complete,
+            "n_pruned": self.n_pruned,
             "n_total": self.n_total,
             "best_params": self.best_params,
             "best_value": self.best_value,
             "fixed_params": self.fixed_params,
+            "points": [p.summary() for p in self.points],
+            "decision": self.decision.to_dict() if self.decision else None,
         }
 
 
@@ -178,14 +190,22 @@ class Session:
         points = attrs.get("points")
         keys = {point_key(p) for p in points} if points is not None else None
         trials = study.get_trials(deepcopy=False)
-        complete = [
+        settled = [
             t
             for t in trials
-            if t.state == TrialState.COMPLETE and (keys is None or point_key(t.params) in keys)
+            if t.state in SETTLED and (keys is None or point_key(t.params) in keys)
         ]
-        n_complete = len({point_key(t.params) for t in complete})
+        complete = [t for t in settled if t.state == TrialState.COMPLETE]
+        n_complete = len({point_key(t.params) for t in settled})  # pruned points count as done
         n_total = len(points) if points is not None else n_total
-        best = max(complete, key=lambda t: t.value, default=None)
+        latest = {point_key(t.params): t for t in sorted(complete, key=lambda t: t.number)}
+        order = {point_key(p): i for i, p in enumerate(points or [])}
+        stats = [
+            PointStats(dict(t.params), tuple(t.user_attrs.get("values") or [t.value]))
+            for k, t in sorted(latest.items(), key=lambda kt: order.get(kt[0], kt[1].number))
+        ]
+        decision = self._decide(stage, attrs.get("fixed_params") or {}, stats)
+        chosen = next((p for p in stats if decision and p.params == decision.chosen), None)
         state = "done" if points is not None and n_complete == n_total else "running"
         return StageState(
             name=stage,
@@ -193,12 +213,24 @@ class Session:
             state=state,
             n_complete=n_complete,
             n_total=n_total,
-            best_params=dict(best.params) if best else None,
-            best_value=best.value if best else None,
+            best_params=dict(chosen.params) if chosen else None,
+            best_value=chosen.mean if chosen else None,
             fixed_params=attrs.get("fixed_params"),
             user_attrs=attrs,
             trials=trials,
+            points=stats,
+            decision=decision,
+            n_pruned=len({point_key(t.params) for t in settled if t.state == TrialState.PRUNED}),
         )
+
+    def _decide(
+        self, stage: str, fixed: dict[str, Any], stats: list[PointStats]
+    ) -> Decision | None:
+        if stage == FINAL:
+            return decide(stats)
+        spec = self.plan.stage(stage)
+        inc = incumbent(spec, self.plan.defaults.with_params(fixed))
+        return decide(stats, incumbent=inc, keep_incumbent=spec.keep_incumbent_unless_significant)
 
     def _planned_points(self, stage: str) -> int:
         if stage == FINAL:
@@ -255,13 +287,28 @@ class Session:
         study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
         notes.on_stage_started(self, study, spec.name)
 
-        def evaluate(point: dict[str, Any], trial: optuna.Trial, report: Report) -> PointResult:
-            cfg = base.with_params(point)
-            trial.set_user_attr("config", cfg.to_dict())
-            return evaluate_point(spec, cfg, data, seed=self.settings.seed, report=report)
+        def evaluate(
+            group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
+        ) -> list[PointResult]:
+            cfgs = [base.with_params(p) for p in group]
+            for trial, cfg in zip(trials, cfgs, strict=True):
+                trial.set_user_attr("config", cfg.to_dict())
+            return evaluate_points(
+                spec,
+                cfgs,
+                data,
+                seed=self.settings.seed,
+                reporter=reporter,
+                compute=self.settings.compute,
+            )
 
-        steps = spec.folds if spec.kind == "cv" else spec.epochs
-        self._work(study, points, evaluate, search_space, steps)
+        study.pruner = for_stage(spec)
+        by_fold = spec.kind == "cv" and spec.pruner == "wilcoxon"
+        epochs = spec.epochs * (spec.folds if by_fold else 1)
+        protect = (
+            {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
+        )
+        self._work(study, points, evaluate, search_space, epochs, protect)
         notes.on_stage_done(self, study, spec.name)
         return self.stage_state(spec.name)
 
@@ -277,9 +324,11 @@ class Session:
             return self.stage_state(FINAL)
         study.set_user_attr("points", [{}])
 
-        def evaluate(point: dict[str, Any], trial: optuna.Trial, report: Report) -> PointResult:
-            trial.set_user_attr("config", cfg.to_dict())
-            return evaluate_final(cfg, fixed, trial=trial, report=report)
+        def evaluate(
+            group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
+        ) -> list[PointResult]:
+            trials[0].set_user_attr("config", cfg.to_dict())
+            return [evaluate_final(cfg, fixed, trial=trials[0], reporter=reporter)]
 
         self._work(study, [{}], evaluate, {}, self.plan.final.epochs)
         metrics = self.settings.models_dir / self.plan.name / "metrics.json"
@@ -323,7 +372,11 @@ class Session:
             version += 1
         name = study_name(self.plan.name, stage, max(version, 1))
         study = optuna.create_study(
-            study_name=name, storage=self.storage, direction="maximize", load_if_exists=True
+            study_name=name,
+            storage=self.storage,
+            direction="maximize",
+            load_if_exists=True,
+            pruner=optuna.pruners.NopPruner(),
         )
         attrs = study.user_attrs
         if "data_key" not in attrs:
@@ -372,36 +425,40 @@ class Session:
         points: list[dict[str, Any]],
         evaluate: Evaluate,
         search_space: dict[str, list[Any]],
-        steps: int,
+        epochs: int,
+        protect: set[str] | None = None,
     ) -> None:
         """Claim, train and tell points until every point of the study is complete.
 
-        ``steps`` is how many intermediate values a point reports (epochs, or folds), for the
-        progress bar.
+        A worker claims up to ``Settings.group_size`` pending points (all it can get when 0)
+        and trains them together as one fused group; each point keeps its own claim and
+        trial, so every point still completes exactly once whatever the workers do.
         """
         keys = {point_key(p): i for i, p in enumerate(points)}
+        limit = self.settings.group_size or len(points)
         waited = False
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
-            done = {point_key(t.params) for t in trials if t.state == TrialState.COMPLETE}
+            done = {point_key(t.params) for t in trials if t.state in SETTLED}
             pending = [k for k in keys if k not in done]
             if not pending:
                 return
-            claimed = None
+            claimed: list[str] = []
             for key in pending:
                 self._check_failures(study, trials, key)
                 got, previous = self.claims.try_claim(
                     study.study_name, key, self.owner, is_free=self._claim_is_free
                 )
                 if got:
-                    claimed = key
+                    claimed.append(key)
                     if previous is not None and previous.trial_id is not None:
                         self._fail_if_running(previous.trial_id)
-                    break
-            if claimed is None:
+                    if len(claimed) >= limit:
+                        break
+            if not claimed:
                 if not waited:
                     logger.info(
                         "%s: %d point(s) are being trained by other workers; waiting",
@@ -412,70 +469,86 @@ class Session:
                 time.sleep(self.settings.poll_interval)
                 continue
             waited = False
-            point = points[keys[claimed]]
-            self._run_point(study, point, keys[claimed], evaluate, search_space, steps)
+            group = [(points[keys[k]], keys[k]) for k in claimed]
+            self._run_group(study, group, evaluate, search_space, epochs, protect or set())
 
-    def _run_point(
+    def _run_group(
         self,
         study: optuna.Study,
-        point: dict[str, Any],
-        grid_id: int,
+        group: list[tuple[dict[str, Any], int]],
         evaluate: Evaluate,
         search_space: dict[str, list[Any]],
-        steps: int,
+        epochs: int,
+        protect: set[str],
     ) -> None:
-        key = point_key(point)
-        trial = _create_trial(study, point, grid_id, search_space)
-        # a first heartbeat at once: a worker dying right here leaves a trial Optuna can fail
-        self.storage.record_heartbeat(trial._trial_id)
-        self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
-        trial.set_user_attr("worker", self.owner)
-        label = ", ".join(f"{k}={v}" for k, v in point.items()) or "final"
-        logger.info("%s trial %d (%s): training", study.study_name, trial.number, label)
-        bar = tqdm(
-            total=steps, desc=f"{study.study_name} {label}", unit="step", leave=False, disable=None
+        """Create the claimed points' trials, train them together, tell each result.
+
+        ``epochs``: how many epochs the group trains in all (the progress bar's length);
+        ``protect``: keys of points never pruned (the incumbent of a keep-incumbent stage).
+        """
+        trials = []
+        for point, grid_id in group:
+            trial = _create_trial(study, point, grid_id, search_space)
+            # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
+            self.storage.record_heartbeat(trial._trial_id)
+            self.claims.set_trial(study.study_name, point_key(point), self.owner, trial._trial_id)
+            trial.set_user_attr("worker", self.owner)
+            trials.append(trial)
+        labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p, _ in group]
+        numbers = ", ".join(str(t.number) for t in trials)
+        logger.info(
+            "%s trial(s) %s (%s): training together",
+            study.study_name,
+            numbers,
+            "; ".join(labels),
         )
+        desc = f"{study.study_name} {labels[0]}" + (
+            f" +{len(group) - 1} more" if len(group) > 1 else ""
+        )
+        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, disable=None)
 
-        def report(value: float, step: int) -> None:
-            trial.report(value, step)
-            bar.update(1)
-            bar.set_postfix(value=f"{value:.4f}")
-
+        reporter = _TrialReporter(trials, bar, [point_key(p) in protect for p, _ in group])
+        ids = [t._trial_id for t in trials]
         try:
-            with self._heartbeat([study.study_name], [trial._trial_id]), bar:
-                result = evaluate(point, trial, report)
+            with self._heartbeat([study.study_name], ids), bar:
+                results = evaluate([p for p, _ in group], trials, reporter)
         except BaseException as err:
             lost = lost_storage(
-                err, self.settings.storage_url, f"training {study.study_name} trial {trial.number}"
+                err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
             )
-            if lost is not None:  # nothing more to write: the trial's heartbeat stops, so the
-                raise lost from None  # next worker (or run) fails the trial and retries it
+            if lost is not None:  # nothing more to write: the trials' heartbeats stop, so the
+                raise lost from None  # next worker (or run) fails the trials and retries them
             kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
-            try:
-                trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
-                study.tell(trial, state=TrialState.FAIL)
-            except Exception as tell_err:  # the storage itself may be what failed
-                logger.warning(
-                    "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
-                )
+            for trial in trials:
+                try:
+                    trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
+                    study.tell(trial, state=TrialState.FAIL)
+                except Exception as tell_err:  # the storage itself may be what failed
+                    logger.warning(
+                        "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
+                    )
             raise
-        for name, value in result.attrs.items():
-            trial.set_user_attr(name, value)
-        notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell: then frozen
-        study.tell(trial, result.value)
-        logger.info(
-            "%s trial %d (%s): %.4f in %.1fs",
-            study.study_name,
-            trial.number,
-            label,
-            result.value,
-            result.attrs.get("seconds", 0.0),
-        )
+        for (point, _), trial, label, result in zip(group, trials, labels, results, strict=True):
+            for name, value in result.attrs.items():
+                trial.set_user_attr(name, value)
+            notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell: frozen
+            if result.pruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                logger.info("%s trial %d (%s): pruned", study.study_name, trial.number, label)
+                continue
+            study.tell(trial, result.value)
+            logger.info(
+                "%s trial %d (%s): %.4f",
+                study.study_name,
+                trial.number,
+                label,
+                result.value,
+            )
 
     def _claim_is_free(self, claim: Claim) -> bool:
         if claim.trial_id is not None:
             state = self.storage.get_trial(claim.trial_id).state
-            if state == TrialState.COMPLETE:
+            if state in SETTLED:
                 return False
             if state.is_finished():
                 return True
@@ -526,6 +599,32 @@ class Session:
         finally:
             stop.set()
             thread.join()
+
+
+class _TrialReporter:
+    """A group's :class:`~tuner.objectives.Reporter`: intermediate values go to the points'
+    trials, pruning is the study's pruner, progress a tqdm bar."""
+
+    def __init__(self, trials: list[optuna.Trial], bar: tqdm, protected: list[bool]) -> None:
+        self.trials, self.bar, self.protected = trials, bar, protected
+        self.last: dict[int, float] = {}
+
+    def report(self, point: int, value: float, step: int) -> None:
+        self.trials[point].report(value, step)
+        self.last[point] = value
+        self.bar.set_postfix(best=f"{max(self.last.values()):.4f}", refresh=False)
+
+    def should_prune(self, point: int) -> bool:
+        return not self.protected[point] and self.trials[point].should_prune()
+
+    def progress(self, epoch: int) -> None:
+        self.bar.update(1)
+
+
+def incumbent(spec: StageSpec, base: TrainConfig) -> dict[str, Any]:
+    """The grid point equal to the configuration the stage starts from."""
+    current = normalize(base.to_dict())
+    return {p: current[p] for p in spec.params}
 
 
 def grid_points(spec: StageSpec) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from tuner.decide import decision_text
 from tuner.stages import StageState
 
 
@@ -26,25 +27,35 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def stage_table(state: StageState) -> str:
-    """The grid points of a stage with their values; the winner marked with ``*``."""
+    """The grid points of a stage with their values (best mean marked ``*``), the decision
+    with its paired difference, and what is carried forward."""
     complete = [t for t in state.trials if t.state == TrialState.COMPLETE]
     complete.sort(key=lambda t: t.value, reverse=True)
     params = sorted({k for t in complete for k in t.params})
-    has_std = any("std" in t.user_attrs for t in complete)
-    header = ["best", *params, "value"] + (["std"] if has_std else []) + ["seconds", "trial"]
+    has_std = any(t.user_attrs.get("n", 1) > 1 or "fold_values" in t.user_attrs for t in complete)
+    header = ["best", *params, "value"]
+    header += ["std", "95% CI", "n"] if has_std else []
+    header += ["seconds", "trial"]
     rows = []
     for i, t in enumerate(complete):
         row = ["*" if i == 0 else "", *(_fmt(t.params.get(p)) for p in params), f"{t.value:.4f}"]
         if has_std:
-            row.append(f"{t.user_attrs.get('std', float('nan')):.4f}")
+            ci = t.user_attrs.get("ci95")
+            row += [
+                f"{t.user_attrs.get('std', float('nan')):.4f}",
+                f"{ci[0]:.4f}..{ci[1]:.4f}" if ci else "",
+                str(t.user_attrs.get("n", "")),
+            ]
         row += [f"{t.user_attrs.get('seconds', 0.0):.1f}", str(t.number)]
         rows.append(row)
     fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in (state.fixed_params or {}).items()) or "none"
     title = f"stage {state.name} (study {state.study}, {state.n_complete}/{state.n_total} complete; fixed: {fixed})"
     out = [title, _table(header, rows)]
-    if len(complete) >= 2:
-        margin = complete[0].value - complete[1].value
-        out.append(f"winner: {_fmt(state.best_params)} by {margin:.4f} over the runner-up")
+    if state.decision is not None:
+        out.append(f"decision: {decision_text(state.decision)}")
+        out.append(f"carried forward: {_fmt(state.best_params)}")
+    if state.n_pruned:
+        out.append(f"pruned: {state.n_pruned} point(s) stopped early")
     return "\n".join(out)
 
 
