@@ -12,7 +12,10 @@ Cases (all a 256x256 GELU MLP, batch 128, Adam):
 * ``published``: one trial through ``torch.utils.data.DataLoader(TensorDataset, batch_size=128,
   shuffle=True)``, ``zero_grad / backward / step`` and ``loss.item()`` per step -- how the
   published study trained every trial;
-* ``engine``: one trial through :func:`tuner.engine.train` (index-sliced in-memory batches);
+* ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.fused.train_one`,
+  a fused group of one;
+* ``reference``: one trial through :func:`tuner.engine.train` (autograd, index-sliced
+  in-memory batches): the loop fused training is tested against;
 * ``fused``: :func:`tuner.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
   each with its own learning rate (the worst case for the optimizer: one fused call per
   member; ``--same-lr`` gives them all 1e-3); ``--precisions fp32 bf16``.
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tuner import synthetic  # noqa: E402
 from tuner.engine import as_tensors, train  # noqa: E402
-from tuner.fused import train_group  # noqa: E402
+from tuner.fused import train_group, train_one  # noqa: E402
 from tuner.model import build_model, make_optimizer  # noqa: E402
 from tuner.plan import TrainConfig  # noqa: E402
 
@@ -124,7 +127,16 @@ def published(x, y, steps: int) -> float:
 
 
 def engine(x, y, vx, vy, steps: int) -> float:
-    """Seconds of one ``engine.train`` epoch of ``steps`` steps (its evaluation included)."""
+    """Seconds of one epoch of ``steps`` steps of a single trial as tuner trains it
+    (``fused.train_one``, the final job's path; its evaluation included)."""
+    n = steps * BATCH
+    _, hist = train_one(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
+    return hist.epochs[0].seconds
+
+
+def reference(x, y, vx, vy, steps: int) -> float:
+    """Seconds of one ``engine.train`` epoch (the autograd reference loop fused training is
+    tested against) of ``steps`` steps, its evaluation included."""
     n = steps * BATCH
     _, hist = train(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
     return hist.epochs[0].seconds
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="time of one timed run")
     ap.add_argument("--rounds", type=int, default=3, help="timed runs per fp32 case (best kept)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small data, short runs")
-    ap.add_argument("--cases", nargs="+", default=["published", "engine", "fused"])
+    ap.add_argument("--cases", nargs="+", default=["published", "engine", "reference", "fused"])
     ap.add_argument("--trials", nargs="+", type=int, default=[1, 3, 12, 25])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -215,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         cases.append(Case("published", 1, "fp32", lambda s: published(x, y, s)))
     if "engine" in args.cases:
         cases.append(Case("engine", 1, "fp32", lambda s: engine(x, y, vx, vy, s)))
+    if "reference" in args.cases:
+        cases.append(Case("reference", 1, "fp32", lambda s: reference(x, y, vx, vy, s)))
     if "fused" in args.cases:
         for p in args.precisions:
             for k in args.trials:

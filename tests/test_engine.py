@@ -76,6 +76,16 @@ def test_steepest_lr_and_snap():
     assert snap(2.3e-3, "none") == 2.3e-3
 
 
+def test_steepest_lr_ignores_drops_between_spikes_after_the_minimum():
+    lrs = list(np.logspace(-7, 0, 80))
+    losses = [2.0 - 1.0 / (1 + np.exp(-(np.log10(lr) + 3) * 4)) for lr in lrs]
+    # diverging: the loss climbs past 1e-2 with a spike and a sharp drop near 0.2
+    for i, lr in enumerate(lrs):
+        if lr > 1e-2:
+            losses[i] += 0.5 * np.log10(lr / 1e-2) + (3.0 if 0.1 < lr < 0.2 else 0.0)
+    assert 3e-4 < steepest_lr(lrs, losses) < 3e-3
+
+
 def test_range_test_records_an_increasing_lr_curve():
     data = _blobs(2000)
     stage = StageSpec(name="lr", kind="lr_range_test", epochs=1, objective="final")

@@ -55,13 +55,24 @@ class RangeTestResult:
 
 
 def steepest_lr(lrs: list[float], losses: list[float]) -> float:
-    """torch-lr-finder's "steepest gradient" suggestion, computed without its plotting."""
+    """The steepest descent of the (smoothed) loss on its way down to its minimum.
+
+    torch-lr-finder's "steepest gradient" suggestion takes the steepest point anywhere after
+    ``skip_start`` and before the last ``skip_end`` points; past the minimum the loss of a
+    diverging run jumps up and down, and a drop between two spikes can be the steepest point
+    of the whole curve (on MSD-shaped data it put the suggestion at 0.23, where Adam collapses
+    to the majority class). Like a reader of the plot, this looks only at the descending part:
+    from ``skip_start`` to the lowest loss.
+    """
     need = SKIP_START + SKIP_END + 2
     if len(lrs) < need:
         raise ValueError(f"the range test ran {len(lrs)} iterations; at least {need} are needed")
     lr = np.asarray(lrs[SKIP_START:-SKIP_END])
     loss = np.asarray(losses[SKIP_START:-SKIP_END])
-    return float(lr[np.gradient(loss).argmin()])
+    lowest = int(loss.argmin())
+    if lowest < 2:  # no descent to speak of: the start of the range
+        return float(lr[0])
+    return float(lr[: lowest + 1][np.gradient(loss[: lowest + 1]).argmin()])
 
 
 def snap(lr: float, how: str) -> float:
