@@ -94,7 +94,7 @@ def test_report_md_has_data_stages_final_and_wall_times(run, studies):
         for t in study.trials:
             assert f"| {t.value:.4f} |" in section
         if stage == "weight_decay":
-            assert "| std | folds |" in section
+            assert "| std | 95% CI | n | folds |" in section
             for t in study.trials:
                 assert f"{t.user_attrs['std']:.4f}" in section
             assert "weight_decay_cv.png" in section

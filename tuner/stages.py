@@ -486,14 +486,16 @@ class Session:
         ``epochs``: how many epochs the group trains in all (the progress bar's length);
         ``protect``: keys of points never pruned (the incumbent of a keep-incumbent stage).
         """
-        trials = []
-        for point, grid_id in group:
-            trial = _create_trial(study, point, grid_id, search_space)
-            # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
-            self.storage.record_heartbeat(trial._trial_id)
-            self.claims.set_trial(study.study_name, point_key(point), self.owner, trial._trial_id)
-            trial.set_user_attr("worker", self.owner)
-            trials.append(trial)
+        trials: list[optuna.Trial] = []
+        with self._storage_errors(f"starting {study.study_name} trials"):
+            for point, grid_id in group:
+                trial = _create_trial(study, point, grid_id, search_space)
+                # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
+                self.storage.record_heartbeat(trial._trial_id)
+                key = point_key(point)
+                self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
+                trial.set_user_attr("worker", self.owner)
+                trials.append(trial)
         labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p, _ in group]
         numbers = ", ".join(str(t.number) for t in trials)
         logger.info(
@@ -516,8 +518,8 @@ class Session:
             lost = lost_storage(
                 err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
             )
-            if lost is not None:  # nothing more to write: the trials' heartbeats stop, so the
-                raise lost from None  # next worker (or run) fails the trials and retries them
+            if lost is not None:  # nothing more to write (see _storage_errors)
+                raise lost from None
             kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
             for trial in trials:
                 try:
@@ -528,22 +530,33 @@ class Session:
                         "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
                     )
             raise
-        for (point, _), trial, label, result in zip(group, trials, labels, results, strict=True):
-            for name, value in result.attrs.items():
-                trial.set_user_attr(name, value)
-            notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell: frozen
-            if result.pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-                logger.info("%s trial %d (%s): pruned", study.study_name, trial.number, label)
-                continue
-            study.tell(trial, result.value)
-            logger.info(
-                "%s trial %d (%s): %.4f",
-                study.study_name,
-                trial.number,
-                label,
-                result.value,
-            )
+        with self._storage_errors(f"telling {study.study_name} trial(s) {numbers}"):
+            for (point, _), trial, label, result in zip(
+                group, trials, labels, results, strict=True
+            ):
+                for name, value in result.attrs.items():
+                    trial.set_user_attr(name, value)
+                notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell
+                if result.pruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                    logger.info("%s trial %d (%s): pruned", study.study_name, trial.number, label)
+                    continue
+                study.tell(trial, result.value)
+                logger.info(
+                    "%s trial %d (%s): %.4f", study.study_name, trial.number, label, result.value
+                )
+
+    @contextmanager
+    def _storage_errors(self, doing: str) -> Iterator[None]:
+        """Turn a lost database connection into the one-line error that names what was being
+        done; the trials' heartbeats stop, so the next worker (or run) fails and retries them."""
+        try:
+            yield
+        except Exception as err:
+            lost = lost_storage(err, self.settings.storage_url, doing)
+            if lost is not None:
+                raise lost from None
+            raise
 
     def _claim_is_free(self, claim: Claim) -> bool:
         if claim.trial_id is not None:
