@@ -36,7 +36,7 @@ def run(workdir: Path, plan: Path, args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     storage = f"sqlite:///{workdir / 'studies' / 'tuner.sqlite3'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=f"{plan.stem}.weight_decay", storage=storage)
+    study = optuna.load_study(study_name="seed.weight_decay", storage=storage)
     trials = [t for t in study.trials if t.state.is_finished()]
     points = {
         str(t.params["weight_decay"]): {
@@ -62,11 +62,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--lr", default="0.001", help="the fixed learning rate (the published 1e-3)")
     ap.add_argument("--p", type=float, default=0.1, help="WilcoxonPruner p_threshold")
+    ap.add_argument(
+        "--min-folds", type=int, default=2, help="folds before a point can be pruned (default 2)"
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tuner-pruning-bench-"))
     seed = (REPO / "studies" / "seed.toml").read_text()
     pruned = seed.replace(
-        'objective = "mean"\n', f'objective = "mean"\npruner = "wilcoxon"\npruner_p = {args.p}\n', 1
+        'objective = "mean"\n',
+        f'objective = "mean"\npruner = "wilcoxon"\npruner_p = {args.p}\n'
+        f"pruner_min_folds = {args.min_folds}\n",
+        1,
     )
     assert pruned != seed
     plans = {"published": work / "seed.toml", "pruned": work / "seed_pruned.toml"}

@@ -124,17 +124,17 @@ def _pruned_run(tmp_path, data, stage):
         state = s.run_stage("pick")
     finally:
         s.close()
-    assert state.state == "done" and state.n_pruned == 1 and state.best_params["lr"] != 1e-7
-    pruned = [t for t in state.trials if t.state == TrialState.PRUNED]
-    assert [t.params["lr"] for t in pruned] == [1e-7]
-    return pruned[0]
+    assert state.state == "done" and state.best_params == {"lr": 1e-2}
+    pruned = {t.params["lr"]: t for t in state.trials if t.state == TrialState.PRUNED}
+    assert 1e-7 in pruned and 1e-2 not in pruned and state.n_pruned == len(pruned)
+    return pruned[1e-7]
 
 
-def test_wilcoxon_prunes_a_clearly_worse_point_after_its_first_fold(tmp_path, msd_file):
-    stage = 'kind = "cv"\nfolds = 3\nepochs = 2\nobjective = "mean"\npruner = "wilcoxon"'
+def test_wilcoxon_prunes_a_clearly_worse_point_after_its_first_folds(tmp_path, msd_file):
+    stage = 'kind = "cv"\nfolds = 4\nepochs = 2\nobjective = "mean"\npruner = "wilcoxon"'
     pruned = _pruned_run(tmp_path, msd_file, stage + "\nblocks = 8")
-    assert pruned.user_attrs["folds_trained"] == 1
-    assert sorted(pruned.intermediate_values) == list(range(8))  # one fold's blocks
+    assert pruned.user_attrs["folds_trained"] == 2  # pruner_min_folds, by default 2
+    assert sorted(pruned.intermediate_values) == list(range(16))  # two folds' blocks
 
 
 def test_median_prunes_a_clearly_worse_point_after_warm_up(tmp_path, msd_file):

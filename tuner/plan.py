@@ -136,6 +136,7 @@ class StageSpec:
     pruner_warmup: int = 3  # median: epochs every point trains before it can be pruned
     pruner_p: float = 0.1  # wilcoxon: one-sided p-value below which a point is pruned
     blocks: int = 10  # wilcoxon: validation blocks per fold (the paired instances)
+    pruner_min_folds: int = 2  # wilcoxon: folds every point trains before it can be pruned
     sampler: str = "grid"
     description: str = ""
     # lr_range_test only
@@ -246,6 +247,8 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
     _check_choice(f"{where} pruner (for a {spec.kind} stage)", spec.pruner, pruners)
     if spec.blocks < 2 or spec.pruner_warmup < 1 or not 0 < spec.pruner_p < 1:
         raise PlanError(f"{where}: need blocks >= 2, pruner_warmup >= 1, 0 < pruner_p < 1")
+    if spec.pruner_min_folds < 1 or (spec.kind == "cv" and spec.pruner_min_folds > spec.folds):
+        raise PlanError(f"{where}: need 1 <= pruner_min_folds <= folds")
     _check_choice(f"{where} sampler", spec.sampler, ("grid",))
     return spec
 

@@ -72,10 +72,13 @@ def for_stage(spec: StageSpec) -> BasePruner:
             n_startup_trials=0, n_warmup_steps=spec.pruner_warmup, n_min_trials=2
         )
     elif spec.pruner == "wilcoxon":
-        # no verdict before a whole fold is in: its blocks are the first paired instances
+        # No verdict before `pruner_min_folds` whole folds are in: the blocks of one fold are
+        # scored by one trained model, so they carry validation noise but not training noise.
         with warnings.catch_warnings():  # "experimental" since Optuna 3.6
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            inner = WilcoxonPruner(p_threshold=spec.pruner_p, n_startup_steps=spec.blocks)
+            inner = WilcoxonPruner(
+                p_threshold=spec.pruner_p, n_startup_steps=spec.blocks * spec.pruner_min_folds
+            )
     else:
         return NopPruner()
     return PeerPruner(inner)
