@@ -414,8 +414,25 @@ class FusedGroup:
             )
         return cached
 
+    @staticmethod
+    def _per_member(k: int) -> bool:
+        """Whether a loop of ``k`` plain matrix products beats one batched product: MKL splits
+        a batched product over its batch, so a few members that the threads cannot share
+        evenly (3 on 2 threads) leave a thread idle, while each plain product uses them all."""
+        threads = torch.get_num_threads()
+        return 1 < k < 2 * threads and k % threads != 0
+
     def _mm(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """``h @ w^T + b`` per member: h [K, B, in], w [K, out, in], b [K, out]."""
+        k = h.shape[0]
+        if self.precision == "fp32" and h.device.type == "cpu" and self._per_member(k):
+            out = h.new_empty(k, h.shape[1], w.shape[1])
+            for i in range(k):
+                if b is None:
+                    torch.mm(h[i], w[i].t(), out=out[i])
+                else:
+                    torch.addmm(b[i], h[i], w[i].t(), out=out[i])
+            return out
         if self.precision == "bf16":
             z = torch.bmm(h.to(torch.bfloat16), w.to(torch.bfloat16).transpose(1, 2)).float()
             return z if b is None else z.add_(b.unsqueeze(1))
@@ -439,6 +456,16 @@ class FusedGroup:
             gb = g.to(torch.bfloat16)
             gw.copy_(torch.bmm(gb.transpose(1, 2), h.to(torch.bfloat16)))
             return torch.bmm(gb, w.to(torch.bfloat16)).float() if need_h else None
+        k = g.shape[0]
+        if g.device.type == "cpu" and self._per_member(k):
+            for i in range(k):
+                torch.mm(g[i].t(), h[i], out=gw[i])
+            if not need_h:
+                return None
+            out = g.new_empty(k, g.shape[1], w.shape[2])
+            for i in range(k):
+                torch.mm(g[i], w[i], out=out[i])
+            return out
         torch.bmm(g.transpose(1, 2), h, out=gw)
         return torch.bmm(g, w) if need_h else None
 
