@@ -192,3 +192,15 @@ def test_compute_resolves_devices_and_rejects_what_is_not_there():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             Compute.resolve("cuda")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(caplog, monkeypatch):
+    import tuner.fused as fused
+
+    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: False)
+    assert Compute.resolve("cpu", "bf16") == Compute("cpu", "bf16")
+    assert "no native bf16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: True)
+    Compute.resolve("cpu", "bf16")
+    assert "no native bf16" not in caplog.text

@@ -55,6 +55,7 @@ slower than fp32.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +67,8 @@ from torch import nn
 from tuner.engine import EVAL_BATCH, EpochStats, History, seeded
 from tuner.model import build_model
 from tuner.plan import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,6 +94,12 @@ OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
 _aten = torch.ops.aten
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 dot products (AVX512-BF16 or AMX) for oneDNN to use."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 @dataclass(frozen=True)
 class Compute:
     """Where fused groups train and in which precision (``--device``, ``--precision``)."""
@@ -112,8 +121,14 @@ class Compute:
         if device == "cuda" and not has_cuda:
             raise ValueError("--device cuda: torch sees no CUDA device here (try --device auto)")
         resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-        if precision == "bf16" and resolved == "cpu" and not torch.backends.mkldnn.is_available():
-            raise ValueError("--precision bf16 needs oneDNN (mkldnn) on the CPU")
+        if precision == "bf16" and resolved == "cpu":
+            if not torch.backends.mkldnn.is_available():
+                raise ValueError("--precision bf16 needs oneDNN (mkldnn) on the CPU")
+            if not cpu_has_native_bf16():
+                logger.warning(
+                    "--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so "
+                    "oneDNN emulates it and training is several times slower than fp32"
+                )
         return cls(resolved, precision)
 
 
