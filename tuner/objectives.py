@@ -25,9 +25,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from scipy import stats as scipy_stats
 from sklearn.model_selection import StratifiedKFold
 
+from tuner.decide import interval
 from tuner.engine import EpochStats, History, as_tensors
 from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig
@@ -68,16 +68,15 @@ def repeat_seeds(seed: int, repeats: int) -> list[int]:
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std and a 95% t-interval of the mean of ``values``."""
+    """Mean, sample std and a 95% t-interval of the mean of ``values`` (the interval is the
+    mean itself twice for one run)."""
     n = len(values)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    if n > 1:
-        half = float(scipy_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-        ci = [mean - half, mean + half]
-    else:
-        ci = [mean, mean]
-    return {"mean": mean, "std": std, "ci95": ci, "n": n}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if n > 1 else 0.0,
+        "ci95": list(interval(values)),
+        "n": n,
+    }
 
 
 def _score(history: History, objective: str) -> float:
@@ -265,7 +264,7 @@ class _Run:
         out = {}
         for i in points:
             mine = [(m, h) for m, h in zip(members, histories, strict=True) if m.point == i]
-            result = _cv_result(mine, len(self.folds))
+            result = _cv_result(mine)
             for f, v in enumerate(result.attrs["fold_values"]):
                 self.reporter.report(i, v, f)
             out[i] = result
@@ -299,7 +298,7 @@ class _Run:
             stop = {i for i in active if self.reporter.should_prune(i)}
             pruned |= stop
             active = [i for i in active if i not in stop]
-        return {i: _cv_result(mine[i], len(self.folds), pruned=i in pruned) for i in points}
+        return {i: _cv_result(mine[i], pruned=i in pruned) for i in points}
 
 
 def _sweep_result(stage: StageSpec, histories: list[History], pruned: bool) -> PointResult:
@@ -317,9 +316,7 @@ def _sweep_result(stage: StageSpec, histories: list[History], pruned: bool) -> P
     return PointResult(statistics.fmean(values), attrs, pruned=pruned)
 
 
-def _cv_result(
-    mine: list[tuple[_Member, History]], n_folds: int, *, pruned: bool = False
-) -> PointResult:
+def _cv_result(mine: list[tuple[_Member, History]], *, pruned: bool = False) -> PointResult:
     """A CV point from its members' histories (the folds it reached, if pruned)."""
     mine = sorted(mine, key=lambda mh: (mh[0].repeat, mh[0].fold))
     by_fold: dict[int, list[float]] = {}
@@ -336,6 +333,4 @@ def _cv_result(
         "values": values,
         **summarize(values),  # with one repeat, "std" is the std over folds
     }
-    if len(fold_values) < n_folds:
-        attrs["pruned_after_fold"] = len(fold_values)
     return PointResult(statistics.fmean(fold_values), attrs, pruned=pruned)
