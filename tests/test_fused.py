@@ -178,6 +178,85 @@ def test_cv_folds_of_unequal_sizes():
         _assert_same(hist, alone, len(v), f"{cfg} fold of {len(t)}")
 
 
+def test_schedules_label_smoothing_and_class_weights():
+    """Each member's scheduled learning rate, smoothed and class-weighted training loss match
+    torch's CosineAnnealingLR / OneCycleLR and nn.CrossEntropyLoss(weight, label_smoothing)."""
+    cfgs = [
+        _cfg(schedule="cosine", lr=3e-3),
+        _cfg(schedule="onecycle", optimizer="sgd", lr=5e-2),
+        _cfg(schedule="onecycle", optimizer="rmsprop", lr=1e-3, norm="layer"),
+        _cfg(label_smoothing=0.1),
+        _cfg(class_weight="balanced", optimizer="adamw", weight_decay=1e-2),
+        _cfg(class_weight="sqrt_balanced", label_smoothing=0.05, schedule="cosine"),
+        _cfg(),
+    ]
+    x, y, vx, vy = DATA
+    y = torch.where(y < 3, y, torch.where(y % 2 == 0, 3, 4))  # imbalanced: 3 small, 2 big classes
+    hists = _check_group(cfgs, [2] * len(cfgs), data=(x, y, vx, vy))
+    # the settings change what is trained: no two members end alike
+    finals = [h.epochs[-1].train_loss for h in hists]
+    assert len({round(v, 6) for v in finals}) == len(cfgs)
+
+
+def test_class_weights_follow_each_members_training_rows():
+    x, y, vx, vy = DATA
+    rows = [torch.arange(0, 400), torch.nonzero(y % 3 != 0).squeeze(1)]  # the 2nd lacks classes
+    cfgs = [_cfg(class_weight="balanced", label_smoothing=0.1)] * 2
+    fused = train_group(
+        cfgs, x, y, vx, vy, epochs=2, seeds=[1, 1], n_classes=N_CLASSES, train_idx=rows
+    )
+    for cfg, r, hist in zip(cfgs, rows, fused, strict=True):
+        _assert_same(hist, _alone(cfg, x[r], y[r], vx, vy, epochs=2, seed=1), len(vx))
+
+
+def test_dropout_step_matches_autograd_with_the_same_masks():
+    """One SGD step of a dropout member equals autograd through the same masks, which come
+    from the member's own generator (seed ^ _DROPOUT_SEED), one draw per hidden layer."""
+    from tuner.engine import seeded
+    from tuner.fused import _DROPOUT_SEED, FusedGroup, dropout_mask
+    from tuner.model import build_model
+
+    x, y, _, _ = DATA
+    cfg = _cfg(dropout=0.4, optimizer="sgd", momentum=0.0, lr=0.1, activation="gelu")
+    plain = _cfg(optimizer="sgd", momentum=0.0, lr=0.1, activation="gelu")
+    fg = FusedGroup([plain, cfg], 90, N_CLASSES, seeds=[3, 3])
+    xb, yb = x[:64], y[:64]
+    fg.train_step(xb, yb)
+    with seeded(3):
+        model = build_model(cfg, 90, N_CLASSES)
+    gen = torch.Generator().manual_seed(3 ^ _DROPOUT_SEED)
+    h = xb
+    lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for lin in lins[:-1]:
+        h = torch.nn.functional.gelu(lin(h)) * dropout_mask(0.4, (64, lin.out_features), gen)
+    loss = torch.nn.functional.cross_entropy(lins[-1](h), yb)
+    loss.backward()
+    exported = fg.export(1)
+    got = [m for m in exported if isinstance(m, torch.nn.Linear)]
+    for lin, new in zip(lins, got, strict=True):
+        torch.testing.assert_close(new.weight, lin.weight - 0.1 * lin.weight.grad)
+        torch.testing.assert_close(new.bias, lin.bias - 0.1 * lin.bias.grad)
+    assert any(isinstance(m, torch.nn.Dropout) for m in exported)
+
+
+def test_dropout_member_trains_the_same_inside_a_group_and_alone():
+    x, y, vx, vy = DATA
+    cfgs = [
+        _cfg(dropout=0.3, lr=1e-2),
+        _cfg(dropout=0.1, norm="batch", lr=2e-3),
+        _cfg(lr=1e-2),
+        _cfg(dropout=0.5, schedule="cosine", lr=1e-2),
+    ]
+    seeds = [0, 0, 0, 1]
+    together = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES)
+    for cfg, seed, hist in zip(cfgs, seeds, together, strict=True):
+        (alone,) = train_group([cfg], x, y, vx, vy, epochs=3, seeds=[seed], n_classes=N_CLASSES)
+        _assert_same(hist, alone, len(vx), str(cfg))
+    # dropout changes training: the p=0.3 member differs from the plain one with the same seed
+    assert together[0].epochs[0].train_loss != pytest.approx(together[2].epochs[0].train_loss)
+    assert together[0].final_acc > 0.3  # and it learns
+
+
 def test_dropped_member_leaves_the_others_unchanged():
     x, y, vx, vy = DATA
     cfgs = [

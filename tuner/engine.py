@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.model import build_model, make_optimizer
+from tuner.model import build_model, class_weights, make_optimizer, make_scheduler
 from tuner.plan import TrainConfig
 
 EVAL_BATCH = 16_384
@@ -116,6 +116,8 @@ def train(
 
     ``patience``: stop when validation loss has not improved for that many epochs.
     ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.
+    The training loss is ``cfg``'s (label smoothing, class weights); the validation loss is
+    plain cross-entropy. Dropout masks come from torch's global generator.
     ``on_epoch`` is called after each epoch (Optuna reporting, progress bars); it may raise
     (e.g. ``optuna.TrialPruned``) to stop the run.
     """
@@ -125,6 +127,13 @@ def train(
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
     min_batch = 2 if cfg.norm == "batch" else 1
+    steps_per_epoch = sum(
+        1 for s in range(0, len(x), cfg.batch_size) if min(cfg.batch_size, len(x) - s) >= min_batch
+    )
+    scheduler = make_scheduler(cfg, optimizer, max(epochs * steps_per_epoch, 1))
+    criterion = nn.CrossEntropyLoss(
+        weight=class_weights(cfg.class_weight, y, n_classes), label_smoothing=cfg.label_smoothing
+    )
     history = History()
     best_loss, best_state, since_best = math.inf, None, 0
     for epoch in range(1, epochs + 1):
@@ -132,10 +141,12 @@ def train(
         model.train()
         loss_sum, seen = torch.zeros(()), 0
         for idx in batch_indices(len(x), cfg.batch_size, generator, min_batch):
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = criterion(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             loss_sum += loss.detach() * len(idx)  # no .item(): no sync per step
             seen += len(idx)
         val_loss, val_acc = evaluate(model, *val_xy)

@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from tuner.engine import EVAL_BATCH, EpochStats, History, seeded
-from tuner.model import build_model
+from tuner.model import build_model, class_weights, scheduled_lr
 from tuner.plan import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ _STATE_NAMES = {
     "sgd": ("momentum",),
     "rmsprop": ("square_avg",),
 }
+_DROPOUT_SEED = 0x5EED  # a member's dropout masks come from a generator seeded seed ^ this
 _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over members (16 MB fp32)
 
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
@@ -188,8 +189,71 @@ def _segments(cfgs: Sequence[TrainConfig]) -> list[_Segment]:
     return segs
 
 
+@dataclass
+class _LossSpec:
+    """Per-member dropout and training-loss settings of a (sub)stack, in stack order."""
+
+    dropout: list[float] | None  # None: no member drops out
+    generators: list[torch.Generator]  # each member's dropout generator
+    smoothing: torch.Tensor | None  # [K] label smoothing; None: none
+    weights: torch.Tensor | None  # [K, classes] class weights; None: unweighted
+
+    def masks(self, k: int, n_batch: int, width: int, device: torch.device) -> torch.Tensor | None:
+        """Inverted-dropout masks [K, B, width]: 0 or ``1/(1-p)``, one generator per member."""
+        if self.dropout is None:
+            return None
+        mask = torch.ones(k, n_batch, width, device=device)
+        for m, p in enumerate(self.dropout):
+            if p > 0:
+                dropout_mask(p, (n_batch, width), self.generators[m], out=mask[m])
+        return mask
+
+
+def dropout_mask(
+    p: float, shape: tuple[int, ...], generator: torch.Generator, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One member's inverted-dropout mask: ``(u >= p) / (1 - p)`` for ``u ~ U[0, 1)`` drawn
+    from ``generator``; kept activations are scaled so the expectation is unchanged."""
+    u = torch.rand(shape, generator=generator, device=generator.device, out=out)
+    return u.ge_(p).mul_(1.0 / (1.0 - p))
+
+
 def _cat0(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+
+def _loss_and_grad(
+    logits: torch.Tensor, yb: torch.Tensor, spec: _LossSpec, minus_one: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss per member [K] and its gradient w.r.t. ``logits`` [K, B, C].
+
+    Plain cross-entropy (the mean over the batch) has the gradient ``(softmax - onehot) / B``.
+    With class weights ``w`` and label smoothing ``e`` the loss is torch's: per row
+    ``(1-e) w_y (-log p_y) + e/C sum_c w_c (-log p_c)``, summed and divided by ``sum w_y``; its
+    gradient is ``[p ((1-e) w_y + e/C sum_c w_c) - (1-e) w_y onehot - e/C w] / sum w_y``."""
+    logp = torch.log_softmax(logits, dim=2)
+    target = yb.unsqueeze(2)
+    n_batch, n_classes = logits.shape[1], logits.shape[2]
+    if spec.smoothing is None and spec.weights is None:
+        loss = logp.gather(2, target).squeeze(2).mean(1).neg_()
+        g = logp.exp_()
+        g.scatter_add_(2, target, minus_one.expand(target.shape))
+        return loss, g.mul_(1.0 / n_batch)
+    k = logits.shape[0]
+    eps = spec.smoothing if spec.smoothing is not None else logits.new_zeros(k)
+    w = spec.weights if spec.weights is not None else logits.new_ones(k, n_classes)
+    wy = w.gather(1, yb)  # [K, B]
+    total = wy.sum(1)  # [K]
+    keep = (1 - eps)[:, None] * wy  # [K, B]: (1-e) w_y
+    share = (eps / n_classes)[:, None]  # [K, 1]: e/C
+    nll = logp.gather(2, target).squeeze(2).neg_()  # [K, B]
+    smooth = torch.einsum("kbc,kc->kb", logp, w).neg_()  # [K, B]: sum_c w_c (-log p_c)
+    loss = (keep * nll + share * smooth).sum(1) / total
+    coef = keep + share * w.sum(1, keepdim=True)  # [K, B]
+    g = logp.exp_().mul_(coef.unsqueeze(2))
+    g.scatter_add_(2, target, keep.neg().unsqueeze(2))
+    g.sub_((share * w).unsqueeze(1))
+    return loss, g.div_(total[:, None, None])
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +266,12 @@ class _OptGroup:
     """Members trained by one optimizer call: same optimizer, lr, weight decay, momentum."""
 
     kind: str
-    lr: float
+    lr: float  # the base learning rate; the step's is scheduled_lr(schedule, lr, t, total)
     weight_decay: float
     momentum: float
+    schedule: str
+    total: int  # planned optimizer steps (scheduled members only)
+    first: int  # a member (position in cfgs) whose step count is the group's
     members: list[int]  # stack positions
     lists: dict[str, list[torch.Tensor]]  # "p", "g", state names, "step": per-tensor views
 
@@ -230,6 +297,8 @@ class FusedGroup:
         seeds: Sequence[int],
         precision: str = "fp32",
         device: str | torch.device = "cpu",
+        total_steps: Sequence[int] | None = None,
+        weights: Sequence[torch.Tensor | None] | None = None,
     ) -> None:
         cfgs = list(cfgs)
         if not cfgs:
@@ -251,6 +320,18 @@ class FusedGroup:
         self.device = torch.device(device)
         self.cfgs, self.seeds = cfgs, [int(s) for s in seeds]
         self.n_steps = [0] * len(cfgs)  # optimizer steps taken, per member
+        # planned steps, per member: what a learning-rate schedule spans
+        self.total_steps = [max(int(t), 1) for t in (total_steps or [1] * len(cfgs))]
+        # training-loss class weights, per member (None: unweighted)
+        self.weights = [
+            None if w is None else w.to(self.device, torch.float32)
+            for w in (weights or [None] * len(cfgs))
+        ]
+        if any(c.schedule != "constant" for c in cfgs) and total_steps is None:
+            raise ValueError("a learning-rate schedule needs total_steps")
+        self._dropout_gens = [
+            torch.Generator(device=self.device).manual_seed(s ^ _DROPOUT_SEED) for s in self.seeds
+        ]
 
         # Stack order: members sorted by (norm, activation) so that each kind is one slice,
         # then by optimizer settings so that members stepped by one call are neighbours.
@@ -261,6 +342,7 @@ class FusedGroup:
                 cfgs[i].activation,
                 cfgs[i].optimizer,
                 cfgs[i].lr,
+                cfgs[i].schedule,
                 cfgs[i].weight_decay,
                 cfgs[i].momentum,
             ),
@@ -326,13 +408,38 @@ class FusedGroup:
     def _rebuild(self) -> None:
         """Recompute everything derived from ``self.order`` and the buffers."""
         self.segments = _segments([self.cfgs[i] for i in self.order])
+        self.loss_spec = self._loss_spec(self.order)
         self.opt_groups = self._opt_groups(list(range(len(self.order))))
         self._groups_stale = False
 
-    def _opt_key(self, pos: int) -> tuple[str, float, float, float]:
-        cfg = self.cfgs[self.order[pos]]
+    def _loss_spec(self, members: list[int]) -> _LossSpec:
+        """Dropout and training-loss settings of ``members`` (positions in cfgs, stack order)."""
+        cfgs = [self.cfgs[i] for i in members]
+        dev = self.device
+        drop = [c.dropout for c in cfgs]
+        eps = [c.label_smoothing for c in cfgs]
+        ws = [self.weights[i] for i in members]
+        weights = None
+        if any(w is not None for w in ws):
+            ones = torch.ones(self.n_classes, device=dev)
+            weights = torch.stack([ones if w is None else w for w in ws])
+        return _LossSpec(
+            dropout=drop if any(drop) else None,
+            generators=[self._dropout_gens[i] for i in members],
+            smoothing=torch.tensor(eps, device=dev) if any(eps) else None,
+            weights=weights,
+        )
+
+    def _opt_key(self, pos: int) -> tuple:
+        """Members stepped by one optimizer call share this. A scheduled learning rate depends
+        on the step count and the planned steps, so those join the key."""
+        i = self.order[pos]
+        cfg = self.cfgs[i]
         momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
-        return (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum)
+        key = (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum, cfg.schedule)
+        if cfg.schedule != "constant":
+            key += (self.n_steps[i], self.total_steps[i])
+        return key
 
     def _opt_groups(self, positions: list[int]) -> list[_OptGroup]:
         """The optimizer calls that step the members at stack ``positions`` (ascending).
@@ -352,7 +459,8 @@ class FusedGroup:
             else:
                 rs.append([pos, pos + 1, sub])
         groups = []
-        for (kind, lr, wd, mom), rs in runs.items():
+        for key, rs in runs.items():
+            kind, lr, wd, mom, schedule = key[:5]
             names = _STATE_NAMES[kind]
             lists: dict[str, list[torch.Tensor]] = {n: [] for n in ("p", "g", "step", *names)}
             members = []
@@ -367,7 +475,12 @@ class FusedGroup:
                     lists["step"].append(self.steps[k0])
                     for name in names:
                         lists[name].append(self.state[name][i][k0:k1])
-            groups.append(_OptGroup(kind, lr, wd, mom, members, lists))
+            first = self.order[members[0]]
+            groups.append(
+                _OptGroup(
+                    kind, lr, wd, mom, schedule, self.total_steps[first], first, members, lists
+                )
+            )
         return groups
 
     # ---------------------------------------------------------------- members
@@ -490,14 +603,15 @@ class FusedGroup:
         grads: list[torch.Tensor],
         running: list[tuple[torch.Tensor, torch.Tensor]],
         segments: list[_Segment],
+        spec: _LossSpec,
         xb: torch.Tensor,
         yb: torch.Tensor,
     ) -> torch.Tensor:
         """One training step's forward and backward pass for a (sub)stack.
 
         ``xb`` [K, B, F] (may be a stride-0 expand), ``yb`` [K, B]. Writes every gradient into
-        ``grads``, updates BatchNorm running statistics in ``running``, returns the mean loss
-        per member [K]."""
+        ``grads``, updates BatchNorm running statistics in ``running``, returns the training
+        loss per member [K] (what ``nn.CrossEntropyLoss(weight, label_smoothing)`` gives)."""
         n_batch = xb.shape[1]
         saved = []
         h = xb
@@ -534,18 +648,13 @@ class FusedGroup:
                     norm_saved.append(None)
                 us.append(us_)
                 acts.append(_act_forward(s.act, us_))
-            saved.append((h, z, us, acts, norm_saved))
+            mask = spec.masks(len(z), n_batch, z.shape[2], z.device)
+            saved.append((h, z, us, acts, norm_saved, mask))
             h = _cat0(acts)
+            if mask is not None:
+                h = h * mask
         logits = self._mm_logits(h, params[self._w_idx[-1]], params[self._b_idx[-1]])
-
-        # Cross-entropy, mean over the batch per member; its gradient w.r.t. the logits is
-        # (softmax - onehot) / B.
-        logp = torch.log_softmax(logits, dim=2)
-        target = yb.unsqueeze(2)
-        loss = logp.gather(2, target).squeeze(2).mean(1).neg_()
-        g = logp.exp_()
-        g.scatter_add_(2, target, self._minus_one(g.dtype).expand(target.shape))
-        g.mul_(1.0 / n_batch)
+        loss, g = _loss_and_grad(logits, yb, spec, self._minus_one(logits.dtype))
 
         # Backward, output layer first.
         n_layers = len(self.hidden) + 1
@@ -556,7 +665,9 @@ class FusedGroup:
             g_h = self._mm_grads(g, h_in, params[w_i], grads[w_i], need_h=layer > 0)
             if layer == 0:
                 break
-            _, z, us, acts, norm_saved = saved[layer - 1]
+            _, z, us, acts, norm_saved, mask = saved[layer - 1]
+            if mask is not None:
+                g_h = g_h.mul_(mask)
             gamma = params[self._gamma_idx[layer - 1]]
             g_gamma, g_beta = grads[self._gamma_idx[layer - 1]], grads[self._beta_idx[layer - 1]]
             parts = []
@@ -615,6 +726,7 @@ class FusedGroup:
         b1, b2 = _ADAM_BETAS
         for grp in groups:
             ls = grp.lists
+            lr = scheduled_lr(grp.schedule, grp.lr, self.n_steps[grp.first], grp.total)
             if grp.kind in ("adam", "adamw"):
                 fn = torch._fused_adam_ if grp.kind == "adam" else torch._fused_adamw_
                 fn(
@@ -624,7 +736,7 @@ class FusedGroup:
                     ls["exp_avg_sq"],
                     [],
                     ls["step"],
-                    lr=grp.lr,
+                    lr=lr,
                     beta1=b1,
                     beta2=b2,
                     weight_decay=grp.weight_decay,
@@ -641,7 +753,7 @@ class FusedGroup:
                     ls["momentum"] if grp.momentum != 0 else [],
                     weight_decay=grp.weight_decay,
                     momentum=grp.momentum,
-                    lr=grp.lr,
+                    lr=lr,
                     dampening=0.0,
                     nesterov=False,
                     maximize=False,
@@ -656,7 +768,7 @@ class FusedGroup:
                 torch._foreach_addcmul_(sq, grads, grads, value=1 - _RMSPROP_ALPHA)
                 avg = torch._foreach_sqrt(sq)
                 torch._foreach_add_(avg, _RMSPROP_EPS)
-                torch._foreach_addcdiv_(ls["p"], grads, avg, value=-grp.lr)
+                torch._foreach_addcdiv_(ls["p"], grads, avg, value=-lr)
 
     # ---------------------------------------------------------------- steps
 
@@ -666,7 +778,9 @@ class FusedGroup:
         k = len(self.order)
         if xb.dim() == 2:
             xb, yb = xb.expand(k, *xb.shape), yb.expand(k, yb.shape[0])
-        loss = self._forward_backward(self.params, self.grads, self.running, self.segments, xb, yb)
+        loss = self._forward_backward(
+            self.params, self.grads, self.running, self.segments, self.loss_spec, xb, yb
+        )
         if self._groups_stale:
             self.opt_groups = self._opt_groups(list(range(k)))
             self._groups_stale = False
@@ -696,8 +810,10 @@ class FusedGroup:
             params = [p.index_select(0, sel) for p in self.params]
             grads = [torch.empty_like(p) for p in params]
             running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
-        segments = _segments([self.cfgs[self.order[pos]] for pos in positions])
-        loss = self._forward_backward(params, grads, running, segments, xb, yb)
+        members = [self.order[pos] for pos in positions]
+        segments = _segments([self.cfgs[i] for i in members])
+        spec = self._loss_spec(members)
+        loss = self._forward_backward(params, grads, running, segments, spec, xb, yb)
         if not contiguous:
             for dst, src in zip(self.grads, grads, strict=True):
                 dst.index_copy_(0, sel, src)
@@ -823,14 +939,30 @@ def train_group(
     if val_idx is not None and len(val_idx) != k_all:
         raise ValueError(f"val_idx has {len(val_idx)} entries for {k_all} configurations")
     dev = torch.device(device)
-    fg = FusedGroup(cfgs, x.shape[1], n_classes, seeds=seeds, precision=precision, device=dev)
+    tr_cpu = [None if train_idx is None else train_idx[i] for i in range(k_all)]
+    n_rows = [len(x) if t is None else len(t) for t in tr_cpu]
+    min_size = [2 if c.norm == "batch" else 1 for c in cfgs]
+    sizes = [_batch_sizes(n_rows[i], cfgs[i].batch_size, min_size[i]) for i in range(k_all)]
+    weights = [
+        class_weights(c.class_weight, y if t is None else y[t], n_classes)
+        for c, t in zip(cfgs, tr_cpu, strict=True)
+    ]
+    fg = FusedGroup(
+        cfgs,
+        x.shape[1],
+        n_classes,
+        seeds=seeds,
+        precision=precision,
+        device=dev,
+        total_steps=[epochs * len(s) for s in sizes],
+        weights=weights,
+    )
     if group is not None:
         group.append(fg)
     x, y = x.to(dev), y.to(dev)
     val_x, val_y = val_x.to(dev), val_y.to(dev)
-    tr = [None if train_idx is None else train_idx[i].to(dev) for i in range(k_all)]
+    tr = [None if t is None else t.to(dev) for t in tr_cpu]
     va = [None if val_idx is None else val_idx[i].to(dev) for i in range(k_all)]
-    n_rows = [len(x) if t is None else len(t) for t in tr]
     row_set = _dedupe(tr)
     val_set = _dedupe(va)
     val_data: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -838,8 +970,6 @@ def train_group(
         j = val_set[i]
         if j not in val_data:
             val_data[j] = (val_x, val_y) if va[j] is None else (val_x[va[j]], val_y[va[j]])
-    min_size = [2 if c.norm == "batch" else 1 for c in cfgs]
-    sizes = [_batch_sizes(n_rows[i], fg.batch_size, min_size[i]) for i in range(k_all)]
     generators: dict[tuple[int, int], torch.Generator] = {}
     for i in range(k_all):
         key = (fg.seeds[i], n_rows[i])

@@ -32,6 +32,9 @@ ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "silu")
 NORMS = ("none", "batch", "layer")
 INITS = ("default", "xavier_uniform", "kaiming_normal")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt_balanced")
+SAMPLERS = ("grid", "tpe")
 
 STAGE_KINDS = ("lr_range_test", "cv", "sweep")
 OBJECTIVES = ("peak", "final", "mean")
@@ -54,12 +57,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     batch_size: int = 128
+    dropout: float = 0.0  # after every hidden activation
+    label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
+    class_weight: str = "none"  # training loss weights: inverse class frequency, or its root
+    schedule: str = "constant"  # learning rate over the planned steps: cosine or one-cycle
 
     def __post_init__(self) -> None:
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("init", self.init, INITS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
         if not self.hidden or any(int(h) <= 0 for h in self.hidden):
             raise PlanError(
                 f"hidden must be a non-empty list of positive widths, got {self.hidden}"
@@ -70,6 +79,10 @@ class TrainConfig:
             raise PlanError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.batch_size < 1:
             raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.dropout < 1:
+            raise PlanError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.label_smoothing < 1:
+            raise PlanError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
         """Return a copy with ``params`` applied, coerced to each field's type."""
@@ -82,6 +95,7 @@ class TrainConfig:
 
 
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing")
 
 
 def coerce_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +113,7 @@ def coerce_params(params: Mapping[str, Any]) -> dict[str, Any]:
                 if isinstance(value, str):
                     value = [int(v) for v in value.lower().split("x")]
                 out[key] = tuple(int(v) for v in value)
-            elif key in ("lr", "weight_decay", "momentum"):
+            elif key in _FLOAT_FIELDS:
                 out[key] = float(value)
             elif key == "batch_size":
                 out[key] = int(value)
