@@ -93,6 +93,8 @@ def winner(rows: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
 def tuned_params(stage: Mapping[str, Any]) -> list[str]:
     if stage.get("kind") == "lr_range_test":
         return [stage.get("param", "lr")]
+    if stage.get("sampler") == "tpe":
+        return list(stage.get("space", {}))
     return list(stage.get("grid", {}))
 
 
@@ -128,6 +130,18 @@ def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
         if points:
             return ", ".join(point_label(p) for p in points)
         return "decided by the range test"
+    if stage.get("sampler") == "tpe":
+        ranges = "; ".join(
+            f"{k}: {', '.join(fmt_value(v) for v in r['choices'])}"
+            if "choices" in r
+            else f"{k}: {fmt_value(r['low'])} .. {fmt_value(r['high'])}"
+            + (" (log)" if r.get("log") else "")
+            for k, r in stage.get("space", {}).items()
+        )
+        return (
+            f"TPE over {ranges}: {stage.get('trials')} points in rounds of "
+            f"{stage.get('round_size')}"
+        )
     return "; ".join(
         f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in stage.get("grid", {}).items()
     )

@@ -231,16 +231,35 @@ class _Run:
     def sweep(self, cfgs: Sequence[TrainConfig], points: list[int]) -> dict[int, PointResult]:
         members = [_Member(i, r, None) for i in points for r in range(len(self.seeds))]
         pruned: set[int] = set()
+        patience = self.stage.patience
+        best_loss = [math.inf] * len(members)
+        since_best = [0] * len(members)
 
         def on_epoch(epoch: int, stats: list[EpochStats | None]) -> list[int]:
             self.reporter.progress(epoch)
             active = [i for i in points if i not in pruned]
             for i in active:
-                accs = [s.val_acc for m, s in zip(members, stats, strict=True) if m.point == i]
-                self.reporter.report(i, statistics.fmean(accs), epoch)
+                accs = [
+                    s.val_acc
+                    for m, s in zip(members, stats, strict=True)
+                    if m.point == i and s is not None
+                ]
+                if accs:  # some of its runs may have stopped early
+                    self.reporter.report(i, statistics.fmean(accs), epoch)
             stop = [i for i in active if self.reporter.should_prune(i)]
             pruned.update(stop)
-            return [k for k, m in enumerate(members) if m.point in stop]
+            out = [k for k, m in enumerate(members) if m.point in stop]
+            if patience:  # early stopping on validation loss, run by run
+                for k, s in enumerate(stats):
+                    if s is None:
+                        continue
+                    if s.val_loss < best_loss[k]:
+                        best_loss[k], since_best[k] = s.val_loss, 0
+                    else:
+                        since_best[k] += 1
+                        if since_best[k] >= patience:
+                            out.append(k)
+            return out
 
         histories = self._train(cfgs, members, on_epoch)
         return {
@@ -308,7 +327,8 @@ def _sweep_result(stage: StageSpec, histories: list[History], pruned: bool) -> P
         "history": first.to_dict(),
         "peak_epoch": max(first.epochs, key=lambda e: e.val_acc).epoch,
         "diverged": any(_diverged(h) for h in histories),
-        "epochs_trained": len(first.epochs),
+        "epochs_trained": max(len(h.epochs) for h in histories),
+        "stopped_early": any(h.stopped_early for h in histories) and not pruned,
         "member_epochs": sum(len(h.epochs) for h in histories),
         "values": values,
         **summarize(values),

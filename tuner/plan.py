@@ -19,6 +19,7 @@ A plan has three parts:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +152,11 @@ class StageSpec:
     pruner_p: float = 0.1  # wilcoxon: one-sided p-value below which a point is pruned
     blocks: int = 10  # wilcoxon: validation blocks per fold (the paired instances)
     pruner_min_folds: int = 2  # wilcoxon: folds every point trains before it can be pruned
-    sampler: str = "grid"
+    patience: int = 0  # sweeps: a run stops when validation loss stalls this many epochs
+    sampler: str = "grid"  # "tpe": points proposed by TPE over `space`, `round_size` at a time
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)  # tpe: {low, high, log}
+    trials: int = 0  # tpe: points in all
+    round_size: int = 8  # tpe: points proposed together (and trained as one fused group)
     description: str = ""
     # lr_range_test only
     param: str = "lr"
@@ -164,11 +169,23 @@ class StageSpec:
     @property
     def params(self) -> tuple[str, ...]:
         """The :class:`TrainConfig` fields this stage chooses for later stages."""
-        return (self.param,) if self.kind == "lr_range_test" else tuple(self.grid)
+        if self.kind == "lr_range_test":
+            return (self.param,)
+        return tuple(self.space) if self.sampler == "tpe" else tuple(self.grid)
+
+    @property
+    def n_points(self) -> int:
+        """Points the stage trains in all (the LR candidates, the grid, or TPE's trials)."""
+        if self.kind == "lr_range_test":
+            return len(self.candidates)
+        if self.sampler == "tpe":
+            return self.trials
+        return math.prod(len(v) for v in self.grid.values())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["grid"] = {k: list(v) for k, v in self.grid.items()}
+        d["space"] = {k: dict(v) for k, v in self.space.items()}
         d["candidates"] = list(self.candidates)
         return d
 
@@ -230,13 +247,22 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         grid[key] = tuple(
             "x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in values
         )
-    kwargs = {k: v for k, v in raw.items() if k not in ("grid", "optimizer", "candidates")}
+    space = _parse_space(raw.get("space", {}), defaults, where)
+    kwargs = {k: v for k, v in raw.items() if k not in ("grid", "space", "optimizer", "candidates")}
     if "optimizer" in raw:
         kwargs["range_optimizer"] = raw["optimizer"]
     if "candidates" in raw:
         kwargs["candidates"] = tuple(float(c) for c in raw["candidates"])
-    spec = StageSpec(grid=grid, **kwargs)
-    if spec.kind != "lr_range_test" and not spec.grid:
+    spec = StageSpec(grid=grid, space=space, **kwargs)
+    _check_choice(f"{where} sampler", spec.sampler, SAMPLERS)
+    if spec.sampler == "tpe":
+        if spec.kind == "lr_range_test" or spec.grid or not spec.space:
+            raise PlanError(f"{where}: a tpe stage is a sweep or cv over a [space], not a [grid]")
+        if spec.trials < 1 or spec.round_size < 1:
+            raise PlanError(f"{where}: a tpe stage needs trials >= 1 and round_size >= 1")
+    elif spec.space:
+        raise PlanError(f'{where}: [space] needs sampler = "tpe" (a grid stage takes [grid])')
+    elif spec.kind != "lr_range_test" and not spec.grid:
         raise PlanError(f"{where}: a {kind} stage needs a non-empty [grid]")
     if spec.kind == "lr_range_test":
         if spec.grid:
@@ -263,8 +289,46 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         raise PlanError(f"{where}: need blocks >= 2, pruner_warmup >= 1, 0 < pruner_p < 1")
     if spec.pruner_min_folds < 1 or (spec.kind == "cv" and spec.pruner_min_folds > spec.folds):
         raise PlanError(f"{where}: need 1 <= pruner_min_folds <= folds")
-    _check_choice(f"{where} sampler", spec.sampler, ("grid",))
+    if spec.patience < 0 or (spec.patience and spec.kind != "sweep"):
+        raise PlanError(f"{where}: patience (early stopping) is a sweep option, >= 0")
     return spec
+
+
+def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[str, Any]]:
+    """``[stages.space]``: per field ``{low, high[, log]}`` (a float or, for ``batch_size``, an
+    int range) or ``{choices = [...]}``; every bound and choice must make a valid config."""
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where}: 'space' must be a table of ranges")
+    space: dict[str, dict[str, Any]] = {}
+    for key, rng in raw.items():
+        if not isinstance(rng, Mapping):
+            raise PlanError(f"{where}: space.{key} must be {{low, high[, log]}} or {{choices}}")
+        unknown = set(rng) - {"low", "high", "log", "choices"}
+        if unknown:
+            raise PlanError(f"{where}: space.{key}: unknown key(s) {', '.join(sorted(unknown))}")
+        if "choices" in rng:
+            choices = rng["choices"]
+            if set(rng) != {"choices"} or not isinstance(choices, list) or not choices:
+                raise PlanError(f"{where}: space.{key}.choices must be a non-empty list alone")
+            for v in choices:
+                defaults.with_params({key: v})
+            space[key] = {
+                "choices": [
+                    "x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in choices
+                ]
+            }
+            continue
+        if "low" not in rng or "high" not in rng:
+            raise PlanError(f"{where}: space.{key} needs low and high")
+        if key not in _FLOAT_FIELDS and key != "batch_size":
+            raise PlanError(f"{where}: space.{key}: a range needs a numeric field; use choices")
+        low, high, log = rng["low"], rng["high"], bool(rng.get("log", False))
+        defaults.with_params({key: low})
+        defaults.with_params({key: high})
+        if not low < high or (log and low <= 0):
+            raise PlanError(f"{where}: space.{key}: need low < high (and low > 0 with log)")
+        space[key] = {"low": low, "high": high, "log": log}
+    return space
 
 
 def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Plan:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -40,12 +40,14 @@ from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
 from tuner.prepare import DataSpec, Prepared, prepare
 from tuner.pruners import for_stage
+from tuner.search import distributions, propose
 from tuner.storage import error_line, latest_version, lost_storage, open_storage, study_name
 
 logger = logging.getLogger(__name__)
 
 FINAL = "final"
 RANGE_TEST_CLAIM = "__range_test__"
+ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
 SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
 
@@ -197,7 +199,8 @@ class Session:
         ]
         complete = [t for t in settled if t.state == TrialState.COMPLETE]
         n_complete = len({point_key(t.params) for t in settled})  # pruned points count as done
-        n_total = len(points) if points is not None else n_total
+        if points is not None:  # a TPE stage plans more points than it has proposed so far
+            n_total = attrs.get("planned", len(points))
         latest = {point_key(t.params): t for t in sorted(complete, key=lambda t: t.number)}
         order = {point_key(p): i for i, p in enumerate(points or [])}
         stats = [
@@ -206,7 +209,11 @@ class Session:
         ]
         decision = self._decide(stage, attrs.get("fixed_params") or {}, stats)
         chosen = next((p for p in stats if decision and p.params == decision.chosen), None)
-        state = "done" if points is not None and n_complete == n_total else "running"
+        state = (
+            "done"
+            if points is not None and len(points) >= n_total and n_complete == n_total
+            else "running"
+        )
         return StageState(
             name=stage,
             study=study.study_name,
@@ -235,10 +242,7 @@ class Session:
     def _planned_points(self, stage: str) -> int:
         if stage == FINAL:
             return 1
-        spec = self.plan.stage(stage)
-        if spec.kind == "lr_range_test":
-            return len(spec.candidates)
-        return len(grid_points(spec))
+        return self.plan.stage(stage).n_points
 
     def resolve_fixed(self, upto: int) -> dict[str, Any]:
         """The params fixed for stage number ``upto``: every earlier stage's winner, read from
@@ -278,13 +282,21 @@ class Session:
         )
         if study is None:
             return self.stage_state(spec.name)
+        tpe = spec.sampler == "tpe"
         if spec.kind == "lr_range_test":
             points = self._range_test_points(study, spec, base, data)
-        else:
+        elif not tpe:
             points = grid_points(spec)
             study.set_user_attr("points", points)
-        search_space = _search_space(points)
-        study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
+        if tpe:
+            if "planned" not in study.user_attrs:
+                study.set_user_attr("planned", spec.trials)  # before any round: not "done"
+            dists = distributions(spec)
+            study.sampler = optuna.samplers.TPESampler(seed=self.settings.seed)
+        else:
+            search_space = _search_space(points)
+            dists = {k: CategoricalDistribution(v) for k, v in search_space.items()}
+            study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
         notes.on_stage_started(self, study, spec.name)
 
         def evaluate(
@@ -308,7 +320,13 @@ class Session:
         protect = (
             {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
         )
-        self._work(study, points, evaluate, search_space, epochs, protect)
+        if tpe:
+            r = 0
+            while (points := self._round_points(study, spec, r, incumbent(spec, base))) is not None:
+                self._work(study, points, evaluate, dists, epochs, protect)
+                r += 1
+        else:
+            self._work(study, points, evaluate, dists, epochs, protect, grid=True)
         notes.on_stage_done(self, study, spec.name)
         return self.stage_state(spec.name)
 
@@ -419,14 +437,57 @@ class Session:
             time.sleep(self.settings.poll_interval)
         return list(study.user_attrs["points"])
 
+    def _round_points(
+        self, study: optuna.Study, spec: StageSpec, r: int, first: dict[str, Any]
+    ) -> list[dict[str, Any]] | None:
+        """The points of a TPE stage's rounds ``0..r`` (round ``r`` proposed now, by one worker,
+        from the settled trials of the earlier rounds), or ``None`` when no round ``r`` is
+        planned. Every worker reads the same rounds from the study."""
+        waiting = False
+        while True:
+            attrs = study.user_attrs
+            rounds: list[list[dict[str, Any]]] = attrs.get("rounds", [])
+            if len(rounds) > r:
+                return [p for rnd in rounds[: r + 1] for p in rnd]
+            proposed = sum(len(rnd) for rnd in rounds)
+            if proposed >= attrs.get("planned", spec.trials):
+                return None
+            got, _ = self.claims.try_claim(
+                study.study_name, ROUND_CLAIM.format(r), self.owner, is_free=self.claims.is_stale
+            )
+            if got:
+                history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                n = min(spec.round_size, spec.trials - proposed)
+                new = propose(
+                    spec,
+                    history,
+                    n,
+                    seed=self.settings.seed + r,
+                    first=normalize(first) if r == 0 else None,
+                )
+                logger.info("%s round %d: TPE proposes %d point(s)", study.study_name, r, len(new))
+                if len(new) < n:  # the space is exhausted: plan what there is
+                    study.set_user_attr("planned", proposed + len(new))
+                study.set_user_attr("rounds", [*rounds, new])
+                study.set_user_attr("points", [p for rnd in [*rounds, new] for p in rnd])
+                continue
+            if not waiting:
+                logger.info(
+                    "waiting for another worker to propose round %d of %s", r, study.study_name
+                )
+                waiting = True
+            time.sleep(self.settings.poll_interval)
+
     def _work(
         self,
         study: optuna.Study,
         points: list[dict[str, Any]],
         evaluate: Evaluate,
-        search_space: dict[str, list[Any]],
+        dists: dict[str, BaseDistribution],
         epochs: int,
         protect: set[str] | None = None,
+        *,
+        grid: bool = False,
     ) -> None:
         """Claim, train and tell points until every point of the study is complete.
 
@@ -470,16 +531,17 @@ class Session:
                 continue
             waited = False
             group = [(points[keys[k]], keys[k]) for k in claimed]
-            self._run_group(study, group, evaluate, search_space, epochs, protect or set())
+            self._run_group(study, group, evaluate, dists, epochs, protect or set(), grid)
 
     def _run_group(
         self,
         study: optuna.Study,
         group: list[tuple[dict[str, Any], int]],
         evaluate: Evaluate,
-        search_space: dict[str, list[Any]],
+        dists: dict[str, BaseDistribution],
         epochs: int,
         protect: set[str],
+        grid: bool,
     ) -> None:
         """Create the claimed points' trials, train them together, tell each result.
 
@@ -489,7 +551,7 @@ class Session:
         trials: list[optuna.Trial] = []
         with self._storage_errors(f"starting {study.study_name} trials"):
             for point, grid_id in group:
-                trial = _create_trial(study, point, grid_id, search_space)
+                trial = _create_trial(study, point, dists, grid_id if grid else None)
                 # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
                 self.storage.record_heartbeat(trial._trial_id)
                 key = point_key(point)
@@ -658,13 +720,20 @@ def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _create_trial(
-    study: optuna.Study, point: dict[str, Any], grid_id: int, search_space: dict[str, list[Any]]
+    study: optuna.Study,
+    point: dict[str, Any],
+    dists: dict[str, BaseDistribution],
+    grid_id: int | None,
 ) -> optuna.Trial:
     """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed).
 
-    The trial carries GridSampler's ``grid_id``/``search_space`` system attrs, so it is the
-    same trial GridSampler would have made for that grid point.
+    A grid stage's trial carries GridSampler's ``grid_id``/``search_space`` system attrs, so it
+    is the same trial GridSampler would have made for that grid point.
     """
+    system_attrs: dict[str, Any] = {}
+    if grid_id is not None and point:
+        search_space = {k: list(d.choices) for k, d in dists.items()}  # type: ignore[attr-defined]
+        system_attrs = {"grid_id": grid_id, "search_space": search_space}
     storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
     template = FrozenTrial(
@@ -674,9 +743,9 @@ def _create_trial(
         datetime_start=dt.datetime.now(),
         datetime_complete=None,
         params=point,
-        distributions={k: CategoricalDistribution(search_space[k]) for k in point},
+        distributions={k: dists[k] for k in point},
         user_attrs={},
-        system_attrs={"grid_id": grid_id, "search_space": search_space} if point else {},
+        system_attrs=system_attrs,
         intermediate_values={},
         trial_id=-1,
     )
