@@ -9,11 +9,15 @@ import pytest
 from optuna.trial import TrialState
 
 from tests._util import (
+    REPO,
+    run_cli,
     session,
     write_tiny_plan,
 )
+from tuner import synthetic
 from tuner.errors import StageError
 from tuner.final import final_summary, run_final
+from tuner.plan import load_plan
 from tuner.predict import predict_file
 from tuner.stages import point_key
 
@@ -234,3 +238,22 @@ def test_real_rows_run_through_a_stage_and_the_final_job(tmp_path, real_head):
     metrics = json.loads((tmp_path / "models" / "tiny" / "metrics.json").read_text())
     assert metrics["fixed_params"]["lr"] == lr.best_params["lr"]
     assert metrics["n_test"] == len(s2.data().test[1]) > 150
+
+
+def test_extended_plan_runs_end_to_end_and_its_model_predicts(tmp_path, msd_file):
+    """The shipped extended plan (architecture grid, TPE rounds, schedules, class weights,
+    dropout, an early-stopped final with restored best weights) on 3,000 rows."""
+    run_cli(
+        "run-all", "--plan", "extended", "--data", str(msd_file), "--threads", "1", "-q",
+        cwd=tmp_path, check=True, timeout=600,
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "models" / "extended" / "metrics.json").read_text())
+    cfg = metrics["config"]
+    assert "x".join(map(str, cfg["hidden"])) in load_plan("extended", REPO).stages[0].grid["hidden"]
+    assert 0.0 <= cfg["dropout"] <= 0.4 and cfg["schedule"] in ("cosine", "onecycle")
+    assert metrics["test_accuracy"] > 0.5
+    rows = tmp_path / "rows.csv"
+    years, features = synthetic.generate(rows=20, seed=3)
+    rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in features) + "\n")
+    labels = predict_file(tmp_path / "models" / "extended" / "model.pt", rows)
+    assert len(labels) == 20 and all(lab.endswith("s") for lab in labels)

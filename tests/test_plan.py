@@ -52,6 +52,23 @@ def test_seed_plan_is_the_published_sequence():
     assert (plan.final.epochs, plan.final.patience) == (15, 5)
 
 
+def test_extended_plan_searches_what_the_published_study_fixed():
+    plan = load_plan("extended", REPO)
+    arch, reg, training = plan.stages
+    assert arch.grid["hidden"] == ("128x128", "256x256", "256x128x64", "512x512", "512x512x512")
+    assert (reg.sampler, reg.trials) == ("tpe", 6)
+    assert set(reg.space) == {"lr", "batch_size", "dropout", "weight_decay", "label_smoothing"}
+    assert reg.space["lr"]["log"] and reg.space["batch_size"] == {"choices": [256, 512, 1024]}
+    assert set(training.grid) == {"schedule", "class_weight"}
+    assert arch.patience and reg.patience  # epochs end early on a stalled validation loss
+    assert plan.final.restore_best and plan.final.patience
+    # the defaults sit inside the TPE space: round 0 starts from them
+    d = plan.defaults
+    assert d.batch_size in reg.space["batch_size"]["choices"]
+    assert d.weight_decay in reg.space["weight_decay"]["choices"]
+    assert reg.space["lr"]["low"] <= d.lr <= reg.space["lr"]["high"]
+
+
 def test_quick_plan_has_the_same_stages_and_grids():
     seed, quick = load_plan("seed", REPO), load_plan("quick", REPO)
     assert [(s.name, s.kind, s.grid, s.objective) for s in quick.stages] == [

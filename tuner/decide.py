@@ -22,8 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scipy import stats
-
 CONFIDENCE = 0.95
 
 
@@ -79,6 +77,8 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
     if n < 2:
         return mean, mean
+    from scipy import stats  # 1-2 s to import: only when an interval is needed
+
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * statistics.stdev(values)
     half /= math.sqrt(n)
     return mean - half, mean + half

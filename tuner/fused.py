@@ -10,9 +10,16 @@ a generator seeded by its seed, the same last partial batch). Members that share
 the training rows see the very same batches (common random numbers), and then the input batch
 is gathered once for all of them.
 
+Members may also differ in dropout, label smoothing, class weights and learning-rate schedule
+(cosine or one-cycle over the member's planned steps: each optimizer call steps members at the
+same point of the same schedule). Dropout masks come from a generator per member, seeded from
+its seed, so a member draws the same masks in any group, and members that share a seed share
+their masks.
+
 What is measured does not change: member ``k``'s per-epoch train loss, validation loss and
-validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alone, up to
-floating-point rounding (different GEMM blocking and a fused optimizer kernel: relative
+validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alone (with
+dropout: what the same member reports trained alone here, since ``engine.train`` draws its masks
+from torch's global generator), up to floating-point rounding (different GEMM blocking and a fused optimizer kernel: relative
 differences ~1e-7 after a few epochs; see ``tests/test_fused.py``). One case follows the
 rounding noise further: the Linear bias in front of a BatchNorm has a zero gradient up to
 noise, which Adam/AdamW/RMSprop without weight decay turn into steps of about ``lr``; the
@@ -918,7 +925,9 @@ def train_group(
     (val_x[val_idx[k]], val_y[val_idx[k]]), epochs=epochs, seed=seeds[k], ...)`` would train
     it alone: the same initial weights, batches, optimizer and per-epoch statistics (up to
     floating-point rounding). All members must share ``hidden`` and ``batch_size``; activation,
-    norm, init, optimizer, lr, weight_decay and momentum may differ.
+    norm, init, optimizer, lr, weight_decay, momentum, dropout, label_smoothing, class_weight
+    (computed from the member's training rows) and schedule (over ``epochs`` times the member's
+    batches per epoch) may differ.
 
     ``train_idx`` / ``val_idx``: per-member row subsets (CV folds); ``None``: all rows.
     ``on_epoch(epoch, stats)`` runs after every epoch with one :class:`EpochStats` per member

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
 
 from tuner.decide import interval
 from tuner.engine import EpochStats, History, as_tensors
@@ -89,6 +88,8 @@ def _diverged(history: History) -> bool:
 
 def cv_folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold indices of the train split; the same folds for every grid point."""
+    from sklearn.model_selection import StratifiedKFold  # 1-3 s to import: cv stages only
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # a decade rarer than the number of folds is fine: some folds validate without it

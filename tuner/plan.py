@@ -10,8 +10,9 @@ A plan has three parts:
     The training configuration before any stage has chosen anything (architecture, activation,
     optimizer, ...). Every field of :class:`TrainConfig` may be set.
 ``[[stages]]``
-    In order. Each stage tunes one or more :class:`TrainConfig` fields over a categorical grid
-    and fixes the winners for every later stage.
+    In order. Each stage tunes one or more :class:`TrainConfig` fields over a categorical grid,
+    or over a ``[space]`` of ranges and choices searched by TPE (``sampler = "tpe"``, see
+    :mod:`tuner.search`), and fixes the winners for every later stage.
 ``[final]``
     How the chosen configuration is retrained and scored once on the test split.
 """

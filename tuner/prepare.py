@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 from tuner import sources
 from tuner.errors import DataError
@@ -153,6 +151,8 @@ def _stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``train_test_split(idx, test_size=..., stratify=y, random_state=seed)``; ``y`` aligns
     with ``idx``."""
+    from sklearn.model_selection import train_test_split  # imported only when preparing
+
     n_train, n_test = _split_sizes(len(idx), test_size=test_size)
     first, second = train_test_split(
         idx, test_size=test_size, random_state=seed, stratify=_stratify_labels(y, n_train, n_test)
@@ -164,6 +164,8 @@ def _stratified_take(idx: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.nd
     """A stratified sample of ``k`` of ``idx`` (``y`` aligned with ``idx``), in original order."""
     if k >= len(idx):
         return np.asarray(idx, dtype=np.int64)
+    from sklearn.model_selection import train_test_split
+
     n_train, n_test = _split_sizes(len(idx), train_size=k)
     taken, _ = train_test_split(
         idx, train_size=k, random_state=seed, stratify=_stratify_labels(y, n_train, n_test)
@@ -323,6 +325,8 @@ def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
     y = decade_labels(raw.years)
     train, val, test = split_indices(y, spec.split, spec.seed, rows=spec.rows)
     x_train = np.ascontiguousarray(raw.features[train], dtype=np.float64)
+    from sklearn.preprocessing import StandardScaler  # imported only when preparing
+
     scaler = StandardScaler().fit(x_train)  # train rows only: no val/test statistics leak
 
     def scaled(x: np.ndarray) -> np.ndarray:

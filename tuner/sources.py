@@ -43,7 +43,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, NoReturn, TypeVar
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from tuner.errors import DataError
@@ -485,6 +484,8 @@ def _pandas_table(fh: IO[bytes]) -> np.ndarray:
     3 s instead of 4-5 s for the full file). A column that is not all numbers comes back as
     ``object`` and raises :class:`ValueError` here, like every parser failure.
     """
+    import pandas as pd  # imported only when a file is parsed (not for cached arrays)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pd.errors.DtypeWarning)
         frame = pd.read_csv(fh, header=None, engine="c")

@@ -35,7 +35,6 @@ from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.decide import Decision, PointStats, decide
 from tuner.errors import PlanError, StageError
 from tuner.fused import Compute
-from tuner.lr_range import range_test
 from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
 from tuner.prepare import DataSpec, Prepared, prepare
@@ -420,6 +419,8 @@ class Session:
                 study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
             )
             if got:
+                from tuner.lr_range import range_test  # torch-lr-finder pulls in matplotlib
+
                 t0 = time.perf_counter()
                 with self._heartbeat([study.study_name], []):
                     result = range_test(
