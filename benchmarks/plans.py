@@ -67,7 +67,9 @@ def main() -> None:
             json.dumps(
                 {
                     "compare": f"{b['plan']} - {a['plan']}",
-                    "test_accuracy_points": round(100 * (b["test_accuracy"] - a["test_accuracy"]), 2),
+                    "test_accuracy_points": round(
+                        100 * (b["test_accuracy"] - a["test_accuracy"]), 2
+                    ),
                     "macro_f1": round(b["macro_f1"] - a["macro_f1"], 4),
                     "test_loss": round(b["test_loss"] - a["test_loss"], 4),
                     "wall_ratio": round(b["wall_s"] / a["wall_s"], 3),
