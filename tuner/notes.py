@@ -125,6 +125,11 @@ def fmt_params(params: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={fmt_value(v)}" for k, v in (params or {}).items()) or "none"
 
 
+def search_label(stage: Mapping[str, Any]) -> str:
+    """What a stage's searched values are called in notes and the report."""
+    return "Search space" if stage.get("sampler") == "tpe" else "Grid"
+
+
 def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
     if stage.get("kind") == "lr_range_test":
         if points:
@@ -207,7 +212,7 @@ def stage_note(state: StageState) -> str:
         lines += [stage["description"], ""]
     lines += [
         f"- **Tunes:** {', '.join(params)}",
-        f"- **Grid:** {grid_text(stage, attrs.get('points'))}",
+        f"- **{search_label(stage)}:** {grid_text(stage, attrs.get('points'))}",
         f"- **Scored by:** {scored_by(stage)}",
         f"- **Fixed from earlier stages:** {fmt_params(attrs.get('fixed_params'))}",
     ]

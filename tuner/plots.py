@@ -69,7 +69,9 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e+")
+        mantissa, _, exp = f"{value:.2e}".partition("e")  # 7.11e-04 -> 7.11e-4, 1.00e-05 -> 1e-5
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{exp[0]}{exp[1:].lstrip('0')}"
     return f"{value:g}"
 
 

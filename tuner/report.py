@@ -37,6 +37,7 @@ from tuner.notes import (
     grid_text,
     points_table,
     scored_by,
+    search_label,
     stage_plot,
     stage_rows,
     tuned_params,
@@ -312,7 +313,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             f"**Study:** `{state.study}`, {state.state}, {state.n_complete}/{state.n_total} "
             "points complete",
             f"**Tunes:** {', '.join(params)}",
-            f"**Grid:** {grid_text(stage, state.user_attrs.get('points'))}",
+            f"**{search_label(stage)}:** {grid_text(stage, state.user_attrs.get('points'))}",
             f"**Scored by:** {scored_by(stage)}",
             f"**Fixed params:** {fmt_params(state.fixed_params)}",
         ]
