@@ -242,7 +242,13 @@ def test_real_rows_run_through_a_stage_and_the_final_job(tmp_path, real_head):
 
 def test_extended_plan_runs_end_to_end_and_its_model_predicts(tmp_path, msd_file):
     """The shipped extended plan (architecture grid, TPE rounds, schedules, class weights,
-    dropout, an early-stopped final with restored best weights) on 3,000 rows."""
+    dropout, an early-stopped final with restored best weights) on 3,000 rows; without its
+    ``min_steps``, which on so few rows would train hundreds of epochs."""
+    text = (REPO / "studies" / "extended.toml").read_text()
+    assert "min_steps = 1500" in text
+    plan = tmp_path / "studies" / "extended.toml"
+    plan.parent.mkdir(parents=True)
+    plan.write_text(text.replace("min_steps = 1500", "min_steps = 0"))
     run_cli(
         "run-all", "--plan", "extended", "--data", str(msd_file), "--threads", "1", "-q",
         cwd=tmp_path, check=True, timeout=600,

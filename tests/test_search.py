@@ -208,3 +208,17 @@ def test_bad_search_stages_are_rejected(tmp_path, extra, message):
     path.write_text(head + extra)
     with pytest.raises(PlanError, match=message):
         load_plan(str(path), tmp_path)
+
+
+def test_min_steps_trains_more_epochs_on_small_data_only():
+    from tests.test_objectives import DATA
+    from tuner.plan import planned_epochs
+
+    assert planned_epochs(5, 1500, 360_741, 256) == 5  # full size: 1,410 steps an epoch
+    assert planned_epochs(5, 1500, 823, 256) == 375  # 1,176 rows: 4 steps an epoch
+    assert planned_epochs(5, 0, 823, 256) == 5
+    # 600 rows at batch 64: 10 steps an epoch, so 25 steps take 3 epochs
+    stage = StageSpec(name="a", kind="sweep", epochs=1, objective="final", min_steps=25)
+    cfg = TrainConfig(hidden=(16,), batch_size=64)
+    (result,) = evaluate_points(stage, [cfg], DATA, seed=0)
+    assert result.attrs["epochs_trained"] == 3

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from tuner.engine import EpochStats, evaluate
 from tuner.fused import train_one
 from tuner.objectives import PointResult
-from tuner.plan import TrainConfig
+from tuner.plan import TrainConfig, planned_epochs
 from tuner.stages import FINAL, Session, StageState
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
     def evaluate_final(cfg: TrainConfig, fixed: dict[str, Any], *, trial, reporter) -> PointResult:
         prepared = session.prepared()
         data = session.data()
+        epochs = planned_epochs(
+            plan.final.epochs, plan.final.min_steps, len(data.train[1]), cfg.batch_size
+        )
         t0 = time.perf_counter()
 
         def on_epoch(e: EpochStats) -> None:
@@ -121,7 +124,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             logger.info(
                 "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
                 e.epoch,
-                plan.final.epochs,
+                epochs,
                 e.train_loss,
                 e.val_loss,
                 e.val_acc,
@@ -131,7 +134,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             cfg,
             data.train,
             data.val,
-            epochs=plan.final.epochs,
+            epochs=epochs,
             seed=session.settings.seed,
             n_classes=data.n_classes,
             patience=plan.final.patience,

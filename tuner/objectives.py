@@ -29,7 +29,7 @@ import torch
 from tuner.decide import interval
 from tuner.engine import EpochStats, History, as_tensors
 from tuner.fused import Compute, FusedGroup, train_group
-from tuner.plan import StageSpec, TrainConfig
+from tuner.plan import StageSpec, TrainConfig, planned_epochs
 from tuner.prepare import Prepared
 
 
@@ -208,13 +208,16 @@ class _Run:
     ) -> list[History]:
         x, y = self.data.train
         cv = members[0].fold is not None
+        n_rows = len(self.folds[members[0].fold][0]) if cv else len(x)
+        batch = cfgs[members[0].point].batch_size  # shared by the group
+        epochs = planned_epochs(self.stage.epochs, self.stage.min_steps, n_rows, batch)
         return train_group(
             [cfgs[m.point] for m in members],
             x,
             y,
             x if cv else self.data.val[0],
             y if cv else self.data.val[1],
-            epochs=self.stage.epochs,
+            epochs=epochs,
             seeds=[self.seeds[m.repeat] for m in members],
             n_classes=self.data.n_classes,
             train_idx=[self.folds[m.fold][0] for m in members] if cv else None,

@@ -154,6 +154,7 @@ class StageSpec:
     blocks: int = 10  # wilcoxon: validation blocks per fold (the paired instances)
     pruner_min_folds: int = 2  # wilcoxon: folds every point trains before it can be pruned
     patience: int = 0  # sweeps: a run stops when validation loss stalls this many epochs
+    min_steps: int = 0  # train at least this many optimizer steps: more epochs on small data
     sampler: str = "grid"  # "tpe": points proposed by TPE over `space`, `round_size` at a time
     space: dict[str, dict[str, Any]] = field(default_factory=dict)  # tpe: {low, high, log}
     trials: int = 0  # tpe: points in all
@@ -198,6 +199,7 @@ class FinalSpec:
     epochs: int = 15
     patience: int = 5
     restore_best: bool = False
+    min_steps: int = 0  # train at least this many optimizer steps: more epochs on small data
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,15 @@ class Plan:
 
     def index(self, name: str) -> int:
         return self.stages.index(self.stage(name))
+
+
+def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) -> int:
+    """``epochs``, or more where that many epochs over ``n_rows`` rows would take fewer than
+    ``min_steps`` optimizer steps: a plan written for the full data set still trains a small
+    one long enough (early stopping, where set, ends it when validation loss stalls)."""
+    if min_steps <= 0 or n_rows <= 0:
+        return epochs
+    return max(epochs, math.ceil(min_steps / math.ceil(n_rows / batch_size)))
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
@@ -290,6 +301,8 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         raise PlanError(f"{where}: need blocks >= 2, pruner_warmup >= 1, 0 < pruner_p < 1")
     if spec.pruner_min_folds < 1 or (spec.kind == "cv" and spec.pruner_min_folds > spec.folds):
         raise PlanError(f"{where}: need 1 <= pruner_min_folds <= folds")
+    if spec.min_steps < 0:
+        raise PlanError(f"{where}: min_steps must be >= 0")
     if spec.patience < 0 or (spec.patience and spec.kind != "sweep"):
         raise PlanError(f"{where}: patience (early stopping) is a sweep option, >= 0")
     return spec

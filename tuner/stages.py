@@ -36,7 +36,7 @@ from tuner.decide import Decision, PointStats, decide
 from tuner.errors import PlanError, StageError
 from tuner.fused import Compute
 from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
-from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params
+from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params, planned_epochs
 from tuner.prepare import DataSpec, Prepared, prepare
 from tuner.pruners import for_stage
 from tuner.search import distributions, propose
@@ -315,7 +315,13 @@ class Session:
 
         study.pruner = for_stage(spec)
         by_fold = spec.kind == "cv" and spec.pruner == "wilcoxon"
-        epochs = spec.epochs * (spec.folds if by_fold else 1)
+        n_rows = (
+            len(data.train[1]) * (spec.folds - 1) // spec.folds
+            if spec.folds
+            else len(data.train[1])
+        )
+        per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, base.batch_size)
+        epochs = per_run * (spec.folds if by_fold else 1)  # the progress bar's length
         protect = (
             {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
         )
@@ -347,7 +353,9 @@ class Session:
             trials[0].set_user_attr("config", cfg.to_dict())
             return [evaluate_final(cfg, fixed, trial=trials[0], reporter=reporter)]
 
-        self._work(study, [{}], evaluate, {}, self.plan.final.epochs)
+        final = self.plan.final
+        epochs = planned_epochs(final.epochs, final.min_steps, len(data.train[1]), cfg.batch_size)
+        self._work(study, [{}], evaluate, {}, epochs)
         metrics = self.settings.models_dir / self.plan.name / "metrics.json"
         notes.on_final_done(self, study, metrics)
         return self.stage_state(FINAL)
