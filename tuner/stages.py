@@ -464,6 +464,8 @@ class Session:
             got, _ = self.claims.try_claim(
                 study.study_name, ROUND_CLAIM.format(r), self.owner, is_free=self.claims.is_stale
             )
+            if got and len(study.user_attrs.get("rounds", [])) > r:
+                continue  # proposed by a worker that finished between our read and our claim
             if got:
                 history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 n = min(spec.round_size, spec.trials - proposed)
