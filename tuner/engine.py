@@ -58,6 +58,30 @@ class History:
         return {**cols, "stopped_early": self.stopped_early}
 
 
+class EarlyStopping:
+    """Early stopping on validation loss: epochs since the lowest loss so far.
+
+    ``patience=None`` never stops; otherwise :attr:`should_stop` is true once the loss has not
+    improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.since = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record an epoch's validation loss; ``True`` when it is the lowest so far."""
+        if val_loss < self.best:
+            self.best, self.since = val_loss, 0
+            return True
+        self.since += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.since >= self.patience
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed torch's global generator inside the block and restore the outer state after."""
@@ -71,6 +95,12 @@ def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
         np.ascontiguousarray(y, dtype=np.int64)
     )
+
+
+def batch_sizes(n: int, batch_size: int, min_size: int = 1) -> list[int]:
+    """The sizes of the batches :func:`batch_indices` yields for ``n`` rows."""
+    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    return [s for s in sizes if s >= min_size]
 
 
 def batch_indices(
@@ -127,15 +157,13 @@ def train(
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
     min_batch = 2 if cfg.norm == "batch" else 1
-    steps_per_epoch = sum(
-        1 for s in range(0, len(x), cfg.batch_size) if min(cfg.batch_size, len(x) - s) >= min_batch
-    )
+    steps_per_epoch = len(batch_sizes(len(x), cfg.batch_size, min_batch))
     scheduler = make_scheduler(cfg, optimizer, max(epochs * steps_per_epoch, 1))
     criterion = nn.CrossEntropyLoss(
         weight=class_weights(cfg.class_weight, y, n_classes), label_smoothing=cfg.label_smoothing
     )
     history = History()
-    best_loss, best_state, since_best = math.inf, None, 0
+    stopping, best_state = EarlyStopping(patience), None
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -156,13 +184,9 @@ def train(
         history.epochs.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-        if val_loss < best_loss:
-            best_loss, since_best = val_loss, 0
-            if restore_best:
-                best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-        if patience is not None and since_best >= patience and epoch < epochs:
+        if stopping.update(val_loss) and restore_best:
+            best_state = copy.deepcopy(model.state_dict())
+        if stopping.should_stop and epoch < epochs:
             history.stopped_early = True
             break
     if restore_best and best_state is not None:

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.engine import EVAL_BATCH, EpochStats, History, seeded
+from tuner.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
 from tuner.model import build_model, class_weights, scheduled_lr
 from tuner.plan import TrainConfig
 
@@ -870,12 +869,6 @@ class FusedGroup:
 # --------------------------------------------------------------------------------------------
 
 
-def _batch_sizes(n: int, batch_size: int, min_size: int) -> list[int]:
-    """The batch sizes :func:`tuner.engine.batch_indices` yields for ``n`` rows."""
-    sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
-    return [s for s in sizes if s >= min_size]
-
-
 def _same_rows(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -951,7 +944,7 @@ def train_group(
     tr_cpu = [None if train_idx is None else train_idx[i] for i in range(k_all)]
     n_rows = [len(x) if t is None else len(t) for t in tr_cpu]
     min_size = [2 if c.norm == "batch" else 1 for c in cfgs]
-    sizes = [_batch_sizes(n_rows[i], cfgs[i].batch_size, min_size[i]) for i in range(k_all)]
+    sizes = [batch_sizes(n_rows[i], cfgs[i].batch_size, min_size[i]) for i in range(k_all)]
     weights = [
         class_weights(c.class_weight, y if t is None else y[t], n_classes)
         for c, t in zip(cfgs, tr_cpu, strict=True)
@@ -1089,22 +1082,20 @@ def train_one(
     The model is returned as a plain ``nn.Sequential`` on the CPU, in eval mode.
     """
     compute = compute or Compute()
-    best = {"loss": math.inf, "since": 0, "state": None}
+    stopping = EarlyStopping(patience)
+    best_state: dict | None = None
     holder: list[FusedGroup] = []
     stopped: list[nn.Module] = []  # the model at an early stop (it leaves the stack)
 
     def hook(epoch: int, stats: list[EpochStats | None]) -> list[int]:
+        nonlocal best_state
         e = stats[0]
         assert e is not None
         if on_epoch is not None:
             on_epoch(e)
-        if e.val_loss < best["loss"]:
-            best.update(loss=e.val_loss, since=0)
-            if restore_best:
-                best["state"] = copy.deepcopy(holder[0].export(0).state_dict())
-        else:
-            best["since"] += 1
-        if patience is not None and best["since"] >= patience and epoch < epochs:
+        if stopping.update(e.val_loss) and restore_best:
+            best_state = copy.deepcopy(holder[0].export(0).state_dict())
+        if stopping.should_stop and epoch < epochs:
             stopped.append(holder[0].export(0))
             return [0]
         return []
@@ -1122,6 +1113,6 @@ def train_one(
         group=holder,
     )
     model = stopped[0] if stopped else holder[0].export(0)
-    if restore_best and best["state"] is not None:
-        model.load_state_dict(best["state"])
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
     return model.cpu().eval(), history

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tuner.decide import interval
-from tuner.engine import EpochStats, History, as_tensors
+from tuner.engine import EarlyStopping, EpochStats, History, as_tensors
 from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
 from tuner.prepare import Prepared
@@ -235,9 +235,8 @@ class _Run:
     def sweep(self, cfgs: Sequence[TrainConfig], points: list[int]) -> dict[int, PointResult]:
         members = [_Member(i, r, None) for i in points for r in range(len(self.seeds))]
         pruned: set[int] = set()
-        patience = self.stage.patience
-        best_loss = [math.inf] * len(members)
-        since_best = [0] * len(members)
+        # early stopping on validation loss, run by run (patience 0: none)
+        stopping = [EarlyStopping(self.stage.patience or None) for _ in members]
 
         def on_epoch(epoch: int, stats: list[EpochStats | None]) -> list[int]:
             self.reporter.progress(epoch)
@@ -253,16 +252,11 @@ class _Run:
             stop = [i for i in active if self.reporter.should_prune(i)]
             pruned.update(stop)
             out = [k for k, m in enumerate(members) if m.point in stop]
-            if patience:  # early stopping on validation loss, run by run
-                for k, s in enumerate(stats):
-                    if s is None:
-                        continue
-                    if s.val_loss < best_loss[k]:
-                        best_loss[k], since_best[k] = s.val_loss, 0
-                    else:
-                        since_best[k] += 1
-                        if since_best[k] >= patience:
-                            out.append(k)
+            for k, s in enumerate(stats):
+                if s is not None:
+                    stopping[k].update(s.val_loss)
+                    if stopping[k].should_stop:
+                        out.append(k)
             return out
 
         histories = self._train(cfgs, members, on_epoch)

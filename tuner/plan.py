@@ -255,10 +255,7 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         # Validate every value by building a config with it.
         for v in values:
             defaults.with_params({key: v})
-        # Optuna stores categorical choices as scalars: widths become "256x256".
-        grid[key] = tuple(
-            "x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in values
-        )
+        grid[key] = tuple(_stored(v) for v in values)
     space = _parse_space(raw.get("space", {}), defaults, where)
     kwargs = {k: v for k, v in raw.items() if k not in ("grid", "space", "optimizer", "candidates")}
     if "optimizer" in raw:
@@ -308,6 +305,11 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
     return spec
 
 
+def _stored(value: Any) -> Any:
+    """A grid value or choice as Optuna stores it: a scalar, so widths become "256x256"."""
+    return "x".join(str(int(w)) for w in value) if isinstance(value, list) else value
+
+
 def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[str, Any]]:
     """``[stages.space]``: per field ``{low, high[, log]}`` (a float or, for ``batch_size``, an
     int range) or ``{choices = [...]}``; every bound and choice must make a valid config."""
@@ -326,11 +328,7 @@ def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[
                 raise PlanError(f"{where}: space.{key}.choices must be a non-empty list alone")
             for v in choices:
                 defaults.with_params({key: v})
-            space[key] = {
-                "choices": [
-                    "x".join(str(int(w)) for w in v) if isinstance(v, list) else v for v in choices
-                ]
-            }
+            space[key] = {"choices": [_stored(v) for v in choices]}
             continue
         if "low" not in rng or "high" not in rng:
             raise PlanError(f"{where}: space.{key} needs low and high")
