@@ -53,6 +53,7 @@ from tuner.engine import as_tensors, train  # noqa: E402
 from tuner.fused import train_group, train_one  # noqa: E402
 from tuner.model import build_model, make_optimizer  # noqa: E402
 from tuner.plan import TrainConfig  # noqa: E402
+from tuner.runtime import keep_freed_memory  # noqa: E402
 
 HIDDEN = (256, 256)
 BATCH = 128
@@ -210,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="leave glibc's allocator thresholds as they are (tuner raises them: tuner.runtime)",
+    )
+    ap.add_argument(
         "--same-lr", action="store_true", help="fused members share lr 1e-3 (default: 1e-4..1e-2)"
     )
     args = ap.parse_args(argv)
@@ -219,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         args.rows, args.seconds, args.rounds = min(args.rows, 8_000), 0.5, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned_malloc = False if args.malloc_defaults else keep_freed_memory()
 
     x, y, vx, vy = load(args.rows)
     max_steps = len(x) // BATCH
@@ -255,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                 "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "malloc_thresholds_raised": tuned_malloc,
                 "rows": len(x),
                 "rounds": args.rounds,
                 "peak_gflops": {k: round(v, 1) for k, v in peak.items()},

@@ -84,15 +84,6 @@ def test_activations():
     _check_group([_cfg(activation=a, lr=3e-3) for a in acts], [1] * len(acts))
 
 
-def test_few_members_on_more_threads_take_plain_products_per_member():
-    torch.set_num_threads(2)  # 3 members on 2 threads: a loop of torch.mm, not one bmm
-    from tuner.fused import FusedGroup
-
-    assert FusedGroup._per_member(3) and not FusedGroup._per_member(4)
-    acts = ["relu", "gelu", "leaky_relu"]
-    _check_group([_cfg(activation=a, lr=3e-3, weight_decay=1e-4) for a in acts], [1, 1, 2])
-
-
 def test_norms_with_a_last_partial_batch():
     # BatchNorm members get some weight decay: see test_batchnorm_with_adam_and_no_weight_decay.
     x, y, vx, vy = DATA

@@ -414,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from tuner.runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         threads = getattr(args, "threads", None)
         if threads is not None:

@@ -176,23 +176,122 @@ def _act_backward(name: str, g: torch.Tensor, u: torch.Tensor, a: torch.Tensor) 
 
 @dataclass(frozen=True)
 class _Segment:
-    """Members ``start:stop`` of a (sub)stack share the normalisation and the activation."""
+    """Members ``start:stop`` of a (sub)stack share ``kind`` (a normalisation or an activation)."""
 
     start: int
     stop: int
-    norm: str
-    act: str
+    kind: str
 
 
-def _segments(cfgs: Sequence[TrainConfig]) -> list[_Segment]:
+def _segments(kinds: Sequence[str]) -> list[_Segment]:
+    """Runs of equal neighbours in ``kinds`` (one per member, stack order)."""
     segs: list[_Segment] = []
-    for k, cfg in enumerate(cfgs):
-        if segs and segs[-1].norm == cfg.norm and segs[-1].act == cfg.activation:
-            last = segs[-1]
-            segs[-1] = _Segment(last.start, k + 1, last.norm, last.act)
+    for k, kind in enumerate(kinds):
+        if segs and segs[-1].kind == kind:
+            segs[-1] = _Segment(segs[-1].start, k + 1, kind)
         else:
-            segs.append(_Segment(k, k + 1, cfg.norm, cfg.activation))
+            segs.append(_Segment(k, k + 1, kind))
     return segs
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The normalisation runs and the activation runs of a (sub)stack. Members are sorted by
+    (norm, activation), so both are runs; they are kept apart so that an activation shared by
+    members with different norms (the normalisation sweep) is one call over all of them."""
+
+    norms: list[_Segment]
+    acts: list[_Segment]
+
+    @classmethod
+    def of(cls, cfgs: Sequence[TrainConfig]) -> _Layout:
+        return cls(_segments([c.norm for c in cfgs]), _segments([c.activation for c in cfgs]))
+
+
+def _slices(segs: list[_Segment]) -> list[tuple[str, slice]]:
+    return [(seg.kind, slice(seg.start, seg.stop)) for seg in segs]
+
+
+def _cat0(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+
+def _norm_train(
+    kind: str,
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    rmean: torch.Tensor,
+    rvar: torch.Tensor,
+) -> tuple[torch.Tensor, tuple]:
+    """Training-mode normalisation of ``z`` [k, B, W] for members with ``gamma``/``beta`` [k, W];
+    BatchNorm also updates the running statistics [k, W] in place. Returns the output and what
+    :func:`_norm_backward` needs."""
+    if kind == "none":
+        return z, ()
+    if kind == "layer":
+        xhat, mean, rstd = _aten.native_layer_norm(z, [z.shape[-1]], None, None, _LN_EPS)
+        return torch.addcmul(beta[:, None], xhat, gamma[:, None]), (xhat, mean, rstd)
+    if kind == "batch":
+        # Two passes over the batch axis (mean, then the centred squares): torch.var_mean over
+        # a middle axis is several times slower on the CPU.
+        n_batch = z.shape[1]
+        mean = z.mean(1, keepdim=True)
+        xhat = z - mean
+        var = xhat.square().mean(1, keepdim=True)
+        rstd = (var + _BN_EPS).rsqrt_()
+        xhat.mul_(rstd)
+        rmean.mul_(1 - _BN_MOMENTUM).add_(mean.squeeze(1), alpha=_BN_MOMENTUM)
+        unbiased = var.squeeze(1).mul_(n_batch / (n_batch - 1))
+        rvar.mul_(1 - _BN_MOMENTUM).add_(unbiased, alpha=_BN_MOMENTUM)
+        return torch.addcmul(beta[:, None], xhat, gamma[:, None]), (xhat, rstd)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def _norm_backward(
+    kind: str,
+    g: torch.Tensor,
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    saved: tuple,
+    g_gamma: torch.Tensor,
+    g_beta: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient w.r.t. the normalisation's input given ``g`` w.r.t. its output (``g`` may be
+    overwritten); writes the gradients of ``gamma`` and ``beta`` into ``g_gamma``/``g_beta``."""
+    if kind == "none":
+        return g
+    xhat = saved[0]
+    torch.sum(g * xhat, 1, out=g_gamma)
+    torch.sum(g, 1, out=g_beta)
+    g_xhat = g.mul_(gamma[:, None])
+    if kind == "layer":
+        _, mean, rstd = saved
+        return _aten.native_layer_norm_backward(
+            g_xhat, z, [z.shape[-1]], mean, rstd, None, None, [True, False, False]
+        )[0]
+    rstd = saved[1]  # batch
+    proj = (g_xhat * xhat).mean(1, keepdim=True)
+    gz = g_xhat - g_xhat.mean(1, keepdim=True)
+    return gz.sub_(xhat * proj).mul_(rstd)
+
+
+def _norm_eval(
+    kind: str,
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    rmean: torch.Tensor,
+    rvar: torch.Tensor,
+) -> torch.Tensor:
+    """Eval-mode normalisation: BatchNorm with its running statistics."""
+    if kind == "none":
+        return z
+    if kind == "layer":
+        xhat = _aten.native_layer_norm(z, [z.shape[-1]], None, None, _LN_EPS)[0]
+        return torch.addcmul(beta[:, None], xhat, gamma[:, None])
+    scale = (rvar + _BN_EPS).rsqrt_().mul_(gamma)
+    return torch.addcmul(beta[:, None], z - rmean[:, None], scale[:, None])
 
 
 @dataclass
@@ -222,10 +321,6 @@ def dropout_mask(
     from ``generator``; kept activations are scaled so the expectation is unchanged."""
     u = torch.rand(shape, generator=generator, device=generator.device, out=out)
     return u.ge_(p).mul_(1.0 / (1.0 - p))
-
-
-def _cat0(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
 
 def _loss_and_grad(
@@ -413,7 +508,7 @@ class FusedGroup:
 
     def _rebuild(self) -> None:
         """Recompute everything derived from ``self.order`` and the buffers."""
-        self.segments = _segments([self.cfgs[i] for i in self.order])
+        self.layout = _Layout.of([self.cfgs[i] for i in self.order])
         self.loss_spec = self._loss_spec(self.order)
         self.opt_groups = self._opt_groups(list(range(len(self.order))))
         self._groups_stale = False
@@ -548,25 +643,8 @@ class FusedGroup:
             )
         return cached
 
-    @staticmethod
-    def _per_member(k: int) -> bool:
-        """Whether a loop of ``k`` plain matrix products beats one batched product: MKL splits
-        a batched product over its batch, so a few members that the threads cannot share
-        evenly (3 on 2 threads) leave a thread idle, while each plain product uses them all."""
-        threads = torch.get_num_threads()
-        return 1 < k < 2 * threads and k % threads != 0
-
     def _mm(self, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """``h @ w^T + b`` per member: h [K, B, in], w [K, out, in], b [K, out]."""
-        k = h.shape[0]
-        if self.precision == "fp32" and h.device.type == "cpu" and self._per_member(k):
-            out = h.new_empty(k, h.shape[1], w.shape[1])
-            for i in range(k):
-                if b is None:
-                    torch.mm(h[i], w[i].t(), out=out[i])
-                else:
-                    torch.addmm(b[i], h[i], w[i].t(), out=out[i])
-            return out
         if self.precision == "bf16":
             z = torch.bmm(h.to(torch.bfloat16), w.to(torch.bfloat16).transpose(1, 2)).float()
             return z if b is None else z.add_(b.unsqueeze(1))
@@ -590,16 +668,6 @@ class FusedGroup:
             gb = g.to(torch.bfloat16)
             gw.copy_(torch.bmm(gb.transpose(1, 2), h.to(torch.bfloat16)))
             return torch.bmm(gb, w.to(torch.bfloat16)).float() if need_h else None
-        k = g.shape[0]
-        if g.device.type == "cpu" and self._per_member(k):
-            for i in range(k):
-                torch.mm(g[i].t(), h[i], out=gw[i])
-            if not need_h:
-                return None
-            out = g.new_empty(k, g.shape[1], w.shape[2])
-            for i in range(k):
-                torch.mm(g[i], w[i], out=out[i])
-            return out
         torch.bmm(g.transpose(1, 2), h, out=gw)
         return torch.bmm(g, w) if need_h else None
 
@@ -608,7 +676,7 @@ class FusedGroup:
         params: list[torch.Tensor],
         grads: list[torch.Tensor],
         running: list[tuple[torch.Tensor, torch.Tensor]],
-        segments: list[_Segment],
+        layout: _Layout,
         spec: _LossSpec,
         xb: torch.Tensor,
         yb: torch.Tensor,
@@ -625,40 +693,16 @@ class FusedGroup:
             z = self._mm(h, params[self._w_idx[layer]], params[self._b_idx[layer]])
             gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
             rmean, rvar = running[layer]
-            us, acts, norm_saved = [], [], []
-            for s in segments:
-                zs = z[s.start : s.stop]
-                if s.norm == "layer":
-                    xhat, mean, rstd = _aten.native_layer_norm(
-                        zs, [zs.shape[-1]], None, None, _LN_EPS
-                    )
-                    us_ = torch.addcmul(
-                        beta[s.start : s.stop, None], xhat, gamma[s.start : s.stop, None]
-                    )
-                    norm_saved.append((xhat, mean, rstd))
-                elif s.norm == "batch":
-                    var, mean = torch.var_mean(zs, dim=1, keepdim=True, correction=0)
-                    rstd = (var + _BN_EPS).rsqrt_()
-                    xhat = (zs - mean).mul_(rstd)
-                    us_ = torch.addcmul(
-                        beta[s.start : s.stop, None], xhat, gamma[s.start : s.stop, None]
-                    )
-                    unbiased = var.squeeze(1) * (n_batch / (n_batch - 1))
-                    rmean[s.start : s.stop].mul_(1 - _BN_MOMENTUM).add_(
-                        mean.squeeze(1), alpha=_BN_MOMENTUM
-                    )
-                    rvar[s.start : s.stop].mul_(1 - _BN_MOMENTUM).add_(unbiased, alpha=_BN_MOMENTUM)
-                    norm_saved.append((xhat, rstd))
-                else:
-                    us_ = zs
-                    norm_saved.append(None)
-                us.append(us_)
-                acts.append(_act_forward(s.act, us_))
+            parts, norm_saved = [], []
+            for kind, sl in _slices(layout.norms):
+                u_s, ns = _norm_train(kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
+                parts.append(u_s)
+                norm_saved.append(ns)
+            u = _cat0(parts)
+            a = _cat0([_act_forward(kind, u[sl]) for kind, sl in _slices(layout.acts)])
             mask = spec.masks(len(z), n_batch, z.shape[2], z.device)
-            saved.append((h, z, us, acts, norm_saved, mask))
-            h = _cat0(acts)
-            if mask is not None:
-                h = h * mask
+            saved.append((h, z, u, a, norm_saved, mask))
+            h = a if mask is None else a * mask
         logits = self._mm_logits(h, params[self._w_idx[-1]], params[self._b_idx[-1]])
         loss, g = _loss_and_grad(logits, yb, spec, self._minus_one(logits.dtype))
 
@@ -671,39 +715,22 @@ class FusedGroup:
             g_h = self._mm_grads(g, h_in, params[w_i], grads[w_i], need_h=layer > 0)
             if layer == 0:
                 break
-            _, z, us, acts, norm_saved, mask = saved[layer - 1]
+            _, z, u, a, norm_saved, mask = saved[layer - 1]
             if mask is not None:
                 g_h = g_h.mul_(mask)
+            g_u = _cat0(
+                [_act_backward(kind, g_h[sl], u[sl], a[sl]) for kind, sl in _slices(layout.acts)]
+            )
             gamma = params[self._gamma_idx[layer - 1]]
             g_gamma, g_beta = grads[self._gamma_idx[layer - 1]], grads[self._beta_idx[layer - 1]]
-            parts = []
-            for s, u, a, ns in zip(segments, us, acts, norm_saved, strict=True):
-                gs = _act_backward(s.act, g_h[s.start : s.stop], u, a)
-                if s.norm == "none":
-                    parts.append(gs)
-                    continue
-                xhat = ns[0]
-                torch.sum(gs * xhat, 1, out=g_gamma[s.start : s.stop])
-                torch.sum(gs, 1, out=g_beta[s.start : s.stop])
-                g_xhat = gs.mul_(gamma[s.start : s.stop, None])
-                if s.norm == "layer":
-                    _, mean, rstd = ns
-                    zs = z[s.start : s.stop]
-                    parts.append(
-                        _aten.native_layer_norm_backward(
-                            g_xhat, zs, [zs.shape[-1]], mean, rstd, None, None, [True, False, False]
-                        )[0]
-                    )
-                else:
-                    rstd = ns[1]
-                    proj = (g_xhat * xhat).mean(1, keepdim=True)
-                    gz = g_xhat - g_xhat.mean(1, keepdim=True)
-                    gz.sub_(xhat * proj).mul_(rstd)
-                    parts.append(gz)
+            parts = [
+                _norm_backward(kind, g_u[sl], z[sl], gamma[sl], ns, g_gamma[sl], g_beta[sl])
+                for (kind, sl), ns in zip(_slices(layout.norms), norm_saved, strict=True)
+            ]
             g = _cat0(parts)
         return loss
 
-    def _forward_eval(self, params, running, segments, xb: torch.Tensor) -> torch.Tensor:
+    def _forward_eval(self, params, running, layout: _Layout, xb: torch.Tensor) -> torch.Tensor:
         h = xb
         for layer in range(len(self.hidden)):
             z = torch.baddbmm(
@@ -713,18 +740,14 @@ class FusedGroup:
             )
             gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
             rmean, rvar = running[layer]
-            acts = []
-            for s in segments:
-                zs = z[s.start : s.stop]
-                sl = slice(s.start, s.stop)
-                if s.norm == "layer":
-                    zs = _aten.native_layer_norm(zs, [zs.shape[-1]], None, None, _LN_EPS)[0]
-                    zs = torch.addcmul(beta[sl, None], zs, gamma[sl, None])
-                elif s.norm == "batch":
-                    scale = (rvar[sl] + _BN_EPS).rsqrt_().mul_(gamma[sl])
-                    zs = torch.addcmul(beta[sl, None], zs - rmean[sl, None], scale[:, None])
-                acts.append(_act_forward(s.act, zs))
-            h = _cat0(acts)
+
+            u = _cat0(
+                [
+                    _norm_eval(kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
+                    for kind, sl in _slices(layout.norms)
+                ]
+            )
+            h = _cat0([_act_forward(kind, u[sl]) for kind, sl in _slices(layout.acts)])
         w, b = params[self._w_idx[-1]], params[self._b_idx[-1]]
         return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
 
@@ -785,7 +808,7 @@ class FusedGroup:
         if xb.dim() == 2:
             xb, yb = xb.expand(k, *xb.shape), yb.expand(k, yb.shape[0])
         loss = self._forward_backward(
-            self.params, self.grads, self.running, self.segments, self.loss_spec, xb, yb
+            self.params, self.grads, self.running, self.layout, self.loss_spec, xb, yb
         )
         if self._groups_stale:
             self.opt_groups = self._opt_groups(list(range(k)))
@@ -817,9 +840,9 @@ class FusedGroup:
             grads = [torch.empty_like(p) for p in params]
             running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
         members = [self.order[pos] for pos in positions]
-        segments = _segments([self.cfgs[i] for i in members])
+        layout = _Layout.of([self.cfgs[i] for i in members])
         spec = self._loss_spec(members)
-        loss = self._forward_backward(params, grads, running, segments, spec, xb, yb)
+        loss = self._forward_backward(params, grads, running, layout, spec, xb, yb)
         if not contiguous:
             for dst, src in zip(self.grads, grads, strict=True):
                 dst.index_copy_(0, sel, src)
@@ -842,12 +865,12 @@ class FusedGroup:
         (all evaluated on the same rows), in eval mode (BatchNorm uses running statistics)."""
         k = len(positions)
         if k == len(self.order):
-            params, running, segments = self.params, self.running, self.segments
+            params, running, layout = self.params, self.running, self.layout
         else:
             sel = torch.tensor(positions, dtype=torch.long, device=self.device)
             params = [p.index_select(0, sel) for p in self.params]
             running = [(m.index_select(0, sel), v.index_select(0, sel)) for m, v in self.running]
-            segments = _segments([self.cfgs[self.order[pos]] for pos in positions])
+            layout = _Layout.of([self.cfgs[self.order[pos]] for pos in positions])
         n = len(x)
         chunk = max(1, min(EVAL_BATCH, _EVAL_ELEMENTS // (k * max(*self.hidden, self.n_classes))))
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
@@ -855,7 +878,7 @@ class FusedGroup:
         for start in range(0, n, chunk):
             xb = x[start : start + chunk]
             yb = y[start : start + chunk]
-            logits = self._forward_eval(params, running, segments, xb.expand(k, *xb.shape))
+            logits = self._forward_eval(params, running, layout, xb.expand(k, *xb.shape))
             logp = torch.log_softmax(logits, dim=2)
             target = yb.expand(k, len(yb)).unsqueeze(2)
             loss_sum -= logp.gather(2, target).sum((1, 2), dtype=torch.float64)
