@@ -45,7 +45,16 @@ fused Adam ~6%. To remove what is not arithmetic the module
 * computes the output layer as ``(W @ h^T)^T``: with 10 classes as the GEMM's columns MKL is
   3-4x slower than with them as its rows;
 * never synchronises per step (no ``.item()``): train losses accumulate in a ``[K]`` tensor;
-* evaluates in chunks under ``torch.inference_mode()``.
+* evaluates in chunks under ``torch.inference_mode()``;
+* applies each normalisation to its run of members and each activation to its run, so that
+  members that differ only in their norm (the normalisation sweep) share one activation call;
+  BatchNorm's batch statistics take two passes (mean, then centred squares): ``var_mean``
+  over the middle (batch) axis is ~7x slower on the CPU.
+
+Matrix products at these shapes (``[K, 128, 256] x [K, 256, 256]``) run at ~100-110 GFLOP/s on
+the 2-core development machine, ~60% of a large square ``mm``, so from a few members on the
+step is bound by them. The CLI also raises glibc's allocator thresholds
+(:mod:`tuner.runtime`): a group of 25 otherwise spent a third of its time in page faults.
 
 The stacked layout: weights ``[K, out, in]`` (``nn.Linear`` orientation, so member ``k``'s
 weight is the contiguous view ``W[k]``), activations ``[K, batch, width]``. A batch shared by all
