@@ -12,6 +12,7 @@ backward, optimizer), as in a stage of the seed plan (256x256 MLP, lr 1e-4):
 Timing on a shared machine moves by a third between runs, so ``--against REV`` loads
 ``tuner/fused.py`` of that git revision next to the working tree's and times both in the same
 process, in interleaved blocks, and reports medians: differences of a few percent then show.
+Only ``tuner/fused.py`` comes from ``REV``; what it imports is the working tree's package.
 
     python benchmarks/steps.py                          # the working tree only
     python benchmarks/steps.py --against HEAD~1         # and the previous commit, interleaved
