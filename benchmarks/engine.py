@@ -27,7 +27,8 @@ training wall time: model building and optimizer set-up excluded, the epoch's ev
 each case is reported, with every run's rate in ``all_rates``: on a shared machine a burst of
 load then spoils a run rather than a case. ``gflops`` counts 6 x the parameter-matmul FLOPs per sample
 (forward 2 x (90x256 + 256x256 + 256x10), x3 for forward and backward); ``peak_share`` divides
-it by the fp32 (or bf16) ``torch.mm`` rate measured at the start of the same run. The machine's
+it by the fp32 ``torch.mm`` rate measured at the start of the same run, for bf16 lines too
+(which also give ``bf16_peak_share``, against the bf16 ``torch.mm`` rate). The machine's
 load average is printed with every line: compare figures only from a quiet machine.
 """
 
@@ -282,13 +283,15 @@ def main(argv: list[str] | None = None) -> None:
             "trial_samples_per_s": round(best["rate"]),
             "ratio_vs_published": round(best["rate"] / base, 2) if base else None,
             "gflops": round(gflops, 1),
-            "peak_share": round(gflops / peak[case.precision], 3),
+            "peak_share": round(gflops / peak["fp32"], 3),
             "steps": best["steps"],
             "seconds": round(best["seconds"], 2),
             "cpu_per_wall": round(best["cpu_per_wall"], 2),
             "loadavg": best["loadavg"],
             "all_rates": [round(r) for r in case.rates],
         }
+        if case.precision == "bf16":
+            line["bf16_peak_share"] = round(gflops / peak["bf16"], 3)
         print(json.dumps(line), flush=True)
 
 
