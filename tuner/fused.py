@@ -293,12 +293,10 @@ def _norm_eval(
     rmean: torch.Tensor,
     rvar: torch.Tensor,
 ) -> torch.Tensor:
-    """Eval-mode normalisation: BatchNorm with its running statistics."""
-    if kind == "none":
-        return z
-    if kind == "layer":
-        xhat = _aten.native_layer_norm(z, [z.shape[-1]], None, None, _LN_EPS)[0]
-        return torch.addcmul(beta[:, None], xhat, gamma[:, None])
+    """Eval-mode normalisation: BatchNorm with its running statistics; no norm and LayerNorm
+    are the same in both modes."""
+    if kind != "batch":
+        return _norm_train(kind, z, gamma, beta, rmean, rvar)[0]
     scale = (rvar + _BN_EPS).rsqrt_().mul_(gamma)
     return torch.addcmul(beta[:, None], z - rmean[:, None], scale[:, None])
 
