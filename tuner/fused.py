@@ -153,33 +153,49 @@ class Compute:
 # --------------------------------------------------------------------------------------------
 
 
-def _act_forward(name: str, u: torch.Tensor) -> torch.Tensor:
+def _act_forward(name: str, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The activation of ``u``; written into ``out`` when given (a slice of a mixed stack's
+    output, so that no concatenation follows)."""
     if name == "relu":
-        return torch.relu(u)
+        return torch.clamp_min(u, 0, out=out)  # what torch.relu computes
     if name == "leaky_relu":
-        return nn.functional.leaky_relu(u, _LEAKY_SLOPE)
+        return torch._C._nn.leaky_relu(u, _LEAKY_SLOPE, out=out)
     if name == "gelu":
-        return nn.functional.gelu(u)
+        return torch._C._nn.gelu(u, out=out)
     if name == "tanh":
-        return torch.tanh(u)
+        return torch.tanh(u, out=out)
     if name == "silu":
-        return nn.functional.silu(u)
+        return torch._C._nn.silu(u, out=out)
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _act_backward(name: str, g: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+def _act_backward(
+    name: str, g: torch.Tensor, u: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gradient w.r.t. the activation's input ``u`` given ``g`` w.r.t. its output ``a``; the
-    kernels autograd uses for these modules."""
-    if name == "relu":
-        return _aten.threshold_backward(g, a, 0)
-    if name == "leaky_relu":
-        return _aten.leaky_relu_backward(g, u, _LEAKY_SLOPE, False)
-    if name == "gelu":
-        return _aten.gelu_backward(g, u, approximate="none")
-    if name == "tanh":
-        return _aten.tanh_backward(g, a)
-    if name == "silu":
-        return _aten.silu_backward(g, u)
+    kernels autograd uses for these modules. Written into ``out`` when given."""
+    if out is None:
+        if name == "relu":
+            return _aten.threshold_backward(g, a, 0)
+        if name == "leaky_relu":
+            return _aten.leaky_relu_backward(g, u, _LEAKY_SLOPE, False)
+        if name == "gelu":
+            return _aten.gelu_backward(g, u, approximate="none")
+        if name == "tanh":
+            return _aten.tanh_backward(g, a)
+        if name == "silu":
+            return _aten.silu_backward(g, u)
+    else:
+        if name == "relu":
+            return _aten.threshold_backward.grad_input(g, a, 0, grad_input=out)
+        if name == "leaky_relu":
+            return _aten.leaky_relu_backward.grad_input(g, u, _LEAKY_SLOPE, False, grad_input=out)
+        if name == "gelu":
+            return _aten.gelu_backward.grad_input(g, u, approximate="none", grad_input=out)
+        if name == "tanh":
+            return _aten.tanh_backward.grad_input(g, a, grad_input=out)
+        if name == "silu":
+            return _aten.silu_backward.grad_input(g, u, grad_input=out)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -221,10 +237,6 @@ def _slices(segs: list[_Segment]) -> list[tuple[str, slice]]:
     return [(seg.kind, slice(seg.start, seg.stop)) for seg in segs]
 
 
-def _cat0(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
-
-
 def _norm_train(
     kind: str,
     z: torch.Tensor,
@@ -232,15 +244,16 @@ def _norm_train(
     beta: torch.Tensor,
     rmean: torch.Tensor,
     rvar: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple]:
     """Training-mode normalisation of ``z`` [k, B, W] for members with ``gamma``/``beta`` [k, W];
-    BatchNorm also updates the running statistics [k, W] in place. Returns the output and what
-    :func:`_norm_backward` needs."""
+    BatchNorm also updates the running statistics [k, W] in place. Returns the output (written
+    into ``out`` when given) and what :func:`_norm_backward` needs."""
     if kind == "none":
-        return z, ()
+        return (z if out is None else out.copy_(z)), ()
     if kind == "layer":
         xhat, mean, rstd = _aten.native_layer_norm(z, [z.shape[-1]], None, None, _LN_EPS)
-        return torch.addcmul(beta[:, None], xhat, gamma[:, None]), (xhat, mean, rstd)
+        return torch.addcmul(beta[:, None], xhat, gamma[:, None], out=out), (xhat, mean, rstd)
     if kind == "batch":
         # Two passes over the batch axis (mean, then the centred squares): torch.var_mean over
         # a middle axis is several times slower on the CPU.
@@ -253,7 +266,7 @@ def _norm_train(
         rmean.mul_(1 - _BN_MOMENTUM).add_(mean.squeeze(1), alpha=_BN_MOMENTUM)
         unbiased = var.squeeze(1).mul_(n_batch / (n_batch - 1))
         rvar.mul_(1 - _BN_MOMENTUM).add_(unbiased, alpha=_BN_MOMENTUM)
-        return torch.addcmul(beta[:, None], xhat, gamma[:, None]), (xhat, rstd)
+        return torch.addcmul(beta[:, None], xhat, gamma[:, None], out=out), (xhat, rstd)
     raise ValueError(f"unknown norm {kind!r}")
 
 
@@ -266,8 +279,9 @@ def _norm_backward(
     g_gamma: torch.Tensor,
     g_beta: torch.Tensor,
 ) -> torch.Tensor:
-    """Gradient w.r.t. the normalisation's input given ``g`` w.r.t. its output (``g`` may be
-    overwritten); writes the gradients of ``gamma`` and ``beta`` into ``g_gamma``/``g_beta``."""
+    """Gradient w.r.t. the normalisation's input given ``g`` w.r.t. its output; writes the
+    gradients of ``gamma`` and ``beta`` into ``g_gamma``/``g_beta``. No norm and BatchNorm
+    return ``g`` itself, overwritten; LayerNorm a new tensor (``g`` is overwritten too)."""
     if kind == "none":
         return g
     xhat = saved[0]
@@ -281,8 +295,8 @@ def _norm_backward(
         )[0]
     rstd = saved[1]  # batch
     proj = (g_xhat * xhat).mean(1, keepdim=True)
-    gz = g_xhat - g_xhat.mean(1, keepdim=True)
-    return gz.sub_(xhat * proj).mul_(rstd)
+    g_xhat.sub_(g_xhat.mean(1, keepdim=True))
+    return g_xhat.sub_(xhat * proj).mul_(rstd)
 
 
 def _norm_eval(
@@ -292,13 +306,87 @@ def _norm_eval(
     beta: torch.Tensor,
     rmean: torch.Tensor,
     rvar: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eval-mode normalisation: BatchNorm with its running statistics; no norm and LayerNorm
     are the same in both modes."""
     if kind != "batch":
-        return _norm_train(kind, z, gamma, beta, rmean, rvar)[0]
+        return _norm_train(kind, z, gamma, beta, rmean, rvar, out)[0]
     scale = (rvar + _BN_EPS).rsqrt_().mul_(gamma)
-    return torch.addcmul(beta[:, None], z - rmean[:, None], scale[:, None])
+    return torch.addcmul(beta[:, None], z - rmean[:, None], scale[:, None], out=out)
+
+
+# A layer of a stack whose members differ in normalisation or activation applies each run of
+# members to its slice, writing into one output tensor: no concatenation of the parts.
+
+
+def _normalize(
+    segs: list[_Segment],
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    rmean: torch.Tensor,
+    rvar: torch.Tensor,
+    train: bool,
+) -> tuple[torch.Tensor, list[tuple]]:
+    """Each run's normalisation of ``z`` [K, B, W]; with ``train``, also what the backward
+    pass needs, per run."""
+    if len(segs) == 1:
+        if not train:
+            return _norm_eval(segs[0].kind, z, gamma, beta, rmean, rvar), []
+        u, saved = _norm_train(segs[0].kind, z, gamma, beta, rmean, rvar)
+        return u, [saved]
+    u = torch.empty_like(z)
+    runs = []
+    for kind, sl in _slices(segs):
+        args = (kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
+        if train:
+            runs.append(_norm_train(*args, out=u[sl])[1])
+        else:
+            _norm_eval(*args, out=u[sl])
+    return u, runs
+
+
+def _normalize_backward(
+    segs: list[_Segment],
+    g: torch.Tensor,
+    z: torch.Tensor,
+    gamma: torch.Tensor,
+    saved: list[tuple],
+    g_gamma: torch.Tensor,
+    g_beta: torch.Tensor,
+) -> torch.Tensor:
+    """Gradient w.r.t. ``z`` of :func:`_normalize` (``g`` is overwritten)."""
+    if len(segs) == 1:
+        return _norm_backward(segs[0].kind, g, z, gamma, saved[0], g_gamma, g_beta)
+    for (kind, sl), run in zip(_slices(segs), saved, strict=True):
+        part = g[sl]
+        got = _norm_backward(kind, part, z[sl], gamma[sl], run, g_gamma[sl], g_beta[sl])
+        if got.data_ptr() != part.data_ptr():
+            part.copy_(got)
+    return g
+
+
+def _activate(segs: list[_Segment], u: torch.Tensor) -> torch.Tensor:
+    """Each run's activation of ``u`` [K, B, W]."""
+    if len(segs) == 1:
+        return _act_forward(segs[0].kind, u)
+    a = torch.empty_like(u)
+    for kind, sl in _slices(segs):
+        _act_forward(kind, u[sl], out=a[sl])
+    return a
+
+
+def _activate_backward(
+    segs: list[_Segment], g: torch.Tensor, u: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
+    """Gradient w.r.t. ``u`` of :func:`_activate` given ``g`` w.r.t. its output ``a``."""
+    if len(segs) == 1:
+        return _act_backward(segs[0].kind, g, u, a)
+    g_u = torch.empty_like(g)
+    for kind, sl in _slices(segs):
+        _act_backward(kind, g[sl], u[sl], a[sl], out=g_u[sl])
+    return g_u
 
 
 @dataclass
@@ -700,13 +788,8 @@ class FusedGroup:
             z = self._mm(h, params[self._w_idx[layer]], params[self._b_idx[layer]])
             gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
             rmean, rvar = running[layer]
-            parts, norm_saved = [], []
-            for kind, sl in _slices(layout.norms):
-                u_s, ns = _norm_train(kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
-                parts.append(u_s)
-                norm_saved.append(ns)
-            u = _cat0(parts)
-            a = _cat0([_act_forward(kind, u[sl]) for kind, sl in _slices(layout.acts)])
+            u, norm_saved = _normalize(layout.norms, z, gamma, beta, rmean, rvar, train=True)
+            a = _activate(layout.acts, u)
             mask = spec.masks(len(z), n_batch, z.shape[2], z.device)
             saved.append((h, z, u, a, norm_saved, mask))
             h = a if mask is None else a * mask
@@ -725,16 +808,10 @@ class FusedGroup:
             _, z, u, a, norm_saved, mask = saved[layer - 1]
             if mask is not None:
                 g_h = g_h.mul_(mask)
-            g_u = _cat0(
-                [_act_backward(kind, g_h[sl], u[sl], a[sl]) for kind, sl in _slices(layout.acts)]
-            )
+            g_u = _activate_backward(layout.acts, g_h, u, a)
             gamma = params[self._gamma_idx[layer - 1]]
             g_gamma, g_beta = grads[self._gamma_idx[layer - 1]], grads[self._beta_idx[layer - 1]]
-            parts = [
-                _norm_backward(kind, g_u[sl], z[sl], gamma[sl], ns, g_gamma[sl], g_beta[sl])
-                for (kind, sl), ns in zip(_slices(layout.norms), norm_saved, strict=True)
-            ]
-            g = _cat0(parts)
+            g = _normalize_backward(layout.norms, g_u, z, gamma, norm_saved, g_gamma, g_beta)
         return loss
 
     def _forward_eval(self, params, running, layout: _Layout, xb: torch.Tensor) -> torch.Tensor:
@@ -747,14 +824,8 @@ class FusedGroup:
             )
             gamma, beta = params[self._gamma_idx[layer]], params[self._beta_idx[layer]]
             rmean, rvar = running[layer]
-
-            u = _cat0(
-                [
-                    _norm_eval(kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
-                    for kind, sl in _slices(layout.norms)
-                ]
-            )
-            h = _cat0([_act_forward(kind, u[sl]) for kind, sl in _slices(layout.acts)])
+            u, _ = _normalize(layout.norms, z, gamma, beta, rmean, rvar, train=False)
+            h = _activate(layout.acts, u)
         w, b = params[self._w_idx[-1]], params[self._b_idx[-1]]
         return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
 
