@@ -174,29 +174,19 @@ def _act_backward(
 ) -> torch.Tensor:
     """Gradient w.r.t. the activation's input ``u`` given ``g`` w.r.t. its output ``a``; the
     kernels autograd uses for these modules. Written into ``out`` when given."""
-    if out is None:
-        if name == "relu":
-            return _aten.threshold_backward(g, a, 0)
-        if name == "leaky_relu":
-            return _aten.leaky_relu_backward(g, u, _LEAKY_SLOPE, False)
-        if name == "gelu":
-            return _aten.gelu_backward(g, u, approximate="none")
-        if name == "tanh":
-            return _aten.tanh_backward(g, a)
-        if name == "silu":
-            return _aten.silu_backward(g, u)
+    if name == "relu":
+        op, args = _aten.threshold_backward, (g, a, 0)
+    elif name == "leaky_relu":
+        op, args = _aten.leaky_relu_backward, (g, u, _LEAKY_SLOPE, False)
+    elif name == "gelu":
+        op, args = _aten.gelu_backward, (g, u)  # approximate="none", the default
+    elif name == "tanh":
+        op, args = _aten.tanh_backward, (g, a)
+    elif name == "silu":
+        op, args = _aten.silu_backward, (g, u)
     else:
-        if name == "relu":
-            return _aten.threshold_backward.grad_input(g, a, 0, grad_input=out)
-        if name == "leaky_relu":
-            return _aten.leaky_relu_backward.grad_input(g, u, _LEAKY_SLOPE, False, grad_input=out)
-        if name == "gelu":
-            return _aten.gelu_backward.grad_input(g, u, approximate="none", grad_input=out)
-        if name == "tanh":
-            return _aten.tanh_backward.grad_input(g, a, grad_input=out)
-        if name == "silu":
-            return _aten.silu_backward.grad_input(g, u, grad_input=out)
-    raise ValueError(f"unknown activation {name!r}")
+        raise ValueError(f"unknown activation {name!r}")
+    return op(*args) if out is None else op.grad_input(*args, grad_input=out)
 
 
 @dataclass(frozen=True)
