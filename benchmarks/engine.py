@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner import synthetic  # noqa: E402
+from tuner.data import synthetic  # noqa: E402
 from tuner.engine import as_tensors, train  # noqa: E402
 from tuner.fused import train_group, train_one  # noqa: E402
 from tuner.model import build_model, make_optimizer  # noqa: E402

@@ -34,8 +34,8 @@ def test_predictions(root: Path, plans: list[str], args: argparse.Namespace):
     ``model.pt`` names the data key) is refused."""
     import torch
 
+    from tuner.data.prepare import DataSpec, prepare
     from tuner.predict import load_bundle
-    from tuner.prepare import DataSpec, prepare
 
     spec = DataSpec(args.data, args.rows, "stratified", args.seed)
     prepared = prepare(spec, root / plans[0] / "data")

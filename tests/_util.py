@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from tuner.data.prepare import DataSpec
 from tuner.plan import load_plan
-from tuner.prepare import DataSpec
 from tuner.stages import Session, Settings, point_key
 from tuner.storage import default_storage_url
 

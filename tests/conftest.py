@@ -63,7 +63,7 @@ def real_head() -> Path:
 @pytest.fixture(scope="session")
 def msd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3,000 rows of the MSD-shaped synthetic data, written in the exact UCI text format."""
-    from tuner import synthetic
+    from tuner.data import synthetic
 
     years, features = synthetic.generate(rows=3000, seed=7)
     path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"

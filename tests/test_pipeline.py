@@ -14,7 +14,7 @@ from tests._util import (
     session,
     write_tiny_plan,
 )
-from tuner import synthetic
+from tuner.data import synthetic
 from tuner.errors import StageError
 from tuner.final import final_summary, run_final
 from tuner.plan import load_plan

@@ -1,4 +1,4 @@
-"""Tests for tuner.prepare: labels, the published split, subsampling, scaling, the cache."""
+"""Tests for tuner.data.prepare: labels, the published split, subsampling, scaling, the cache."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from tests.conftest import make_rows, uci_lines, write_uci_text
-from tuner import prepare as prep
-from tuner import sources
-from tuner.errors import DataError
-from tuner.prepare import (
+from tuner.data import prepare as prep
+from tuner.data import uci as sources
+from tuner.data.prepare import (
     CANONICAL_TEST_ROWS,
     CANONICAL_TRAIN_ROWS,
     LABEL_NAMES,
@@ -24,6 +23,7 @@ from tuner.prepare import (
     prepare,
     split_indices,
 )
+from tuner.errors import DataError
 
 
 def test_decade_labels():
@@ -179,7 +179,7 @@ def test_cache_reuse_and_invalidation(tmp_path: Path, uci_file, monkeypatch, cap
 
     with monkeypatch.context() as m:
         m.setattr(sources, "load_resolved", no_reading)
-        with caplog.at_level(logging.INFO, logger="tuner.prepare"):
+        with caplog.at_level(logging.INFO, logger="tuner.data.prepare"):
             again = prepare(DataSpec(source=path), data_dir)
     assert "reusing prepared data" in caplog.text
     assert again.manifest == first.manifest

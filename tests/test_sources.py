@@ -1,4 +1,4 @@
-"""Tests for tuner.sources: reading UCI-format files, clear errors, the UCI download path."""
+"""Tests for tuner.data.uci: reading UCI-format files, clear errors, the UCI download path."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_rows, uci_lines, write_uci_text
-from tuner import sources
+from tuner.data import uci as sources
+from tuner.data.prepare import decade_labels
+from tuner.data.uci import load_source, read_uci_file
 from tuner.errors import DataError, TunerError
-from tuner.prepare import decade_labels
-from tuner.sources import load_source, read_uci_file
 
 REAL_DECADES = {
     1930: 5,
@@ -128,7 +128,7 @@ def test_real_sample(real_head: Path):
 
 
 def test_synthetic_write_uci_round_trip(tmp_path: Path):
-    synthetic = pytest.importorskip("tuner.synthetic")
+    synthetic = pytest.importorskip("tuner.data.synthetic")
     years, features = synthetic.generate(rows=400, seed=5)
     path = tmp_path / "synth.txt"
     synthetic.write_uci(path, years, features)
@@ -138,7 +138,7 @@ def test_synthetic_write_uci_round_trip(tmp_path: Path):
 
 
 def test_synthetic_source(tmp_path: Path, monkeypatch):
-    synthetic = pytest.importorskip("tuner.synthetic")
+    synthetic = pytest.importorskip("tuner.data.synthetic")
     real_generate = synthetic.generate
     calls = []
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`tuner.synthetic`, the MSD-shaped synthetic data generator."""
+"""Tests for :mod:`tuner.data.synthetic`, the MSD-shaped synthetic data generator."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tuner import synthetic
-from tuner.synthetic import (
+from tuner.data import synthetic
+from tuner.data.synthetic import (
     DECADE_COUNTS,
     FULL_ROWS,
     N_FEATURES,

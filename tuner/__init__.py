@@ -1,6 +1,6 @@
 """tuner: staged Optuna tuning of PyTorch models.
 
-The data flows one way: raw file -> prepared arrays (:mod:`tuner.prepare`) -> stage objective
+The data flows one way: raw file -> prepared arrays (:mod:`tuner.data.prepare`) -> stage objective
 (:mod:`tuner.objectives`) -> one Optuna study per stage (:mod:`tuner.stages`) -> next stage ->
 final model (:mod:`tuner.final`). Plans live in ``studies/*.toml``.
 """

@@ -67,7 +67,7 @@ def owner_is_dead_here(owner: str) -> bool:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 _PG_NOW = sa.func.timezone("UTC", sa.func.now(), type_=sa.DateTime)

@@ -209,9 +209,9 @@ def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
 def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
     """Open the plan on its storage. With ``with_data`` the data is read and validated first,
     so that a bad data file stops the command before anything (a storage file) is written."""
+    from tuner.data.prepare import DataSpec, prepare
     from tuner.fused import Compute
     from tuner.plan import coerce_params, load_plan
-    from tuner.prepare import DataSpec, prepare
     from tuner.stages import Session, Settings, check_stage_name
     from tuner.storage import default_storage_url
 
@@ -263,7 +263,7 @@ def _status(session) -> dict[str, Any]:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from tuner.prepare import DataSpec, prepare
+    from tuner.data.prepare import DataSpec, prepare
 
     workdir = args.workdir.resolve()
     prepared = prepare(DataSpec(args.data, args.rows, args.split, args.seed), workdir / "data")
@@ -379,7 +379,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from tuner import synthetic
+    from tuner.data import synthetic
 
     if args.rows < 100:
         raise TunerError(f"--rows must be at least 100, got {args.rows}")

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from tuner.data.prepare import Prepared
 from tuner.decide import interval
 from tuner.engine import EarlyStopping, EpochStats, History, as_tensors
 from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
-from tuner.prepare import Prepared
 
 
 @dataclass(frozen=True)

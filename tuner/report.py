@@ -228,7 +228,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         return path
 
     doc = Doc()
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc.h(1, f"tuner report: plan `{plan.name}`")
     from tuner.storage import redact
 

@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from tuner import notes
 from tuner.claims import Claim, ClaimTable, new_owner_id
+from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.decide import Decision, PointStats, decide
 from tuner.errors import PlanError, StageError
 from tuner.fused import Compute
 from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
 from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params, planned_epochs
-from tuner.prepare import DataSpec, Prepared, prepare
 from tuner.pruners import for_stage
 from tuner.search import distributions, propose
 from tuner.storage import error_line, latest_version, lost_storage, open_storage, study_name

@@ -32,19 +32,24 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuner import sources
+from tuner.data import uci
+from tuner.data.spec import DataSpec
+from tuner.data.target import DECADE_NAMES, decade_labels
 from tuner.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-LABEL_NAMES: tuple[str, ...] = tuple(f"{1920 + 10 * i}s" for i in range(10))
-"""Class names, index = label: ``"1920s"`` .. ``"2010s"``."""
+LABEL_NAMES = DECADE_NAMES
+"""Class names of YearPredictionMSD, index = label: ``"1920s"`` .. ``"2010s"``."""
 
 CANONICAL_TRAIN_ROWS = 463_715
 """Rows of UCI's train part (train + validation here); the rest are test."""
@@ -61,24 +66,10 @@ CANONICAL_VAL_FRACTION = 0.15 / 0.85  # canonical: validation share of the train
 
 PREPARE_VERSION = 1
 """Bump when the prepared arrays for the same inputs change; part of the cache key."""
+TABLE_VERSION = 1
+"""Bump when a table's encoding for the same inputs changes; part of a table's cache key."""
 
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-
-
-def decade_labels(years: np.ndarray) -> np.ndarray:
-    """Decade class per year: ``(year // 10 * 10 - 1920) // 10`` clipped to 0..9, int64."""
-    years = np.asarray(years, dtype=np.int64)
-    return np.clip((years // 10 * 10 - 1920) // 10, 0, len(LABEL_NAMES) - 1).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data to prepare: the source, an optional subsample, the split and its seed."""
-
-    source: str = "uci"  # "uci" | "synthetic" | path to a UCI-format .txt/.csv/.zip
-    rows: int | None = None  # stratified subsample size (None = all rows)
-    split: str = "stratified"  # "stratified" | "canonical"
-    seed: int = 42  # split/subsample random_state
 
 
 @dataclass
@@ -100,11 +91,11 @@ class Prepared:
 
     @property
     def n_classes(self) -> int:
-        return len(LABEL_NAMES)
+        return len(self.label_names)
 
     @property
     def label_names(self) -> tuple[str, ...]:
-        return LABEL_NAMES
+        return tuple(self.manifest.get("label_names") or LABEL_NAMES)
 
 
 # --------------------------------------------------------------------------- splitting
@@ -119,7 +110,9 @@ def _split_sizes(n: int, *, test_size: float | None = None, train_size: int | No
     return n - n_test, n_test
 
 
-def _stratify_labels(y: np.ndarray, n_train: int, n_test: int) -> np.ndarray | None:
+def _stratify_labels(
+    y: np.ndarray, n_train: int, n_test: int, lumped: set[int] | None = None
+) -> np.ndarray | None:
     """Labels to stratify on, lumping classes only where sklearn would refuse ``y`` itself.
 
     sklearn needs every class to have >= 2 members and both sides to be at least as large as
@@ -144,10 +137,12 @@ def _stratify_labels(y: np.ndarray, n_train: int, n_test: int) -> np.ndarray | N
             return labels
         rare = classes[np.argmin(counts)]
         labels[labels == rare] = most
+        if lumped is not None:
+            lumped.add(int(rare))
 
 
 def _stratified_split(
-    idx: np.ndarray, y: np.ndarray, test_size: float, seed: int
+    idx: np.ndarray, y: np.ndarray, test_size: float, seed: int, lumped: set[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``train_test_split(idx, test_size=..., stratify=y, random_state=seed)``; ``y`` aligns
     with ``idx``."""
@@ -155,12 +150,17 @@ def _stratified_split(
 
     n_train, n_test = _split_sizes(len(idx), test_size=test_size)
     first, second = train_test_split(
-        idx, test_size=test_size, random_state=seed, stratify=_stratify_labels(y, n_train, n_test)
+        idx,
+        test_size=test_size,
+        random_state=seed,
+        stratify=_stratify_labels(y, n_train, n_test, lumped),
     )
     return np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
 
 
-def _stratified_take(idx: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _stratified_take(
+    idx: np.ndarray, y: np.ndarray, k: int, seed: int, lumped: set[int] | None = None
+) -> np.ndarray:
     """A stratified sample of ``k`` of ``idx`` (``y`` aligned with ``idx``), in original order."""
     if k >= len(idx):
         return np.asarray(idx, dtype=np.int64)
@@ -168,7 +168,7 @@ def _stratified_take(idx: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.nd
 
     n_train, n_test = _split_sizes(len(idx), train_size=k)
     taken, _ = train_test_split(
-        idx, train_size=k, random_state=seed, stratify=_stratify_labels(y, n_train, n_test)
+        idx, train_size=k, random_state=seed, stratify=_stratify_labels(y, n_train, n_test, lumped)
     )
     return np.sort(np.asarray(taken, dtype=np.int64))
 
@@ -188,14 +188,21 @@ def _check_rows(rows: int | None, n: int | None) -> None:
 
 
 def split_indices(
-    y: np.ndarray, split: str, seed: int = 42, *, rows: int | None = None
+    y: np.ndarray,
+    split: str,
+    seed: int = 42,
+    *,
+    rows: int | None = None,
+    lumped: set[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train, validation and test row indices (into ``y``) for ``split``.
 
     ``rows`` optionally draws a stratified subsample first (for ``canonical``: from the train
     and test parts in proportion); the subsample keeps file order, so the split behaves as if
     the file held only those rows. Train/val/test indices come in the order the published
-    recipe returns its rows (``X[train]`` equals the recipe's ``X_train``).
+    recipe returns its rows (``X[train]`` equals the recipe's ``X_train``). Classes too rare
+    to stratify on are lumped into the most frequent one for stratification only; ``lumped``
+    collects them.
     """
     y = np.asarray(y)
     n = len(y)
@@ -205,9 +212,9 @@ def split_indices(
     if split == "stratified":
         pool = np.arange(n, dtype=np.int64)
         if rows is not None:
-            pool = _stratified_take(pool, y, rows, seed)
-        train, temp = _stratified_split(pool, y[pool], TEST_FRACTION, seed)
-        val, test = _stratified_split(temp, y[temp], VAL_TEST_FRACTION, seed)
+            pool = _stratified_take(pool, y, rows, seed, lumped)
+        train, temp = _stratified_split(pool, y[pool], TEST_FRACTION, seed, lumped)
+        val, test = _stratified_split(temp, y[temp], VAL_TEST_FRACTION, seed, lumped)
         return train, val, test
     if n != CANONICAL_TOTAL_ROWS:
         raise DataError(
@@ -228,18 +235,25 @@ def split_indices(
 # --------------------------------------------------------------------------- cache
 
 
-def cache_key(source_sha256: str, spec: DataSpec) -> str:
-    """16 hex digits identifying the prepared arrays of ``spec`` on that source content."""
-    blob = json.dumps(
-        {
-            "source_sha256": source_sha256,
-            "split": spec.split,
-            "rows": None if spec.rows is None else int(spec.rows),
-            "seed": int(spec.seed),
-            "version": PREPARE_VERSION,
-        },
-        sort_keys=True,
-    )
+def cache_key(source_sha256: str, spec: DataSpec, test_sha256: str | None = None) -> str:
+    """16 hex digits identifying the prepared arrays of ``spec`` on that source content.
+
+    A table's options (target, columns, encoding, split column) and its test file's content
+    are part of the key; for the UCI format the key is what it always was, so caches and
+    studies made before tables existed are still found.
+    """
+    fields: dict[str, Any] = {
+        "source_sha256": source_sha256,
+        "split": spec.split,
+        "rows": None if spec.rows is None else int(spec.rows),
+        "seed": int(spec.seed),
+        "version": PREPARE_VERSION,
+    }
+    if spec.is_table:
+        fields["table"] = spec.table_options()
+        fields["table_version"] = TABLE_VERSION
+        fields["test_sha256"] = test_sha256
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -320,7 +334,7 @@ def _is_complete(directory: Path, key: str) -> bool:
 # --------------------------------------------------------------------------- prepare
 
 
-def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
+def _build(raw: uci.RawData, spec: DataSpec, key: str) -> Prepared:
     """Split, scale and describe ``raw`` (pure computation, nothing written)."""
     y = decade_labels(raw.years)
     train, val, test = split_indices(y, spec.split, spec.seed, rows=spec.rows)
@@ -349,11 +363,13 @@ def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
         "n_test": int(len(test)),
         "class_counts": {"train": counts(train), "val": counts(val), "test": counts(test)},
         "label_names": list(LABEL_NAMES),
+        "target": None,
+        "n_features": int(x_train.shape[1]),
         "scaler": {
             "mean": [float(v) for v in scaler.mean_],
             "scale": [float(v) for v in scaler.scale_],
         },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return Prepared(
         x_train=scaled(x_train),
@@ -368,8 +384,7 @@ def _build(raw: sources.RawData, spec: DataSpec, key: str) -> Prepared:
 
 def _check_spec(spec: DataSpec) -> None:
     """Reject a bad spec before any file is touched."""
-    if spec.split not in SPLITS:
-        raise DataError(f"unknown split {spec.split!r}; expected one of {', '.join(SPLITS)}")
+    spec.check()
     _check_rows(spec.rows, None)
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, (int, np.integer)):
         raise DataError(f"seed must be an integer, got {spec.seed!r}")
@@ -380,7 +395,9 @@ def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
     it holds the same preparation (same source content, split, rows, seed, version)."""
     _check_spec(spec)
     data_dir = Path(data_dir)
-    ref = sources.resolve_source(spec.source, data_dir)
+    if spec.is_table:
+        return _prepare_table(spec, data_dir)
+    ref = uci.resolve_source(spec.source, data_dir)
     key = cache_key(ref.sha256, spec)
     directory = data_dir / "prepared" / key
     cached = _load_cached(directory, key, ref.sha256, spec)
@@ -389,12 +406,17 @@ def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
         cached.manifest["source"] = ref.name
         return cached
     t0 = time.perf_counter()
-    raw = sources.load_resolved(ref)
+    raw = uci.load_resolved(ref)
     if raw.sha256 != ref.sha256:  # changed since resolve_source hashed it
         key = cache_key(raw.sha256, spec)
         directory = data_dir / "prepared" / key
     prepared = _build(raw, spec, key)
     del raw
+    return _finish(prepared, directory, t0)
+
+
+def _finish(prepared: Prepared, directory: Path, t0: float) -> Prepared:
+    """Cache freshly prepared arrays and log what was prepared."""
     try:
         _write_cache(prepared, directory)
     except OSError as exc:
@@ -411,3 +433,226 @@ def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
         directory,
     )
     return prepared
+
+
+# --------------------------------------------------------------------------- tables
+
+SPLIT_VALUES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+"""Values of a split column (case-insensitive) and the part each names."""
+
+
+def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
+    """Content hashes of the table file and of the separate test file, before parsing."""
+    from tuner.data.table import file_sha256
+
+    shas: list[str | None] = []
+    for path in (spec.source, spec.test):
+        if path is None:
+            shas.append(None)
+            continue
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise DataError(f"{path}: {'is a directory, not a data file' if p.is_dir() else 'no such file'}")
+        try:
+            shas.append(file_sha256(p))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+    assert shas[0] is not None
+    return shas[0], shas[1]
+
+
+def _column_split(values: pd.Series, display: str, column: str) -> np.ndarray:
+    """Part per row (0 train, 1 validation, 2 test) from a split column's values."""
+
+    text = values.astype("string").str.strip().str.lower()
+    part = text.map(SPLIT_VALUES)
+    bad = part.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{display}: split column {column!r}, row {int(values.index[i]) + 1}: "
+            f"{values.iloc[i]!r} is not one of train, val, test"
+        )
+    part = part.to_numpy(dtype=np.int64)
+    for code, name in enumerate(("train", "val", "test")):
+        if not (part == code).any():
+            raise DataError(f"{display}: split column {column!r} has no {name!r} rows")
+    return part
+
+
+def _group_split(
+    groups: pd.Series, pool: np.ndarray, seed: int, display: str, column: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """70/15/15 of the groups (not the rows): no group is in two parts."""
+    import pandas as pd
+    from sklearn.model_selection import GroupShuffleSplit
+
+    g = groups.to_numpy()[pool]
+    if pd.isna(g).any():
+        i = int(np.argmax(pd.isna(g)))
+        raise DataError(f"{display}: group column {column!r}, row {int(pool[i]) + 1}: missing value")
+    g = g.astype(str)
+    if np.unique(g).size < 3:
+        raise DataError(f"{display}: group column {column!r} has fewer than 3 groups")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=TEST_FRACTION, random_state=seed)
+    first, rest = next(splitter.split(pool, groups=g))
+    if np.unique(g[rest]).size < 2:
+        raise DataError(f"{display}: group column {column!r}: too few groups to split in three")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=VAL_TEST_FRACTION, random_state=seed)
+    val, test = next(splitter.split(rest, groups=g[rest]))
+    return pool[first], pool[rest[val]], pool[rest[test]]
+
+
+def _table_splits(
+    frame: pd.DataFrame, y: np.ndarray, n_main: int, spec: DataSpec, display: str, lumped: set[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/val/test positions into ``frame`` (rows ``n_main`` on are the test file's)."""
+    if spec.test is not None:  # the main file is train + validation
+        pool = np.arange(n_main, dtype=np.int64)
+        _check_rows(spec.rows, n_main)
+        if spec.rows is not None:
+            pool = _stratified_take(pool, y[pool], spec.rows, spec.seed, lumped)
+        if spec.split == "group":
+            g = frame[spec.split_column].astype(str).to_numpy()
+            from sklearn.model_selection import GroupShuffleSplit
+
+            splitter = GroupShuffleSplit(
+                n_splits=1, test_size=CANONICAL_VAL_FRACTION, random_state=spec.seed
+            )
+            a, b = next(splitter.split(pool, groups=g[pool]))
+            train, val = pool[a], pool[b]
+        else:
+            train, val = _stratified_split(pool, y[pool], CANONICAL_VAL_FRACTION, spec.seed, lumped)
+        return train, val, np.arange(n_main, len(frame), dtype=np.int64)
+    if spec.split == "stratified":
+        return split_indices(y, "stratified", spec.seed, rows=spec.rows, lumped=lumped)
+    _check_rows(spec.rows, len(frame))
+    pool = np.arange(len(frame), dtype=np.int64)
+    if spec.rows is not None:
+        pool = _stratified_take(pool, y, spec.rows, spec.seed, lumped)
+    if spec.split == "group":
+        return _group_split(frame[spec.split_column], pool, spec.seed, display, spec.split_column)
+    part = _column_split(frame[spec.split_column], display, spec.split_column)[pool]
+    return pool[part == 0], pool[part == 1], pool[part == 2]
+
+
+def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...]]:
+    """The table (and the test file's rows appended), the main file's row count, a display
+    name and the unnamed columns."""
+    import pandas as pd
+
+    from tuner.data.table import read_table
+
+    table = read_table(spec.source, sep=spec.sep, missing=spec.missing)
+    frame = table.frame
+    display = table.display
+    for name, what in ((spec.target, "target"), (spec.split_column, "split column")):
+        if name is not None and name not in frame.columns:
+            raise DataError(
+                f"{display}: no {what} column {name!r}; the columns are "
+                f"{', '.join(map(repr, frame.columns))}"
+            )
+    n_main = len(frame)
+    if spec.test is not None:
+        test = read_table(spec.test, sep=spec.sep, missing=spec.missing)
+        needed = [c for c in frame.columns if c not in table.unnamed and c not in spec.drop]
+        absent = [c for c in needed if c not in test.frame.columns]
+        if absent:
+            raise DataError(
+                f"{test.display}: the test file lacks column(s) {', '.join(map(repr, absent))} "
+                f"of {display}"
+            )
+        part = test.frame[[c for c in frame.columns if c in test.frame.columns]]
+        frame = pd.concat([frame, part], ignore_index=True)
+    return frame, n_main, display, table.unnamed
+
+
+def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
+    """Read, label, split, encode and cache a table with a header."""
+    from tuner.data import features, target
+
+    sha, test_sha = _table_shas(spec)
+    key = cache_key(sha, spec, test_sha)
+    directory = data_dir / "prepared" / key
+    cached = _load_cached(directory, key, sha, spec)
+    if cached is not None:
+        logger.info("reusing prepared data %s (%s)", key, directory)
+        return cached
+    t0 = time.perf_counter()
+    frame, n_main, display, unnamed = _read_frames(spec)
+    labels = target.encode(frame[spec.target], spec.target, display, spec.bins)
+    n_unlabelled = int((~labels.keep).sum())
+    if n_unlabelled:
+        logger.warning(
+            "%s: %d row(s) have no value in the target column %r and are left out",
+            display,
+            n_unlabelled,
+            spec.target,
+        )
+        n_main -= int((~labels.keep[:n_main]).sum())
+        frame = frame[labels.keep]
+    y = labels.y
+    if len(y) < MIN_ROWS:
+        raise DataError(f"{display}: {len(y)} labelled rows; at least {MIN_ROWS} are needed")
+    columns = features.infer_columns(frame, spec, display, unnamed)
+    lumped: set[int] = set()
+    train, val, test = _table_splits(frame, y, n_main, spec, display, lumped)
+    state = features.fit(frame.iloc[train], columns, spec, seed=spec.seed, display=display)
+    n_classes = len(labels.names)
+
+    def counts(idx: np.ndarray) -> list[int]:
+        return [int(c) for c in np.bincount(y[idx], minlength=n_classes)]
+
+    class_counts = {"train": counts(train), "val": counts(val), "test": counts(test)}
+    absent = [labels.names[i] for i, c in enumerate(class_counts["train"]) if c == 0]
+    if absent:
+        logger.warning("%s: class(es) %s have no training rows", display, ", ".join(absent))
+    if lumped:
+        logger.info(
+            "%s: class(es) %s too rare to stratify on; split as part of the most frequent class",
+            display,
+            ", ".join(labels.names[i] for i in sorted(lumped)),
+        )
+    missing = {c: int(n) for c, n in frame.isna().sum().items() if n}
+    manifest: dict[str, Any] = {
+        "key": key,
+        "version": PREPARE_VERSION,
+        "source": str(Path(spec.source).expanduser().resolve()),
+        "source_sha256": sha,
+        "split": spec.split,
+        "rows": None if spec.rows is None else int(spec.rows),
+        "seed": int(spec.seed),
+        "spec": spec.to_dict(),
+        "target": spec.target,
+        "label_rule": labels.rule,
+        "n_rows_total": int(len(frame) + n_unlabelled),
+        "rows_without_target": n_unlabelled,
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "n_test": int(len(test)),
+        "class_counts": class_counts,
+        "label_names": list(labels.names),
+        "lumped_classes": [labels.names[i] for i in sorted(lumped)],
+        "columns": columns.to_dict(),
+        "missing_values": missing,
+        "n_features": len(state["feature_names"]),
+        "features": state,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if spec.test is not None:
+        manifest["test_source"] = str(Path(spec.test).expanduser().resolve())
+        manifest["test_sha256"] = test_sha
+    parts = {
+        name: features.transform(frame.iloc[idx], state, display)
+        for name, idx in (("train", train), ("val", val), ("test", test))
+    }
+    prepared = Prepared(
+        x_train=parts["train"],
+        y_train=y[train],
+        x_val=parts["val"],
+        y_val=y[val],
+        x_test=parts["test"],
+        y_test=y[test],
+        manifest=manifest,
+    )
+    return _finish(prepared, directory, t0)

@@ -6,7 +6,7 @@ A source is one of
   YearPredictionMSD.txt``, downloaded once from :data:`UCI_URLS` when absent, and verified
   against :data:`UCI_TXT_SHA256`. The verification is remembered in a small JSON sidecar
   (size, mtime, hash) so the 430 MB file is not re-hashed on every run.
-* ``"synthetic"``: the MSD-shaped generator in :mod:`tuner.synthetic` at full size.
+* ``"synthetic"``: the MSD-shaped generator in :mod:`tuner.data.synthetic` at full size.
 * a path to a ``.txt``, ``.csv`` or ``.zip`` file in the UCI format: no header, comma
   separated, 91 columns (the integer year, then 90 float features).
 
@@ -106,7 +106,7 @@ class SourceRef:
     """A resolved source: what to read and its content hash, known before parsing.
 
     :func:`resolve_source` produces it cheaply (a hash, a cached verification, or a download),
-    so :mod:`tuner.prepare` can look up its cache before parsing anything; :func:`load_resolved`
+    so :mod:`tuner.data.prepare` can look up its cache before parsing anything; :func:`load_resolved`
     then reads the rows.
     """
 
@@ -134,7 +134,7 @@ def resolve_source(source: str, data_dir: Path, *, synthetic_seed: int = 0) -> S
     the file exists, has a known extension and (for a zip) holds a data member, and hashes it.
     """
     if source == "synthetic":
-        from tuner import synthetic
+        from tuner.data import synthetic
 
         recipe = json.dumps(["synthetic", synthetic.GENERATOR_VERSION, int(synthetic_seed)])
         return SourceRef(
@@ -164,7 +164,7 @@ def resolve_source(source: str, data_dir: Path, *, synthetic_seed: int = 0) -> S
 def load_resolved(ref: SourceRef) -> RawData:
     """Read the rows of a :class:`SourceRef` from :func:`resolve_source`."""
     if ref.kind == "synthetic":
-        from tuner import synthetic
+        from tuner.data import synthetic
 
         t0 = time.perf_counter()
         years, features = synthetic.generate(seed=ref.synthetic_seed)
