@@ -40,15 +40,57 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data",
         default="uci",
-        help="'uci' (download and verify the UCI file), 'synthetic' (MSD-shaped generated data) "
-        "or a path to a .txt/.csv/.zip in the UCI format (default: uci)",
+        help="'uci' (download and verify the UCI YearPredictionMSD file), 'synthetic' "
+        "(MSD-shaped generated data), a table file with a header (CSV/TSV/Parquet, plain or "
+        ".gz/.zip; needs --target), a .txt/.csv/.zip in the UCI format, or a TOML data "
+        "description (default: uci)",
     )
     g.add_argument("--rows", type=int, default=None, help="use a stratified subsample of N rows")
     g.add_argument(
         "--split",
-        choices=("stratified", "canonical"),
-        default="stratified",
-        help="stratified 70/15/15 (the published recipe, default) or UCI's canonical split",
+        default=None,
+        help="stratified 70/15/15 (the published recipe, default), canonical (UCI's "
+        "YearPredictionMSD split), column:NAME (a column of train/val/test values) or "
+        "group:NAME (no value of the column in two parts)",
+    )
+    t = parser.add_argument_group(
+        "tables (shorthands for the keys of a TOML data description; see README 'Your own data')"
+    )
+    t.add_argument("--target", default=None, help="the class column of a table file")
+    t.add_argument("--sep", default=None, help="delimiter of a text table (default: sniffed)")
+    t.add_argument(
+        "--test-data", default=None, metavar="PATH", help="a separate test file (same columns)"
+    )
+    t.add_argument(
+        "--drop",
+        default=None,
+        metavar="COL,COL",
+        help="comma-separated columns that are not features",
+    )
+    t.add_argument(
+        "--categorical",
+        default=None,
+        metavar="COL,COL",
+        help="comma-separated columns to one-hot encode even if they hold numbers",
+    )
+    t.add_argument(
+        "--bins",
+        default=None,
+        help="bin a numeric target: 'decade' or cut points such as 1990,2000",
+    )
+    t.add_argument(
+        "--impute",
+        choices=("median", "mean", "refuse"),
+        default=None,
+        help="numeric missing values: filled from the train rows (median, default; or mean), "
+        "or refused",
+    )
+    t.add_argument(
+        "--scaler",
+        choices=("standard", "quantile"),
+        default=None,
+        help="numeric scaling fitted on the train rows: standard (default) or quantile "
+        "(normal output)",
     )
     g.add_argument(
         "--seed", type=int, default=42, help="seed of the split and of training (default: 42)"
@@ -175,16 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
-    p = sub.add_parser("predict", help="predict the decade of each row of a file")
+    p = sub.add_parser(
+        "predict",
+        help="predict the class of each row of a file with a model.pt (a CSV with a prediction "
+        "and one probability per class; one decade per line for a YearPredictionMSD model)",
+    )
     p.add_argument("--model", type=Path, required=True, help="a model.pt written by the final job")
     p.add_argument(
         "--input",
         type=Path,
         required=True,
-        help="CSV rows of 90 features (or 91 with the year first)",
+        help="for a model trained on a table: a table with a header (columns matched by name, "
+        "any order, the target column ignored); for a YearPredictionMSD model: CSV rows of 90 "
+        "features (or 91 with the year first)",
     )
     p.add_argument(
-        "--output", type=Path, default=None, help="write one decade per line here (default: stdout)"
+        "--output", type=Path, default=None, help="write the predictions here (default: stdout)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
@@ -206,10 +254,38 @@ def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
     return fixes
 
 
+def _columns(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def data_spec(args: argparse.Namespace):
+    """The :class:`~tuner.data.spec.DataSpec` of ``--data`` and the table flags."""
+    from tuner.data.spec import build_spec, parse_bins, parse_split
+
+    split, split_column = parse_split(args.split) if args.split else (None, None)
+    overrides = {
+        "rows": args.rows,
+        "split": split,
+        "split_column": split_column,
+        "seed": args.seed,
+        "target": args.target,
+        "sep": args.sep,
+        "test": args.test_data,
+        "drop": _columns(args.drop),
+        "categorical": _columns(args.categorical),
+        "bins": parse_bins(args.bins, "--bins") if args.bins else None,
+        "impute": args.impute,
+        "scaler": args.scaler,
+    }
+    return build_spec(args.data, overrides)
+
+
 def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
     """Open the plan on its storage. With ``with_data`` the data is read and validated first,
     so that a bad data file stops the command before anything (a storage file) is written."""
-    from tuner.data.prepare import DataSpec, prepare
+    from tuner.data.prepare import prepare
     from tuner.fused import Compute
     from tuner.plan import coerce_params, load_plan
     from tuner.stages import Session, Settings, check_stage_name
@@ -235,7 +311,7 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     settings = Settings(
         workdir=workdir,
         storage_url=args.storage or default_storage_url(workdir),
-        data=DataSpec(source=args.data, rows=args.rows, split=args.split, seed=args.seed),
+        data=data_spec(args),
         seed=args.seed,
         fixes=fixes,
         heartbeat_interval=getattr(args, "heartbeat_interval", 5),
@@ -263,10 +339,10 @@ def _status(session) -> dict[str, Any]:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from tuner.data.prepare import DataSpec, prepare
+    from tuner.data.prepare import prepare
 
     workdir = args.workdir.resolve()
-    prepared = prepare(DataSpec(args.data, args.rows, args.split, args.seed), workdir / "data")
+    prepared = prepare(data_spec(args), workdir / "data")
     m = prepared.manifest
     print(
         f"prepared {m['source']} ({m['split']} split, {m['n_rows_total']} rows in source): "
@@ -365,14 +441,43 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from tuner.predict import predict_file
+def _write_output(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole (a temporary file renamed into place), or exit 2 with
+    one line when the path cannot be written."""
+    import tempfile
 
-    labels = predict_file(args.model, args.input)
-    text = "\n".join(labels) + "\n"
+    if path.is_dir():
+        raise TunerError(f"{path}: is a directory; give a file name for --output")
+    if not path.parent.is_dir():
+        raise TunerError(f"{path}: no such directory {str(path.parent)!r}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise TunerError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tuner.predict import is_table_model, load_bundle, predict_file, predict_table
+
+    _, bundle = load_bundle(args.model)
+    if is_table_model(bundle):
+        table = predict_table(args.model, args.input)
+        text = table.to_csv(index=False, float_format="%.6g")
+        n = len(table)
+    else:
+        labels = predict_file(args.model, args.input)
+        text = "\n".join(labels) + "\n"
+        n = len(labels)
     if args.output:
-        args.output.write_text(text)
-        logger.info("wrote %d predictions to %s", len(labels), args.output)
+        _write_output(args.output, text)
+        logger.info("wrote %d predictions to %s", n, args.output)
     else:
         sys.stdout.write(text)
     return 0

@@ -20,6 +20,7 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from tuner.data.target import class_word
 from tuner.engine import EpochStats, evaluate
 from tuner.fused import train_one
 from tuner.objectives import PointResult
@@ -27,6 +28,15 @@ from tuner.plan import TrainConfig, planned_epochs
 from tuner.stages import FINAL, Session, StageState
 
 logger = logging.getLogger(__name__)
+
+
+def input_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What ``predict`` needs to encode raw rows, as plain lists (``model.pt`` loads with
+    ``weights_only=True``): a table's fitted encoding, or YearPredictionMSD's scaler."""
+    if manifest.get("features") is not None:
+        return {"features": manifest["features"], "target": manifest["target"]}
+    scaler = manifest["scaler"]
+    return {"scaler": {"mean": list(scaler["mean"]), "scale": list(scaler["scale"])}}
 
 
 def model_dir(session: Session) -> Path:
@@ -148,6 +158,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
         metrics.update(
             {
                 "plan": plan.name,
+                "class_name": class_word(prepared.manifest),
                 "config": cfg.to_dict(),
                 "fixed_params": fixed,
                 "data": session.prepared().manifest["key"],
@@ -161,16 +172,16 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             }
         )
         out = model_dir(session)
-        scaler = prepared.manifest["scaler"]
         bundle = {
             "state_dict": model.state_dict(),
             "config": cfg.to_dict(),
             "n_features": int(data.train[0].shape[1]),
             "n_classes": data.n_classes,
             "label_names": label_names,
-            "scaler": {"mean": list(scaler["mean"]), "scale": list(scaler["scale"])},
             "plan": plan.name,
-            "data": prepared.manifest["key"],
+            "data_key": prepared.manifest["key"],
+            "data": session.settings.data.to_dict(),
+            **input_encoding(prepared.manifest),
         }
         atomic_write(out / "model.pt", lambda tmp: torch.save(bundle, tmp))
         write_json(out / "history.json", history.to_dict())

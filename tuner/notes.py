@@ -260,7 +260,9 @@ def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
             + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
             "",
         ]
-        lines.append(_table(PER_CLASS_HEADER, per_class_rows(metrics.get("per_class") or {})))
+        lines.append(
+            _table(per_class_header(metrics), per_class_rows(metrics.get("per_class") or {}))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -418,11 +420,13 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
             put_study_artifact(_store(session), study, path)
 
 
-PER_CLASS_HEADER = ["decade", "precision", "recall", "F1", "support"]
+def per_class_header(metrics: dict[str, Any]) -> list[str]:
+    """Header of the per-class test table: the class word (``decade``, or the target column)."""
+    return [metrics.get("class_name", "decade"), "precision", "recall", "F1", "support"]
 
 
 def per_class_rows(per_class: dict[str, dict[str, float]]) -> list[list[str]]:
-    """Rows of the per-decade test table (metrics.json's ``per_class``), for notes and reports."""
+    """Rows of the per-class test table (metrics.json's ``per_class``), for notes and reports."""
     return [
         [name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
         for name, c in per_class.items()

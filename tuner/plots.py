@@ -83,8 +83,8 @@ def point_label(params: Mapping[str, Any]) -> str:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def decade_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
-    """Rows per decade in the prepared data, stacked by split, with each decade's share."""
+def class_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
+    """Rows per class in the prepared data, stacked by split, with each class's share."""
     labels = list(manifest.get("label_names") or [f"{1920 + 10 * i}s" for i in range(10)])
     counts = manifest["class_counts"]
     fig, (ax,) = _figure(6.4, 3.4)
@@ -109,7 +109,8 @@ def decade_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
         )
     ax.set_ylim(0, max(bottom) * 1.12 if max(bottom) else 1)
     ax.set_ylabel("rows")
-    ax.set_title(f"Decade distribution ({total:,} rows, {manifest.get('split', '?')} split)")
+    word = (manifest.get("target") or "decade").capitalize()
+    ax.set_title(f"{word} distribution ({total:,} rows, {manifest.get('split', '?')} split)")
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, path, left=0.11)
@@ -248,7 +249,7 @@ def final_history(history: Mapping[str, Any], path: Path, *, title: str = "final
 
 
 def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
-    """The test confusion matrix, each row normalized to the true decade's count."""
+    """The test confusion matrix, each row normalized to the true class's count."""
     matrix = metrics["confusion_matrix"]
     labels = list(metrics["labels"])
     rows = [[v / (sum(r) or 1) for v in r] for r in matrix]
@@ -273,8 +274,9 @@ def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
     ax.set_yticks(
         range(n), [f"{lab} ({s})" for lab, s in zip(labels, support, strict=True)], fontsize=7
     )
-    ax.set_xlabel("predicted decade")
-    ax.set_ylabel("true decade (test rows)")
+    word = metrics.get("class_name", "decade")
+    ax.set_xlabel(f"predicted {word}")
+    ax.set_ylabel(f"true {word} (test rows)")
     acc = metrics.get("test_accuracy")
     ax.set_title(
         "Test confusion matrix (row-normalized)" + (f", accuracy {acc:.4f}" if acc else ""),

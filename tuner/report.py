@@ -31,6 +31,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from tuner import notes, plots
+from tuner.data.target import class_word
 from tuner.decide import decision_text
 from tuner.notes import (
     fmt_params,
@@ -280,6 +281,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"**Rows:** train {m.get('n_train')}, validation {m.get('n_val')}, "
                 f"test {m.get('n_test')}",
                 f"**Prepared data key:** `{m.get('key')}`",
+                *_table_lines(m),
             ]
         )
     if manifest and manifest.get("class_counts"):
@@ -290,10 +292,12 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         for i, name in enumerate(labels):
             n = [counts[s][i] for s in ("train", "val", "test")]
             rows.append([name, *map(str, n), str(sum(n)), f"{100 * sum(n) / total:.1f}%"])
-        doc.table(["decade", "train", "val", "test", "total", "share"], rows)
+        word = class_word(manifest)
+        doc.table([word, "train", "val", "test", "total", "share"], rows)
+        name = "decades" if word == "decade" else "classes"
         doc.img(
-            draw("decades", plots.decade_distribution, manifest, out / "decades.png"),
-            "Decade distribution",
+            draw(name, plots.class_distribution, manifest, out / f"{name}.png"),
+            f"{word.capitalize()} distribution",
         )
     elif not data:
         doc.p("No stage has run yet: no data summary.")
@@ -355,7 +359,9 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
             ]
         )
-        doc.table(notes.PER_CLASS_HEADER, notes.per_class_rows(metrics.get("per_class", {})))
+        doc.table(
+            notes.per_class_header(metrics), notes.per_class_rows(metrics.get("per_class", {}))
+        )
         if history:
             doc.img(
                 draw("final_history", plots.final_history, history, out / "final_history.png"),
@@ -393,6 +399,37 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     _atomic_text(html_path, doc.to_html(f"tuner report: {plan.name}"))
     logger.info("wrote %s, %s and %d plots", md_path, html_path, len(figures))
     return ReportPaths(md_path, html_path, figures)
+
+
+def _table_lines(m: dict[str, Any]) -> list[str]:
+    """Report lines that describe a table's target and features (none for YearPredictionMSD)."""
+    if not m.get("target"):
+        return []
+    lines = [
+        f"**Target:** `{m['target']}` ({m.get('label_rule', 'classes')}, {m.get('n_classes') or len(m.get('label_names') or [])} classes)"
+    ]
+    cols = m.get("columns") or {}
+    feats = m.get("features") or {}
+    if cols:
+        lines.append(
+            f"**Features:** {len(cols.get('numeric', []))} numeric (missing values: "
+            f"{feats.get('impute', '?')}; scaling: {feats.get('scaler', '?')}), "
+            f"{len(cols.get('categorical', []))} categorical (one-hot), "
+            f"{m.get('n_features')} inputs to the model"
+        )
+        for name, why in (cols.get("dropped") or {}).items():
+            lines.append(f"**Not a feature:** `{name}`: {why}")
+    missing = m.get("missing_values") or {}
+    if missing:
+        lines.append("**Missing values:** " + ", ".join(f"`{c}` {n}" for c, n in missing.items()))
+    if m.get("rows_without_target"):
+        lines.append(f"**Rows without a target value (left out):** {m['rows_without_target']}")
+    if m.get("lumped_classes"):
+        lines.append(
+            "**Too rare to stratify on** (split as part of the most frequent class): "
+            + ", ".join(m["lumped_classes"])
+        )
+    return lines
 
 
 def _atomic_text(path: Path, text: str) -> None:

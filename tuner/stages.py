@@ -777,8 +777,14 @@ def _data_summary(prepared: Prepared) -> dict[str, Any]:
         "n_train",
         "n_val",
         "n_test",
+        "target",
+        "n_features",
     )
-    return {k: m.get(k) for k in keys}
+    summary = {k: m.get(k) for k in keys}
+    summary["n_classes"] = prepared.n_classes
+    if m.get("spec"):
+        summary["spec"] = m["spec"]
+    return summary
 
 
 def plan_states(session: Session) -> list[StageState]:

@@ -42,6 +42,12 @@ class Labels:
     rule: str  # "classes" | "decade" | "cut points"
 
 
+def class_word(manifest: dict | None) -> str:
+    """What a class is called in tables and plots: ``decade`` for YearPredictionMSD, else
+    the target column's name."""
+    return (manifest or {}).get("target") or "decade"
+
+
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
