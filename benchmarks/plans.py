@@ -45,7 +45,7 @@ def test_predictions(root: Path, plans: list[str], args: argparse.Namespace):
         model, bundle = load_bundle(root / plan / "models" / plan / "model.pt")
         if bundle.get("data_key", bundle.get("data")) != key:
             raise SystemExit(
-                f"{plan}'s model was trained on prepared data {bundle.get("data_key")}, not {key}"
+                f"{plan}'s model was trained on prepared data {bundle.get('data_key')}, not {key}"
             )
         with torch.inference_mode():
             preds.append(model(torch.from_numpy(prepared.x_test)).argmax(1).numpy())

@@ -153,8 +153,12 @@ def infer_columns(
             numeric.append(name)
             continue
         present = values.dropna()
-        parsed = pd.to_numeric(present, errors="coerce")
-        share = float(parsed.notna().mean())
+        # A sample decides plainly textual columns without converting every row (2.3 s of
+        # 13 s for two text columns of 500,000 rows); the share rule runs on all rows otherwise.
+        sample = pd.to_numeric(present.iloc[:2000], errors="coerce")
+        share = float(sample.notna().mean())
+        if share >= NUMERIC_SHARE / 2:
+            share = float(pd.to_numeric(present, errors="coerce").notna().mean())
         if share >= NUMERIC_SHARE:
             as_numbers(values, name, display)  # all numbers, or an error naming the stray text
             numeric.append(name)
@@ -243,17 +247,20 @@ def fit(
     if columns.categorical:
         from sklearn.preprocessing import OneHotEncoder
 
-        text = np.column_stack([as_text(frame[c]) for c in columns.categorical])
-        enc = OneHotEncoder(
-            handle_unknown="infrequent_if_exist",
-            min_frequency=spec.min_frequency,
-            max_categories=spec.max_levels,
-            sparse_output=False,
-        ).fit(text)
-        infrequent = enc.infrequent_categories_
-        for i, name in enumerate(columns.categorical):
-            rare = set() if infrequent[i] is None else set(infrequent[i].tolist())
-            levels = [str(v) for v in enc.categories_[i] if v not in rare]
+        # The encoder is fitted on each column's codes in sorted-level order, which gives the
+        # same levels and grouping as fitting it on the strings: on 500,000 rows of a 200-level
+        # column that takes 0.1 s instead of 5.7 s (scikit-learn's unique of Python objects).
+        for name in columns.categorical:
+            codes, uniques = pd.factorize(as_text(frame[name]), sort=True)
+            enc = OneHotEncoder(
+                handle_unknown="infrequent_if_exist",
+                min_frequency=spec.min_frequency,
+                max_categories=spec.max_levels,
+                sparse_output=False,
+            ).fit(codes.reshape(-1, 1))
+            rare = enc.infrequent_categories_[0]
+            rare = set() if rare is None else {int(v) for v in rare}
+            levels = [str(uniques[int(c)]) for c in enc.categories_[0] if int(c) not in rare]
             state["categorical"].append({"name": name, "levels": levels, "other": bool(rare)})
     state["feature_names"] = feature_names(state)
     return state
@@ -314,7 +321,7 @@ def transform(frame: pd.DataFrame, state: Mapping[str, Any], display: str) -> np
         parts.append(x)
     for col in state["categorical"]:
         levels = col["levels"]
-        codes = pd.Categorical(as_text(frame[col["name"]]), categories=levels).codes
+        codes = pd.Index(levels, dtype=object).get_indexer(as_text(frame[col["name"]]))
         width = len(levels) + int(col["other"])
         onehot = np.zeros((len(frame), width), dtype=np.float64)
         known = codes >= 0

@@ -452,7 +452,9 @@ def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
             continue
         p = Path(path).expanduser()
         if not p.is_file():
-            raise DataError(f"{path}: {'is a directory, not a data file' if p.is_dir() else 'no such file'}")
+            raise DataError(
+                f"{path}: {'is a directory, not a data file' if p.is_dir() else 'no such file'}"
+            )
         try:
             shas.append(file_sha256(p))
         except OSError as exc:
@@ -490,7 +492,9 @@ def _group_split(
     g = groups.to_numpy()[pool]
     if pd.isna(g).any():
         i = int(np.argmax(pd.isna(g)))
-        raise DataError(f"{display}: group column {column!r}, row {int(pool[i]) + 1}: missing value")
+        raise DataError(
+            f"{display}: group column {column!r}, row {int(pool[i]) + 1}: missing value"
+        )
     g = g.astype(str)
     if np.unique(g).size < 3:
         raise DataError(f"{display}: group column {column!r} has fewer than 3 groups")

@@ -229,7 +229,9 @@ def read_description(path: Path) -> dict[str, Any]:
             if not isinstance(value, str) or not value:
                 raise DataError(f"{where}: expected a file path (a string), got {value!r}")
             p = Path(value).expanduser()
-            out["source" if key == "path" else key] = str(p if p.is_absolute() else base / p)
+            out["source" if key == "path" else key] = str(
+                p if p.is_absolute() else (base / p).resolve()
+            )
         elif key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise DataError(f"{where}: expected a list of strings, got {value!r}")
