@@ -320,6 +320,8 @@ def test_a_toml_description_is_the_same_as_flags(tmp_path):
                             categorical=("colour",))  # fmt: skip
     proc = run_cli("prepare", "--data", str(desc), cwd=tmp_path, check=True)
     assert "train 280, val 60, test 60" in proc.stdout
+    desc.write_text('path = "../t.csv"\ntarget = "label"\nsplit = "group:colour"\n')
+    assert build_spec(str(desc), {}).split_column == "colour"
     desc.write_text('path = "../t.csv"\ntarget = "label"\ncolour = 3\n')
     proc = run_cli("prepare", "--data", str(desc), cwd=tmp_path)
     assert proc.returncode == 2 and "unknown key(s) colour" in proc.stderr

@@ -239,7 +239,10 @@ def read_description(path: Path) -> dict[str, Any]:
         elif key in _STR_KEYS:
             if not isinstance(value, str):
                 raise DataError(f"{where}: expected a string, got {value!r}")
-            out[key] = value
+            if key == "split" and ":" in value:
+                out["split"], out["split_column"] = parse_split(value)
+            else:
+                out[key] = value
         elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise DataError(f"{where}: expected an integer, got {value!r}")
