@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,196 @@ def test_bad_plans_are_rejected_with_a_reason(tmp_path, text, message):
 def test_unknown_plan_name_lists_the_available_ones(tmp_path):
     with pytest.raises(PlanError, match="quick"):
         load_plan("nope", tmp_path)
+
+
+# -- names are identifiers ---------------------------------------------------------------------
+STAGE = '[[stages]]\nname = "{stage}"\nkind = "sweep"\nepochs = 1\n[stages.grid]\nlr = [0.1]\n'
+
+
+def _load(tmp_path, text: str, file: str = "plan.toml"):
+    path = tmp_path / file
+    path.write_text(text)
+    return load_plan(str(path), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../../../tmp/x", "/tmp/x", "a/b", "a\\b", "..", "a..b", ".hidden", "", "a b", "x" * 65],
+)
+def test_plan_names_that_could_leave_the_workdir_are_refused(tmp_path, name):
+    text = f"name = {json.dumps(name)}\n" + STAGE.format(stage="a")
+    with pytest.raises(PlanError, match="name must be letters, digits") as info:
+        _load(tmp_path, text)
+    assert len(str(info.value).splitlines()) == 1
+    assert json.dumps(name)[:40] in str(info.value)
+
+
+@pytest.mark.parametrize("stage", ["../a", "/abs", "a/b", "a.b", "..", "a b", "-a"])
+def test_stage_names_that_could_leave_the_workdir_are_refused(tmp_path, stage):
+    with pytest.raises(PlanError, match=r"stage 1 .*name must be letters, digits, \"_\" and \"-\""):
+        _load(tmp_path, STAGE.format(stage=stage.replace("\\", "\\\\")))
+
+
+@pytest.mark.parametrize("stage", ["final", "v2"])
+def test_stage_names_of_the_final_job_and_of_versions_are_reserved(tmp_path, stage):
+    with pytest.raises(PlanError, match="reserved"):
+        _load(tmp_path, STAGE.format(stage=stage))
+
+
+def test_a_plan_named_after_a_file_with_an_odd_name_must_set_its_name(tmp_path):
+    with pytest.raises(PlanError, match='set name = "..." in the plan'):
+        _load(tmp_path, STAGE.format(stage="a"), file="my plan.toml")
+    text = 'name = "mine"\n' + STAGE.format(stage="a")
+    assert _load(tmp_path, text, file="my plan.toml").name == "mine"
+
+
+def test_a_bad_name_stops_the_cli_before_anything_is_written(tmp_path):
+    from tests._util import run_cli
+
+    path = tmp_path / "plans" / "escape.toml"
+    path.parent.mkdir()
+    path.write_text('name = "../../escaped"\n' + STAGE.format(stage="a"))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_cli("report", "--plan", str(path), "--workdir", str(work), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("tuner: error: plan 'escape': name must be letters")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert list(work.iterdir()) == [] and not (tmp_path / "escaped").exists()
+
+
+# -- every plan value is type- and range-checked -----------------------------------------------
+SWEEP = 'name = "a"\nkind = "sweep"\nepochs = 1\n[stages.grid]\nlr = [0.1]\n'
+CV = 'name = "a"\nkind = "cv"\nfolds = 2\nobjective = "mean"\nepochs = 1\n[stages.grid]\nlr = [0.1]\n'
+RANGE = 'name = "lr"\nkind = "lr_range_test"\nepochs = 1\nobjective = "final"\n'
+
+
+def _plan(stage: str = SWEEP, *, defaults: str = "", final: str = "", top: str = "") -> str:
+    text = top + (f"[defaults]\n{defaults}" if defaults else "") + f"[[stages]]\n{stage}"
+    return text + (f"[final]\n{final}" if final else "")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (_plan(SWEEP.replace("epochs = 1", 'epochs = "two"')), r'epochs must be an integer in \[1, 10000\], got "two" \(a string\)'),
+        (_plan(SWEEP.replace("epochs = 1", "epochs = 1.5")), r"epochs must be an integer in \[1, 10000\], got 1.5 \(a number\)"),
+        (_plan(SWEEP.replace("epochs = 1", "epochs = true")), r"epochs must be an integer .*got true \(a boolean\)"),
+        (_plan(SWEEP.replace("epochs = 1", "epochs = 0")), r"epochs must be in \[1, 10000\], got 0"),
+        (_plan(CV.replace("folds = 2", 'folds = "2"')), r'folds must be an integer in \[0, 100\], got "2" \(a string\)'),
+        (_plan(CV.replace("folds = 2", "folds = 5000")), r"folds must be in \[0, 100\], got 5000"),
+        (_plan(SWEEP.replace("epochs = 1", "repeats = 2.0")), r"repeats must be an integer"),
+        (_plan(SWEEP.replace('name = "a"', "name = 7")), r"stage 1: name must be letters, digits.* got 7 \(an integer\)"),
+        (_plan(SWEEP.replace("epochs = 1", 'keep_incumbent_unless_significant = "yes"')), r"keep_incumbent_unless_significant must be true or false"),
+        (_plan(CV.replace("epochs = 1", 'epochs = 1\npruner = "wilcoxon"\npruner_p = 0')), r"pruner_p must be in \(0, 1\), got 0"),
+        (_plan(RANGE + "candidates = []\n"), r"candidates must be a non-empty list"),
+        (_plan(RANGE + "candidates = [1.0, -2]\n"), r"candidates\[1\]: candidates must be > 0, got -2"),
+        (_plan(RANGE + "start_lr = inf\n"), r"start_lr must be a finite number > 0, got inf"),
+        (_plan(SWEEP.replace("lr = [0.1]", "lr = [0.1, nan]")), r"grid.lr\[1\]: lr must be a finite number > 0, got nan"),
+        (_plan(SWEEP.replace("lr = [0.1]", "lr = [0.1, 0.1]")), r"grid.lr\[1\]: 0.1 is listed twice"),
+        (_plan(SWEEP.replace("lr = [0.1]", "batch_size = [64, 128.5]")), r"grid.batch_size\[1\]: batch_size must be an integer"),
+        (_plan(SWEEP.replace("lr = [0.1]", "hidden = [[16], [0]]")), r"grid.hidden\[1\]: hidden must be a non-empty list"),
+        (_plan(defaults="lr = inf\n"), r"\[defaults\]: lr must be a finite number > 0, got inf"),
+        (_plan(defaults="weight_decay = nan\n"), r"weight_decay must be a finite number >= 0, got nan"),
+        (_plan(defaults="momentum = -5\n"), r"\[defaults\]: momentum must be in \[0, 1\), got -5"),
+        (_plan(defaults="batch_size = true\n"), r"batch_size must be an integer .*got true \(a boolean\)"),
+        (_plan(defaults="dropout = 1.0\n"), r"dropout must be in \[0, 1\), got 1.0"),
+        (_plan(defaults='activation = "swish"\n'), r'unknown activation "swish"; choose one of: relu'),
+        (_plan(final='epochs = "x"\n'), r'\[final\]: epochs must be an integer in \[1, 10000\], got "x"'),
+        (_plan(final="epochs = -3\n"), r"\[final\]: epochs must be in \[1, 10000\], got -3"),
+        (_plan(final="restore_best = 1\n"), r"\[final\]: restore_best must be true or false, got 1"),
+        (_plan(final="epoch = 3\n"), r"\[final\]: unknown key\(s\) epoch"),
+        ("defaults = 5\n" + _plan(), r"defaults must be a table \(\[defaults\]\), got 5"),
+        ("stages = [5]\n", r"stage 1 must be a table \(\[\[stages\]\]\), got 5"),
+        ("stages = 5\n", r"stages must be a list of tables"),
+        ('description = 3\n' + _plan(), r"description must be a string, got 3"),
+        (
+            _plan(
+                'name = "a"\nkind = "sweep"\nsampler = "tpe"\ntrials = 2\n[stages.space]\n'
+                'lr = { low = 1e-3, high = inf, log = "yes" }\n'
+            ),
+            r"space.lr.high: lr must be a finite number > 0, got inf\n.*space.lr.log must be true or false",
+        ),
+    ],
+)  # fmt: skip
+def test_each_bad_value_is_one_line_naming_the_key_the_expectation_and_the_value(
+    tmp_path, text, message
+):
+    with pytest.raises(PlanError, match=message):
+        _load(tmp_path, text)
+
+
+def test_every_bad_value_of_a_plan_is_reported_at_once(tmp_path):
+    text = _plan(
+        SWEEP.replace("epochs = 1", "epochs = 1.5"),
+        defaults='lr = "x"\nbatch_size = 0\n',
+        final="patience = -1\n",
+    )
+    with pytest.raises(PlanError) as info:
+        _load(tmp_path, text)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4, lines
+    assert [line.split(": ", 1)[0] for line in lines] == [
+        "plan 'plan' [defaults]",
+        "plan 'plan' [defaults]",
+        "plan 'plan' stage 1 ('a')",
+        "plan 'plan' [final]",
+    ]
+
+
+def test_a_plan_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(PlanError, match="not UTF-8 text"):
+        load_plan(str(path), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fixes, message",
+    [
+        ({"lr": "inf"}, "lr must be a finite number > 0"),
+        ({"weight_decay": "nan"}, "weight_decay must be a finite number >= 0"),
+        ({"lr": "-1"}, "lr must be > 0"),
+        ({"batch_size": "1.5"}, "batch_size must be an integer"),
+        ({"momentum": "-5"}, r"momentum must be in \[0, 1\)"),
+        ({"hidden": "16xx"}, "hidden must be a non-empty list"),
+    ],
+)
+def test_bad_fix_values_are_refused(fixes, message):
+    from tuner.plan import coerce_params
+
+    with pytest.raises(PlanError, match=f"--fix: {message}"):
+        coerce_params(fixes, where="--fix")
+
+
+def test_fix_inf_or_nan_stops_the_cli_before_anything_runs(tmp_path, msd_file):
+    from tests._util import run_cli, write_tiny_plan
+
+    write_tiny_plan(tmp_path)
+    for fix in ("lr=inf", "weight_decay=nan"):
+        args = ("run-stage", "activation", "--plan", "tiny", "--data", str(msd_file))
+        proc = run_cli(*args, "--fix", "lr=0.01", "--fix", fix, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"tuner: error: --fix: {fix.split('=')[0]} must be a finite")
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["studies"]  # no data, no storage
+    assert [p.name for p in (tmp_path / "studies").iterdir()] == ["tiny.toml"]
+
+
+def test_more_folds_than_the_data_allows_is_one_clear_error(tmp_path, uci_file):
+    from tests._util import session
+    from tuner.errors import StageError
+
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "folds.toml").write_text(
+        'name = "folds"\n[defaults]\nhidden = [8]\n[[stages]]\nname = "wd"\nkind = "cv"\n'
+        'folds = 50\nobjective = "mean"\npruner = "wilcoxon"\n[stages.grid]\n'
+        "weight_decay = [0.0, 0.1]\n"
+    )
+    s = session(tmp_path, str(uci_file(300)), plan="folds")
+    try:
+        with pytest.raises(StageError, match="50 folds of 210 train rows leave 4 validation rows"):
+            s.run_stage("wd")
+        assert s.storage.get_all_studies() == []
+    finally:
+        s.close()

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from tuner.errors import StorageError
-from tuner.storage import CREATE_RETRIES, engine_kwargs, first_line, is_schema_race, resolve_url
+from tuner.storage import (
+    CREATE_RETRIES,
+    engine_kwargs,
+    first_line,
+    is_schema_race,
+    resolve_url,
+    scrub,
+)
 
 _metadata = sa.MetaData()
 claims_table = sa.Table(
@@ -97,7 +104,8 @@ class ClaimTable:
                 break
             except sa.exc.DBAPIError as err:
                 if not is_schema_race(err) or attempt + 1 == CREATE_RETRIES:
-                    raise StorageError(f"cannot create tuner_claims: {first_line(err)}") from None
+                    reason = scrub(first_line(err), url)
+                    raise StorageError(f"cannot create tuner_claims: {reason}") from None
                 time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
@@ -186,6 +194,13 @@ class ClaimTable:
                 .where(t.c.owner == owner, t.c.study_name.in_(list(study_names)))
                 .values(heartbeat_at=self._stamp())
             )
+
+    def owned(self, owner: str) -> list[Claim]:
+        """Every claim ``owner`` holds, in every study."""
+        t = claims_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.owner == owner)).all()
+        return [Claim(**row._mapping) for row in rows]
 
     def release(self, study_name: str, point: str, owner: str) -> None:
         """Drop a claim (its work failed before a trial existed, or needs no trial)."""

@@ -1,23 +1,55 @@
 """Command line: ``python -m tuner COMMAND`` (or the ``tuner`` script).
 
-Every command has ``--help``. Errors in the user's input exit with status 2 and one line on
-stderr; an interrupted run exits 130 with its finished trials kept in the storage.
+Every command has ``--help``. Errors in the user's input or environment (out-of-range numbers,
+unwritable paths, a full disk, a corrupt or lost storage) exit with status 2 and one line on
+stderr; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM) with its finished trials kept in
+the storage, its running trials failed and its claims released.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from tuner.errors import StageError, TunerError
+from tuner.errors import StageError, Terminated, TunerError
 
 logger = logging.getLogger("tuner")
+
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are unsigned 32-bit integers
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM stopped
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line ``tuner: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tuner: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_in(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]``, else a one-line error naming the range."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
+        return value
+
+    return integer
 
 
 def _storage_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -45,7 +77,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         ".gz/.zip; needs --target), a .txt/.csv/.zip in the UCI format, or a TOML data "
         "description (default: uci)",
     )
-    g.add_argument("--rows", type=int, default=None, help="use a stratified subsample of N rows")
+    g.add_argument(
+        "--rows", type=_int_in(1), default=None, help="use a stratified subsample of N rows"
+    )
     g.add_argument(
         "--split",
         default=None,
@@ -93,7 +127,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "(normal output)",
     )
     g.add_argument(
-        "--seed", type=int, default=42, help="seed of the split and of training (default: 42)"
+        "--seed",
+        type=_int_in(0, SEED_MAX),
+        default=42,
+        help="seed of the split and of training, 0 to 2**32-1 (default: 42)",
     )
     g.add_argument(
         "--workdir",
@@ -104,7 +141,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     g.add_argument(
         "--threads",
-        type=int,
+        type=_int_in(1, 4096),
         default=None,
         help="CPU threads for training (default: torch's, one per core); with several workers "
         "on one machine give each cores/workers, oversubscribed threads slow training badly",
@@ -123,20 +160,20 @@ def _runner(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--force", action="store_true", help="redo a finished stage as a new study")
     g.add_argument(
         "--heartbeat-interval",
-        type=int,
+        type=_int_in(1, 3600),
         default=5,
-        help="seconds between worker heartbeats (default: 5)",
+        help="seconds between worker heartbeats, 1 to 3600 (default: 5)",
     )
     g.add_argument(
         "--grace-period",
-        type=int,
+        type=_int_in(2, 7 * 86400),
         default=20,
         help="seconds without a heartbeat after which another worker retries a point (default: 20)",
     )
     g = parser.add_argument_group("training engine")
     g.add_argument(
         "--group-size",
-        type=int,
+        type=_int_in(0),
         default=0,
         metavar="N",
         help="grid points a worker claims and trains together as one fused model (default 0: "
@@ -159,7 +196,7 @@ def _runner(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tuner",
         description="Staged Optuna tuning of a PyTorch MLP: one study per stage, each stage "
         "fixing the winners of the stages before it, then a final model scored on test.",
@@ -213,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
         "login and can edit and delete studies)",
     )
     p.add_argument(
-        "--port", type=int, default=8080, help="port (default: 8080; 0 picks a free one)"
+        "--port",
+        type=_int_in(0, 65535),
+        default=8080,
+        help="port (default: 8080; 0 picks a free one)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
@@ -238,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synthesize", help="write MSD-shaped synthetic data as a UCI-format file")
     p.add_argument("--out", type=Path, required=True, help="output .txt path")
-    p.add_argument("--rows", type=int, default=515_345, help="number of rows (default: 515345)")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.add_argument(
+        "--rows", type=_int_in(100), default=515_345, help="number of rows (default: 515345)"
+    )
+    p.add_argument(
+        "--seed", type=_int_in(0, SEED_MAX), default=0, help="generator seed (default: 0)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     return parser
 
@@ -291,12 +335,13 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     from tuner.stages import Session, Settings, check_stage_name
     from tuner.storage import default_storage_url
 
-    workdir = args.workdir.resolve()
+    writes = with_data or (args.command == "report" and args.out is None)
+    workdir = _workdir(args, write=writes)
     plan = load_plan(args.plan, workdir)
     if stage is not None:
         check_stage_name(plan, stage)
     fixes = _parse_fixes(getattr(args, "fix", []))
-    coerce_params(fixes)  # reject unknown keys and bad values before anything runs
+    coerce_params(fixes, where="--fix")  # bad keys or values (inf, nan): before anything runs
     if args.rows is not None and args.rows < 1:
         raise TunerError(f"--rows must be positive, got {args.rows}")
     group_size = getattr(args, "group_size", 0)
@@ -325,6 +370,37 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     return Session(plan, settings, prepared)
 
 
+def _writable_dir(path: Path, what: str, *, write: bool = True) -> None:
+    """Refuse (one line starting with ``what``) a directory ``path`` that cannot be one, or
+    cannot be written: the path itself or, where it does not exist yet, the nearest one above
+    it (nothing is created here)."""
+    existing = path.resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TunerError(f"{what}: {existing} is not a directory")
+    if write and not os.access(existing, os.W_OK | os.X_OK):
+        raise TunerError(f"{what}: cannot write in {existing} (permission denied or read-only)")
+
+
+def _workdir(args: argparse.Namespace, *, write: bool) -> Path:
+    """``--workdir``, absolute; a file, or a directory the command cannot write to (``write``),
+    is refused before anything runs."""
+    _writable_dir(args.workdir, f"--workdir {args.workdir}", write=write)
+    return args.workdir.resolve()
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by ``None``: strict JSON (``null``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _status(session) -> dict[str, Any]:
     from tuner.final import final_summary
     from tuner.stages import plan_states
@@ -341,7 +417,7 @@ def _status(session) -> dict[str, Any]:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from tuner.data.prepare import prepare
 
-    workdir = args.workdir.resolve()
+    workdir = _workdir(args, write=True)
     prepared = prepare(data_spec(args), workdir / "data")
     m = prepared.manifest
     print(
@@ -360,12 +436,60 @@ def _run_stages(session, stages: list[str], force: bool) -> None:
         print(stage_table(state), end="\n\n", flush=True)
 
 
-def _cmd_run_stage(args: argparse.Namespace) -> int:
-    session = _session(args, stage=args.stage)
+@contextmanager
+def _working(session) -> Iterator[None]:
+    """A worker's run: whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the trials
+    it left RUNNING are failed and its claims released on the way out, so that the next run
+    (or another worker) trains those points again at once; then the session is closed."""
     try:
-        _run_stages(session, [args.stage], args.force)
+        yield
+    except BaseException as err:
+        _abandon(session, err)
+        raise
     finally:
         session.close()
+
+
+def _abandon(session, err: BaseException) -> None:
+    """Fail this worker's RUNNING trials and release its claims (best effort: the storage may
+    be what failed; nothing is tried on a lost connection, whose trials the next worker fails
+    once their heartbeats are stale)."""
+    from optuna.trial import TrialState
+
+    from tuner.errors import StorageLost
+    from tuner.stages import SETTLED
+    from tuner.storage import connection_failure, corrupt_database, error_line
+
+    if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
+        return  # nothing can be written there
+    why = "terminated (SIGTERM)" if isinstance(err, Terminated) else type(err).__name__
+    failed = 0
+    try:
+        for claim in session.claims.owned(session.owner):
+            if claim.trial_id is not None:
+                state = session.storage.get_trial(claim.trial_id).state
+                if state in SETTLED:
+                    continue  # the claim marks a finished point: keep it
+                if state == TrialState.RUNNING:
+                    session.storage.set_trial_user_attr(claim.trial_id, "interrupted", why)
+                    session.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
+                    failed += 1
+            session.claims.release(claim.study_name, claim.point, session.owner)
+    except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
+        logger.warning(
+            "could not fail this worker's running trials (%s): the next run fails them once "
+            "their heartbeats are stale",
+            error_line(cleanup_err),
+        )
+        return
+    if failed:
+        logger.info("failed %d trial(s) this worker left running", failed)
+
+
+def _cmd_run_stage(args: argparse.Namespace) -> int:
+    session = _session(args, stage=args.stage)
+    with _working(session):
+        _run_stages(session, [args.stage], args.force)
     return 0
 
 
@@ -374,16 +498,19 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     from tuner.summary import status_table
 
     session = _session(args)
-    try:
+    with _working(session):
         _run_stages(session, [s.name for s in session.plan.stages], args.force)
         run_final(session, force=args.force)
         print(status_table(_status(session)))
         try:
             _print_report(session)
-        except Exception:  # the results are in the storage; `tuner report` can retry
-            logger.warning("could not write the report; run `tuner report`", exc_info=True)
-    finally:
-        session.close()
+        except Exception as err:  # the results are in the storage; `tuner report` can retry
+            failure = _environment_failure(err, args)
+            logger.warning(
+                "could not write the report (%s); run `tuner report`",
+                failure or type(err).__name__,
+                exc_info=failure is None,
+            )
     return 0
 
 
@@ -395,8 +522,15 @@ def _print_report(session, out: Path | None = None) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        _writable_dir(args.out, f"--out {args.out}")
     session = _session(args, with_data=False)
     try:
+        if args.out is not None:
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise TunerError(f"--out {args.out}: cannot create it ({err.strerror})") from None
         _print_report(session, args.out)
     finally:
         session.close()
@@ -407,7 +541,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from tuner.dashboard import serve
     from tuner.storage import default_storage_url
 
-    workdir = args.workdir.resolve()
+    workdir = _workdir(args, write=False)
     serve(args.storage or default_storage_url(workdir), workdir, args.host, args.port)
     return 0
 
@@ -416,7 +550,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
     from tuner.final import final_summary, run_final
 
     session = _session(args)
-    try:
+    with _working(session):
         run_final(session, force=args.force)
         summary = final_summary(session)
         if summary:
@@ -424,8 +558,6 @@ def _cmd_final(args: argparse.Namespace) -> int:
                 f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
                 f"n_test {summary['n_test']}; model {summary.get('model', '?')}"
             )
-    finally:
-        session.close()
     return 0
 
 
@@ -437,7 +569,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         status = _status(session)
     finally:
         session.close()
-    print(json.dumps(status, indent=2) if args.json else status_table(status))
+    if args.json:  # strict JSON: a non-finite value (a diverged run's loss) is null
+        print(json.dumps(_finite(status), indent=2, allow_nan=False))
+    else:
+        print(status_table(status))
     return 0
 
 
@@ -488,10 +623,20 @@ def _cmd_synthesize(args: argparse.Namespace) -> int:
 
     if args.rows < 100:
         raise TunerError(f"--rows must be at least 100, got {args.rows}")
+    out = args.out
+    if out.is_dir():
+        raise TunerError(f"--out {out}: is a directory; give a file name, e.g. {out / 'msd.txt'}")
+    _writable_dir(out.parent, f"--out {out}")
     years, features = synthetic.generate(rows=args.rows, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    synthetic.write_uci(args.out, years, features)
-    print(f"wrote {args.rows} rows to {args.out}")
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_uci(out, years, features)
+    except OSError as err:
+        if not existed:
+            out.unlink(missing_ok=True)  # no half-written file left behind
+        raise TunerError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    print(f"wrote {args.rows} rows to {out}")
     return 0
 
 
@@ -508,6 +653,61 @@ COMMANDS = {
 }
 
 
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENOENT,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EMFILE,
+    errno.ENFILE,
+}
+
+
+def _environment_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a failure of the environment behind ``err`` (a lost or corrupt storage, a
+    full disk, a path that cannot be read or written), else ``None`` (a bug: a traceback)."""
+    from tuner.storage import default_storage_url, scrub, storage_failure
+
+    workdir = getattr(args, "workdir", Path("."))
+    url = getattr(args, "storage", None) or default_storage_url(workdir)
+    failure = storage_failure(err, url)
+    if failure is not None:
+        return str(failure)
+    if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
+        where = f"{err.filename}: " if err.filename else ""
+        return scrub(f"{where}{err.strerror or err}", url)
+    return None
+
+
+def _on_sigterm(signum, frame) -> NoReturn:
+    """SIGTERM stops the worker like Ctrl-C; a second one does not interrupt the cleanup."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("SIGTERM")
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (the
+    Ctrl-C path: running trials failed, claims released, exit 143)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -516,6 +716,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    try:
+        with _sigterm_stops():
+            return _run(args)
+    except Terminated:
+        print(
+            "tuner: terminated by SIGTERM; finished trials are kept in the storage, running ones "
+            "were failed and are trained again by the next run",
+            file=sys.stderr,
+        )
+        return EXIT_TERMINATED
+
+
+def _run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -534,15 +747,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as err:
         print(f"tuner: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        raise
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept in the storage", file=sys.stderr)
         return 130
-    except Exception as err:  # a database that went away mid-run: one line, not a traceback
-        from tuner.storage import default_storage_url, lost_storage
-
-        workdir = getattr(args, "workdir", Path("."))
-        lost = lost_storage(err, getattr(args, "storage", None) or default_storage_url(workdir))
-        if lost is None:
+    except Exception as err:  # a lost or corrupt database, a full disk: one line, no traceback
+        failure = _environment_failure(err, args)
+        if failure is None:
             raise
-        print(f"tuner: error: {lost}", file=sys.stderr)
+        print(f"tuner: error: {failure}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ class PointStats:
         return {
             "params": self.params,
             "mean": self.mean,
-            "std": statistics.stdev(self.values) if self.n > 1 else 0.0,
+            "std": _stdev(self.values) if self.n > 1 else 0.0,
             "ci95": [lo, hi] if self.n > 1 else None,
             "n": self.n,
         }
@@ -71,6 +71,19 @@ class Decision:
         return asdict(self)
 
 
+def _stdev(values: Sequence[float]) -> float:
+    """The sample standard deviation; NaN when a value is not finite (a diverged run stored
+    before values were checked), where ``statistics.stdev`` raises."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.stdev(values)
+
+
+def _rank(point: PointStats) -> float:
+    """A point's sort key: its mean, with a non-finite mean last (it never wins)."""
+    return point.mean if math.isfinite(point.mean) else -math.inf
+
+
 def interval(values: Sequence[float]) -> tuple[float, float]:
     """95% t-interval of the mean of ``values`` (the mean itself twice when n < 2)."""
     n = len(values)
@@ -79,7 +92,7 @@ def interval(values: Sequence[float]) -> tuple[float, float]:
         return mean, mean
     from scipy import stats  # 1-2 s to import: only when an interval is needed
 
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * _stdev(values)
     half /= math.sqrt(n)
     return mean - half, mean + half
 
@@ -113,7 +126,7 @@ def decide(
     """
     if not points:
         return None
-    ranked = sorted(points, key=lambda p: p.mean, reverse=True)
+    ranked = sorted(points, key=_rank, reverse=True)
     best = ranked[0]
     runner = ranked[1] if len(ranked) > 1 else None
     vs_runner = paired(best.values, runner.values) if runner else paired([], [])

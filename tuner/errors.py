@@ -27,3 +27,12 @@ class StageError(TunerError):
 
 class StorageError(TunerError):
     """The study storage URL is malformed or the database cannot be reached."""
+
+
+class StorageLost(StorageError):
+    """The connection to the storage broke during a run: nothing more can be written there."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM (``docker compose stop``, a service manager): it stops like on
+    Ctrl-C (its running trials are failed, its claims released) and exits with status 143."""

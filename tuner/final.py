@@ -7,6 +7,7 @@ study ``<plan>.final`` holds one trial whose value is the test accuracy; nothing
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from tuner import paths
 from tuner.data.target import class_word
 from tuner.engine import EpochStats, evaluate
 from tuner.fused import train_one
@@ -40,20 +42,34 @@ def input_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_dir(session: Session) -> Path:
-    return session.settings.models_dir / session.plan.name
+    return paths.model_dir(session.settings.workdir, session.plan.name)
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: never a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write through a temp file in the same directory, then rename: never a half file. An
+    ``OSError`` (a full disk, a read-only directory) names ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through memory, then one plain write: a full disk is an ``OSError``
+    (ENOSPC) rather than torch's RuntimeError "file write failed"."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    Path(path).write_bytes(buffer.getvalue())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -158,6 +174,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
         metrics.update(
             {
                 "plan": plan.name,
+                "plan_content": plan.content,
                 "class_name": class_word(prepared.manifest),
                 "config": cfg.to_dict(),
                 "fixed_params": fixed,
@@ -172,6 +189,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             }
         )
         out = model_dir(session)
+        paths.record_plan(out, plan, "the final model")  # warns before an edited plan overwrites
         bundle = {
             "state_dict": model.state_dict(),
             "config": cfg.to_dict(),
@@ -183,7 +201,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             "data": session.settings.data.to_dict(),
             **input_encoding(prepared.manifest),
         }
-        atomic_write(out / "model.pt", lambda tmp: torch.save(bundle, tmp))
+        atomic_write(out / "model.pt", lambda tmp: save_torch(bundle, tmp))
         write_json(out / "history.json", history.to_dict())
         write_json(out / "metrics.json", metrics)
         logger.info(
@@ -219,6 +237,15 @@ def final_summary(session: Session) -> dict[str, Any] | None:
     summary["study"] = state.study
     if path.is_file():
         metrics = json.loads(path.read_text())
+        if metrics.get("study", state.study) != state.study:  # an edited plan's final wrote it
+            logger.warning(
+                "%s holds the model of study %s, not of this plan's final study %s (a plan "
+                "edited under the same name wrote it); `final --force` writes this plan's again",
+                path.parent,
+                metrics.get("study"),
+                state.study,
+            )
+            return summary
         summary.update(
             {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
         )

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner import plots
+from tuner import paths, plots
 from tuner.decide import decision_text
 from tuner.plots import fmt_value, point_label
 
@@ -299,8 +299,16 @@ def _best_effort(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Exception:
-            logger.warning("%s failed; the run goes on without it", fn.__name__, exc_info=True)
+        except Exception as err:
+            from tuner.storage import environment_failure
+
+            failure = environment_failure(err, None)  # a full disk: one line, no traceback
+            logger.warning(
+                "%s failed%s; the run goes on without it",
+                fn.__name__,
+                f" ({failure})" if failure else "",
+                exc_info=failure is None,
+            )
             return None
 
     return wrapper
@@ -390,7 +398,7 @@ def on_stage_done(session: Session, study: optuna.Study, stage: str) -> None:
     state = session.stage_state(stage)
     save_note(study, stage_note(state))
     with tempfile.TemporaryDirectory() as tmp:
-        path = stage_plot(state, Path(tmp) / f"{stage}_summary.png")
+        path = stage_plot(state, paths.inside(Path(tmp), f"{stage}_summary.png"))
         if path is not None:
             put_study_artifact(_store(session), study, path)
 

@@ -20,7 +20,13 @@ A plan has three parts:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import json
 import math
+import numbers
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +45,283 @@ SAMPLERS = ("grid", "tpe")
 
 STAGE_KINDS = ("lr_range_test", "cv", "sweep")
 OBJECTIVES = ("peak", "final", "mean")
+
+# Upper bounds of plan values: far beyond any sensible plan, low enough to catch a typo (a cv
+# stage of 5000 folds) before it runs.
+MAX_EPOCHS = 10_000
+MAX_FOLDS = 100
+MAX_WIDTH = 65_536
+MAX_LAYERS = 64
+MAX_BATCH = 1 << 24
+MAX_GRID_VALUES = 1_000
+MAX_NAME = 64
+
+
+# -- schema: what each plan value must be ------------------------------------------------------
+class _Invalid(Exception):
+    """A value that does not fit its field: what was expected, and whether the value had the
+    wrong type (``kind="type"``), was outside the range (``"range"``) or not a known choice."""
+
+    def __init__(self, expected: str, kind: str = "type") -> None:
+        super().__init__(expected)
+        self.expected, self.kind = expected, kind
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it (TOML-like), cut short."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, float):
+        text = repr(value)
+    elif isinstance(value, (dt.date, dt.time)):
+        text = value.isoformat()
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, numbers.Integral):
+        return "an integer"
+    if isinstance(value, numbers.Real):
+        return "a number"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (dt.date, dt.time)):
+        return "a date/time"
+    return type(value).__name__
+
+
+def _message(key: str, value: Any, err: _Invalid) -> str:
+    """One line naming the key, what it must be and what it got."""
+    if err.kind == "choice":
+        return f"unknown {key} {_show(value)}; choose one of: {err.expected}"
+    got = _show(value) + (f" ({_type_word(value)})" if err.kind == "type" else "")
+    return f"{key} must be {err.expected}, got {got}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class _Number:
+    """An integer or a finite float, within bounds. ``strict`` (plan files): only TOML numbers
+    of the right kind; else (``--fix`` strings, stored params) strings are parsed, and a float
+    that is a whole number is accepted as an integer."""
+
+    integer: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def range_text(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_num(lo)}, {_num(hi)}{right}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {_num(lo)}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {_num(hi)}"
+        return ""
+
+    def expected(self, finite: bool = False) -> str:
+        kind = "an integer" if self.integer else "a finite number" if finite else "a number"
+        rng = self.range_text()
+        return f"{kind} {rng}" if rng else kind
+
+    def parse(self, value: Any, strict: bool) -> int | float:
+        if isinstance(value, str) and not strict:
+            text = value.strip()
+            try:
+                value = int(text) if self.integer else float(text)
+            except ValueError:
+                raise _Invalid(self.expected()) from None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise _Invalid(self.expected())
+        if self.integer:
+            if not isinstance(value, numbers.Integral):
+                if strict or not (math.isfinite(value) and float(value).is_integer()):
+                    raise _Invalid(self.expected())
+            out: int | float = int(value)
+        else:
+            try:
+                out = float(value)
+            except OverflowError:
+                raise _Invalid(self.expected(finite=True), "range") from None
+            if not math.isfinite(out):
+                raise _Invalid(self.expected(finite=True), "range")
+        lo, hi = self.low, self.high
+        if (
+            lo is not None
+            and (out <= lo if self.low_open else out < lo)
+            or hi is not None
+            and (out >= hi if self.high_open else out > hi)
+        ):
+            raise _Invalid(self.range_text(), "range")
+        return out
+
+
+@dataclass(frozen=True)
+class _Choice:
+    choices: tuple[str, ...]
+
+    def parse(self, value: Any, strict: bool) -> str:
+        if isinstance(value, str) and value in self.choices:
+            return value
+        raise _Invalid(", ".join(self.choices), "choice")
+
+
+@dataclass(frozen=True)
+class _Bool:
+    def parse(self, value: Any, strict: bool) -> bool:
+        if isinstance(value, bool):
+            return value
+        raise _Invalid("true or false")
+
+
+@dataclass(frozen=True)
+class _Text:
+    def parse(self, value: Any, strict: bool) -> str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid("a string")
+
+
+@dataclass(frozen=True)
+class _Name:
+    """A plan or stage name: it becomes part of study names and of paths under the workdir
+    (``models/<plan>/``, ``reports/<plan>/<stage>_cv.png``), so it is a plain identifier."""
+
+    # plan names may contain "." (never ".."); stage names may not: ``<plan>.<stage>.vN``
+    dots: bool
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]*" if self.dots else r"[A-Za-z0-9][A-Za-z0-9_-]*"
+        )
+
+    @property
+    def expected(self) -> str:
+        chars = 'letters, digits, "_", "-" and "."' if self.dots else 'letters, digits, "_" and "-"'
+        return (
+            f"{chars} only, starting with a letter or digit"
+            + (', without ".."' if self.dots else "")
+            + f", at most {MAX_NAME} characters"
+        )
+
+    def parse(self, value: Any, strict: bool) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(self.expected)
+        if len(value) > MAX_NAME or not self.pattern.fullmatch(value) or ".." in value:
+            raise _Invalid(self.expected, "range")
+        return value
+
+
+@dataclass(frozen=True)
+class _Widths:
+    """``hidden``: a list of layer widths, or ``"256x256"``."""
+
+    expected = (
+        f"a non-empty list of at most {MAX_LAYERS} integer widths in [1, {MAX_WIDTH}] "
+        '(e.g. [256, 256] or "256x256")'
+    )
+
+    def parse(self, value: Any, strict: bool) -> tuple[int, ...]:
+        if isinstance(value, str):
+            parts = value.lower().split("x")
+            if not all(p.strip().isdigit() for p in parts):
+                raise _Invalid(self.expected)
+            widths = [int(p) for p in parts]
+        elif isinstance(value, (list, tuple)):
+            widths = []
+            for w in value:
+                if isinstance(w, bool) or not isinstance(w, numbers.Real):
+                    raise _Invalid(self.expected)
+                if not isinstance(w, numbers.Integral):
+                    if strict or not (math.isfinite(w) and float(w).is_integer()):
+                        raise _Invalid(self.expected)
+                widths.append(int(w))
+        else:
+            raise _Invalid(self.expected)
+        if not 1 <= len(widths) <= MAX_LAYERS or not all(1 <= w <= MAX_WIDTH for w in widths):
+            raise _Invalid(self.expected, "range")
+        return tuple(widths)
+
+
+_FRACTION = _Number(low=0, high=1, high_open=True)
+
+TRAIN_SCHEMA: dict[str, Any] = {
+    "hidden": _Widths(),
+    "activation": _Choice(ACTIVATIONS),
+    "norm": _Choice(NORMS),
+    "init": _Choice(INITS),
+    "optimizer": _Choice(OPTIMIZERS),
+    "lr": _Number(low=0, low_open=True),
+    "weight_decay": _Number(low=0),
+    "momentum": _FRACTION,
+    "batch_size": _Number(integer=True, low=1, high=MAX_BATCH),
+    "dropout": _FRACTION,
+    "label_smoothing": _FRACTION,
+    "class_weight": _Choice(CLASS_WEIGHTS),
+    "schedule": _Choice(SCHEDULES),
+}
+"""What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
+
+
+def _epochs(low: int = 1) -> _Number:
+    return _Number(integer=True, low=low, high=MAX_EPOCHS)
+
+
+STAGE_SCHEMA: dict[str, Any] = {
+    "name": _Name(dots=False),
+    "kind": _Choice(STAGE_KINDS),
+    "epochs": _epochs(),
+    "objective": _Choice(OBJECTIVES),
+    "folds": _Number(integer=True, low=0, high=MAX_FOLDS),
+    "repeats": _Number(integer=True, low=1, high=100),
+    "keep_incumbent_unless_significant": _Bool(),
+    "pruner": _Choice(("none", "median", "wilcoxon")),
+    "pruner_warmup": _epochs(),
+    "pruner_p": _Number(low=0, high=1, low_open=True, high_open=True),
+    "blocks": _Number(integer=True, low=2, high=1000),
+    "pruner_min_folds": _Number(integer=True, low=1, high=MAX_FOLDS),
+    "patience": _epochs(0),
+    "min_steps": _Number(integer=True, low=0, high=10**9),
+    "sampler": _Choice(SAMPLERS),
+    "trials": _Number(integer=True, low=0, high=10_000),
+    "round_size": _Number(integer=True, low=1, high=1_000),
+    "description": _Text(),
+    "param": _Choice(("lr",)),
+    "start_lr": _Number(low=0, low_open=True),
+    "end_lr": _Number(low=0, low_open=True),
+    "optimizer": _Choice(OPTIMIZERS),  # lr_range_test: the range test's optimizer
+    "range_optimizer": _Choice(OPTIMIZERS),  # the same, by its field name
+    "snap": _Choice(("none", "decade")),
+    # "grid", "space" and "candidates" are lists and tables: see _schema_errors_stage
+}
+"""What each key of a ``[[stages]]`` entry accepts."""
+
+FINAL_SCHEMA: dict[str, Any] = {
+    "epochs": _epochs(),
+    "patience": _epochs(0),
+    "restore_best": _Bool(),
+    "min_steps": _Number(integer=True, low=0, high=10**9),
+}
+"""What each key of ``[final]`` accepts."""
+
+PLAN_NAME = _Name(dots=True)
 
 
 @dataclass(frozen=True)
@@ -64,26 +347,15 @@ class TrainConfig:
     schedule: str = "constant"  # learning rate over the planned steps: cosine or one-cycle
 
     def __post_init__(self) -> None:
-        _check_choice("activation", self.activation, ACTIVATIONS)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
-        if not self.hidden or any(int(h) <= 0 for h in self.hidden):
-            raise PlanError(
-                f"hidden must be a non-empty list of positive widths, got {self.hidden}"
-            )
-        if not self.lr > 0:
-            raise PlanError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise PlanError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.batch_size < 1:
-            raise PlanError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.dropout < 1:
-            raise PlanError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.label_smoothing < 1:
-            raise PlanError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        errors = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                TRAIN_SCHEMA[f.name].parse(value, strict=False)
+            except _Invalid as err:
+                errors.append(_message(f.name, value, err))
+        if errors:
+            raise PlanError("\n".join(errors))
 
     def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
         """Return a copy with ``params`` applied, coerced to each field's type."""
@@ -99,29 +371,28 @@ TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainCo
 _FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing")
 
 
-def coerce_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert user- or storage-supplied values to :class:`TrainConfig` field types.
+def coerce_params(
+    params: Mapping[str, Any], *, strict: bool = False, where: str = ""
+) -> dict[str, Any]:
+    """Convert user- or storage-supplied values to :class:`TrainConfig` field types, checking
+    each against :data:`TRAIN_SCHEMA` (type, range, finiteness).
 
-    Values arrive as TOML scalars, ``--fix`` strings or Optuna-stored params; a width list may
-    arrive as ``"256x256"``.
+    Values arrive as TOML scalars (``strict``: an integer field takes only an integer, a float
+    field only a number), ``--fix`` strings or Optuna-stored params; a width list may arrive as
+    ``"256x256"``. Raises :class:`PlanError` with one line per bad value, prefixed by ``where``.
     """
     out: dict[str, Any] = {}
+    errors: list[str] = []
     for key, value in params.items():
-        if key not in TRAIN_FIELDS:
-            raise PlanError(f"unknown parameter {key!r}; known: {', '.join(TRAIN_FIELDS)}")
+        if key not in TRAIN_SCHEMA:
+            errors.append(f"unknown parameter {key!r}; known: {', '.join(TRAIN_FIELDS)}")
+            continue
         try:
-            if key == "hidden":
-                if isinstance(value, str):
-                    value = [int(v) for v in value.lower().split("x")]
-                out[key] = tuple(int(v) for v in value)
-            elif key in _FLOAT_FIELDS:
-                out[key] = float(value)
-            elif key == "batch_size":
-                out[key] = int(value)
-            else:
-                out[key] = str(value)
-        except (TypeError, ValueError) as err:
-            raise PlanError(f"bad value {value!r} for parameter {key!r}: {err}") from None
+            out[key] = TRAIN_SCHEMA[key].parse(value, strict)
+        except _Invalid as err:
+            errors.append(_message(key, value, err))
+    if errors:
+        raise PlanError("\n".join(f"{where}: {e}" if where else e for e in errors))
     return out
 
 
@@ -190,6 +461,25 @@ class StageSpec:
         d["candidates"] = list(self.candidates)
         return d
 
+    def contains(self, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` (a point as stored in the stage's study) lies in this stage's
+        grid or space: what a finished study carries forward must."""
+        if set(params) != set(self.params):
+            return False
+        if self.kind == "lr_range_test":  # the candidates are multiples of the range test's pick
+            value = params[self.param]
+            return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        if self.sampler == "tpe":
+            for key, rng in self.space.items():
+                value = params[key]
+                if "choices" in rng:
+                    if value not in rng["choices"]:
+                        return False
+                elif not (isinstance(value, (int, float)) and rng["low"] <= value <= rng["high"]):
+                    return False
+            return True
+        return all(params[key] in values for key, values in self.grid.items())
+
 
 @dataclass(frozen=True)
 class FinalSpec:
@@ -219,6 +509,47 @@ class Plan:
 
     def index(self, name: str) -> int:
         return self.stages.index(self.stage(name))
+
+    # -- identity by content ------------------------------------------------------------------
+    def stage_content(self, name: str) -> dict[str, Any]:
+        """What a stage's results depend on in this plan: its own settings (all but its
+        description) and the ``[defaults]`` it starts from, less the fields earlier stages tune
+        (those come from their winners, compared as the study's ``fixed_params``). ``"final"``:
+        the ``[final]`` settings and the defaults no stage tunes."""
+        if name == FINAL_STAGE:
+            index, spec = len(self.stages), dataclasses.asdict(self.final)
+        else:
+            index = self.index(name)
+            spec = {k: v for k, v in self.stages[index].to_dict().items() if k != "description"}
+        tuned = {p for s in self.stages[:index] for p in s.params}
+        defaults = {k: v for k, v in self.defaults.to_dict().items() if k not in tuned}
+        return {"stage": spec, "defaults": defaults}
+
+    def content_key(self, name: str) -> str:
+        """The hash of :meth:`stage_content`: recorded in the stage's study (user attr
+        ``plan_content``); a study is reused only by a plan whose stage has the same."""
+        return content_hash(self.stage_content(name))
+
+    @property
+    def content(self) -> str:
+        """The hash of the whole plan's content (every stage, defaults, final; no
+        descriptions): what ``models/<plan>/`` and ``reports/<plan>/`` were written from."""
+        return content_hash(
+            {
+                "stages": [self.stage_content(s.name)["stage"] for s in self.stages],
+                "defaults": self.defaults.to_dict(),
+                "final": dataclasses.asdict(self.final),
+            }
+        )
+
+
+FINAL_STAGE = "final"  # the final job's name among stages (a plan's stages may not use it)
+
+
+def content_hash(obj: Any) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) -> int:
@@ -342,12 +673,167 @@ def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[
     return space
 
 
-def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Plan:
-    """Validate a plan read from TOML. Raises :class:`PlanError` naming the bad entry."""
-    unknown = set(data) - {"name", "description", "defaults", "stages", "final"}
+_TOP_KEYS = ("name", "description", "defaults", "stages", "final")
+
+
+def _check_table(
+    schema: Mapping[str, Any], table: Mapping[str, Any], where: str, errors: list[str]
+) -> None:
+    """Check every key of ``table`` that ``schema`` knows; one line per bad value."""
+    for key, value in table.items():
+        if key in schema:
+            try:
+                schema[key].parse(value, strict=True)
+            except _Invalid as err:
+                errors.append(f"{where}: {_message(key, value, err)}")
+
+
+def _values_errors(
+    key: str, values: Any, where: str, what: str, parse, errors: list[str], limit: int
+) -> None:
+    """``what`` (``grid.lr``, ``candidates``...) must be a non-empty list of distinct values,
+    each accepted by ``parse``."""
+    if not isinstance(values, list) or not values or len(values) > limit:
+        errors.append(
+            f"{where}: {what} must be a non-empty list of at most {limit} values, got "
+            f"{_show(values)}"
+        )
+        return
+    seen: list[Any] = []
+    for j, v in enumerate(values):
+        try:
+            parsed = parse(v)
+        except _Invalid as err:
+            errors.append(f"{where}: {what}[{j}]: {_message(key, v, err)}")
+            continue
+        if parsed in seen:
+            errors.append(f"{where}: {what}[{j}]: {_show(v)} is listed twice")
+        seen.append(parsed)
+
+
+def _stage_schema_errors(raw: Any, where: str) -> list[str]:
+    """Type and range errors of one ``[[stages]]`` entry, one line each."""
+    if not isinstance(raw, Mapping):
+        return [f"{where} must be a table ([[stages]]), got {_show(raw)} ({_type_word(raw)})"]
+    if isinstance(raw.get("name"), str):
+        where += f" ({raw['name']!r})"
+    errors: list[str] = []
+    unknown = set(raw) - set(STAGE_SCHEMA) - {"grid", "space", "candidates"}
     if unknown:
-        raise PlanError(f"plan {name!r}: unknown top-level key(s) {', '.join(sorted(unknown))}")
-    defaults = TrainConfig().with_params(data.get("defaults", {}))
+        errors.append(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    if "name" not in raw or "kind" not in raw:
+        errors.append(f"{where}: every stage needs 'name' and 'kind'")
+    _check_table(STAGE_SCHEMA, raw, where, errors)
+    stage_name = raw.get("name")
+    if isinstance(stage_name, str) and (
+        stage_name == FINAL_STAGE or re.fullmatch(r"v\d+", stage_name)
+    ):
+        errors.append(
+            f"{where}: name {_show(stage_name)} is reserved ('final' is the final job, "
+            "'vN' a study version)"
+        )
+    grid = raw.get("grid", {})
+    if not isinstance(grid, Mapping):
+        errors.append(f"{where}: grid must be a table of lists, got {_show(grid)}")
+        grid = {}
+    for key, values in grid.items():
+        if key not in TRAIN_SCHEMA:
+            errors.append(
+                f"{where}: grid.{key}: unknown parameter {key!r}; known: {', '.join(TRAIN_FIELDS)}"
+            )
+            continue
+        parse = functools.partial(TRAIN_SCHEMA[key].parse, strict=True)
+        _values_errors(key, values, where, f"grid.{key}", parse, errors, MAX_GRID_VALUES)
+    space = raw.get("space", {})
+    if not isinstance(space, Mapping):
+        space = {}  # _parse_space says why
+    for key, rng in space.items():
+        if key not in TRAIN_SCHEMA or not isinstance(rng, Mapping):
+            continue  # _parse_space says why
+        parse = functools.partial(TRAIN_SCHEMA[key].parse, strict=True)
+        for bound in ("low", "high"):
+            if bound in rng and isinstance(TRAIN_SCHEMA[key], _Number):  # else: use choices
+                try:
+                    parse(rng[bound])
+                except _Invalid as err:
+                    errors.append(f"{where}: space.{key}.{bound}: {_message(key, rng[bound], err)}")
+        if "log" in rng and not isinstance(rng["log"], bool):
+            errors.append(
+                f"{where}: space.{key}.log must be true or false, got {_show(rng['log'])}"
+            )
+        if "choices" in rng:
+            what = f"space.{key}.choices"
+            _values_errors(key, rng["choices"], where, what, parse, errors, MAX_GRID_VALUES)
+    if "candidates" in raw:
+        parse = functools.partial(_Number(low=0, low_open=True).parse, strict=True)
+        _values_errors("candidates", raw["candidates"], where, "candidates", parse, errors, 100)
+    return errors
+
+
+def _schema_errors(data: Mapping[str, Any], name: str) -> list[str]:
+    """Every type and range error of a plan file, one line each: the key, what it must be and
+    what it is."""
+    top = f"plan {name!r}"
+    errors: list[str] = []
+    unknown = set(data) - set(_TOP_KEYS)
+    if unknown:
+        errors.append(
+            f"{top}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(_TOP_KEYS)}"
+        )
+    _check_table({"name": PLAN_NAME, "description": _Text()}, data, top, errors)
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, Mapping):
+        errors.append(
+            f"{top}: defaults must be a table ([defaults]), got {_show(defaults)} "
+            f"({_type_word(defaults)})"
+        )
+    else:
+        try:
+            coerce_params(defaults, strict=True, where=f"{top} [defaults]")
+        except PlanError as err:
+            errors.extend(str(err).splitlines())
+    stages = data.get("stages", [])
+    if not isinstance(stages, list):
+        errors.append(
+            f"{top}: stages must be a list of tables ([[stages]]), got {_show(stages)} "
+            f"({_type_word(stages)})"
+        )
+    else:
+        for i, raw in enumerate(stages):
+            errors += _stage_schema_errors(raw, f"{top} stage {i + 1}")
+    final = data.get("final", {})
+    if not isinstance(final, Mapping):
+        errors.append(
+            f"{top}: final must be a table ([final]), got {_show(final)} ({_type_word(final)})"
+        )
+    else:
+        unknown = set(final) - set(FINAL_SCHEMA)
+        if unknown:
+            errors.append(
+                f"{top} [final]: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(FINAL_SCHEMA)}"
+            )
+        _check_table(FINAL_SCHEMA, final, f"{top} [final]", errors)
+    return errors
+
+
+def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Plan:
+    """Validate a plan read from TOML. Raises :class:`PlanError` naming the bad entries: every
+    type or range error first (one line each), else the first inconsistency."""
+    errors = _schema_errors(data, name)
+    if "name" not in data:  # the plan is named after its file: that name must do too
+        try:
+            PLAN_NAME.parse(name, strict=True)
+        except _Invalid as err:
+            errors.insert(
+                0,
+                f"plan file {name!r}: the plan is named after its file, and "
+                f'{_message("name", name, err)}; set name = "..." in the plan',
+            )
+    if errors:
+        raise PlanError("\n".join(errors))
+    defaults = TrainConfig().with_params(coerce_params(data.get("defaults", {}), strict=True))
     stages_raw = data.get("stages", [])
     if not isinstance(stages_raw, list) or not stages_raw:
         raise PlanError(f"plan {name!r}: needs at least one [[stages]] entry")
@@ -403,7 +889,11 @@ def load_plan(name_or_path: str, workdir: Path) -> Plan:
             )
         path = found[0]
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise PlanError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except OSError as err:
+        raise PlanError(f"{path}: cannot read the plan ({err.strerror or err})") from None
     return parse_plan(data, name=path.stem, path=path)

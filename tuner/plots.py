@@ -68,6 +68,8 @@ def fmt_value(value: Any) -> str:
     """A grid value for labels and tables: ``1e-05``, ``0.001``, ``gelu``, ``256x256``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf, -inf
     if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         mantissa, _, exp = f"{value:.2e}".partition("e")  # 7.11e-04 -> 7.11e-4, 1.00e-05 -> 1e-5
         mantissa = mantissa.rstrip("0").rstrip(".")

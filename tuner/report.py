@@ -30,7 +30,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner import notes, plots
+from tuner import notes, paths, plots
 from tuner.data.target import class_word
 from tuner.decide import decision_text
 from tuner.notes import (
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 
 def report_dir(session: Session) -> Path:
-    return session.settings.workdir / "reports" / session.plan.name
+    return paths.report_dir(session.settings.workdir, session.plan.name)
 
 
 # -- a tiny document model rendered to Markdown and to HTML ------------------------------------
@@ -210,12 +210,22 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     out = Path(out_dir) if out_dir is not None else report_dir(session)
     out.mkdir(parents=True, exist_ok=True)
     plan = session.plan
+    paths.record_plan(out, plan, "the report")  # warns before an edited plan overwrites
     states = [session.stage_state(s.name) for s in plan.stages]
     final = session.stage_state(FINAL)
     manifest = _manifest(session, [*states, final])
-    model_dir = session.settings.models_dir / plan.name
+    model_dir = paths.model_dir(session.settings.workdir, plan.name)
     metrics = _read_json(model_dir / "metrics.json") if final.state == "done" else None
     history = _read_json(model_dir / "history.json") if final.state == "done" else None
+    not_ours = None  # the model dir holds another final study's model (an edited plan's)
+    if metrics is not None and metrics.get("study", final.study) != final.study:
+        not_ours = (
+            f"The final study `{final.study}` is done, but `{model_dir}` now holds the model of "
+            f"study `{metrics.get('study')}` (a plan edited under the same name wrote it): run "
+            "`final --force` to write this plan's model again."
+        )
+        logger.warning(not_ours.replace("`", ""))
+        metrics = history = None
     figures: dict[str, Path] = {}
 
     def draw(name: str, fn, *args, **kwargs) -> Path | None:
@@ -339,13 +349,14 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             path = draw("lr_range_test", plots.lr_range_test, curve, out / "lr_range_test.png")
             doc.img(path, "LR range test")
         suffix = "cv" if stage.get("kind") == "cv" else "curves"
-        path = draw(f"{spec.name}_{suffix}", stage_plot, state, out / f"{spec.name}_{suffix}.png")
+        png = paths.inside(out, f"{spec.name}_{suffix}.png")
+        path = draw(f"{spec.name}_{suffix}", stage_plot, state, png)
         doc.img(path, f"{spec.name}: " + ("CV mean +- std" if suffix == "cv" else "curves"))
 
     # final
     doc.h(2, "Final model")
     if not metrics:
-        doc.p(f"The final job has not run ({final.state}).")
+        doc.p(not_ours or f"The final job has not run ({final.state}).")
     else:
         doc.ul(
             [

@@ -12,6 +12,7 @@ point whose worker died is trained again, and a finished stage is not run twice.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -34,18 +35,35 @@ from tuner import notes
 from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.decide import Decision, PointStats, decide
-from tuner.errors import PlanError, StageError
+from tuner.errors import PlanError, StageError, TunerError
 from tuner.fused import Compute
 from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
-from tuner.plan import Plan, StageSpec, TrainConfig, coerce_params, planned_epochs
+from tuner.paths import model_dir
+from tuner.plan import (
+    Plan,
+    StageSpec,
+    TrainConfig,
+    coerce_params,
+    content_hash,
+    planned_epochs,
+)
 from tuner.pruners import for_stage
 from tuner.search import distributions, propose
-from tuner.storage import error_line, latest_version, lost_storage, open_storage, study_name
+from tuner.storage import (
+    environment_failure,
+    error_line,
+    lost_storage,
+    open_storage,
+    storage_failure,
+    study_name,
+    study_version,
+)
 
 logger = logging.getLogger(__name__)
 
 FINAL = "final"
 RANGE_TEST_CLAIM = "__range_test__"
+STUDY_CLAIM = "__study__"  # held by the identity (plan content, data, fixed params) of a study
 ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
 SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
@@ -173,17 +191,43 @@ class Session:
     def _study_names(self) -> list[str]:
         return [s.study_name for s in self.storage.get_all_studies()]
 
-    def latest_study(self, stage: str) -> optuna.Study | None:
-        version = latest_version(self._study_names(), self.plan.name, stage)
-        if version == 0:
-            return None
-        return optuna.load_study(
-            study_name=study_name(self.plan.name, stage, version), storage=self.storage
-        )
+    def _stage_studies(self, stage: str) -> list[tuple[int, Any]]:
+        """Every study of the stage in the storage (any plan content), newest version first."""
+        found = [
+            (v, s)
+            for s in self.storage.get_all_studies()
+            if (v := study_version(s.study_name, self.plan.name, stage))
+        ]
+        return sorted(found, key=lambda vs: -vs[0])
 
-    def stage_state(self, stage: str) -> StageState:
-        """Read a stage's latest study: its state, progress and winner."""
-        study = self.latest_study(stage)
+    def _same_content(self, stage: str, attrs: Mapping[str, Any]) -> bool:
+        """Whether a study of the stage was run with this plan's content for it (see
+        :meth:`Plan.stage_content`). A study from before plan identity (no ``plan_content``
+        attr) matches when the stage settings it recorded agree with this plan's."""
+        recorded = attrs.get("plan_content")
+        if recorded is not None:
+            return recorded == self.plan.content_key(stage)
+        return stage == FINAL or _legacy_spec_matches(attrs.get("stage"), self.plan.stage(stage))
+
+    def _matching_study(self, stage: str) -> tuple[int, str] | None:
+        """``(version, name)`` of the newest study of the stage with this plan's content."""
+        for version, summary in self._stage_studies(stage):
+            if self._same_content(stage, summary.user_attrs):
+                return version, summary.study_name
+        return None
+
+    def latest_study(self, stage: str) -> optuna.Study | None:
+        """The newest study of the stage run with this plan's content: a study of an edited
+        plan under the same name is never read as this plan's."""
+        found = self._matching_study(stage)
+        if found is None:
+            return None
+        return optuna.load_study(study_name=found[1], storage=self.storage)
+
+    def stage_state(self, stage: str, study: optuna.Study | None = None) -> StageState:
+        """Read a stage's latest study (or ``study``): its state, progress and winner."""
+        if study is None:
+            study = self.latest_study(stage)
         n_total = self._planned_points(stage)
         if study is None:
             return StageState(stage, None, "pending", 0, n_total, None, None, None)
@@ -259,6 +303,12 @@ class Session:
                     f"stage {needed!r} needs stage {spec.name!r} first (its study is "
                     f"{state.state}): run `python -m tuner run-stage {spec.name}` or pass {hint}"
                 )
+            if state.best_params is not None and not spec.contains(state.best_params):
+                raise StageError(
+                    f"study {state.study} carries forward {state.best_params}, which is not in "
+                    f"stage {spec.name!r}'s grid in plan {self.plan.name!r}: run `python -m "
+                    f"tuner run-stage {spec.name} --force`"
+                )
             fixed.update(normalize(state.best_params or {}))
         fixed.update(fixes)
         return fixed
@@ -276,6 +326,8 @@ class Session:
         fixed = self.resolve_fixed(index)
         base = self.plan.defaults.with_params(fixed)
         data = self.data()
+        if spec.kind == "cv":
+            _check_folds(spec, len(data.train[1]))
         study = self._open_study(
             spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict()
         )
@@ -342,7 +394,8 @@ class Session:
         fixed = self.resolve_fixed(len(self.plan.stages))
         cfg = self.plan.defaults.with_params(fixed)
         data = self.data()
-        study = self._open_study(FINAL, fixed, data.key, force=force, stage_attrs={"final": True})
+        attrs = {"final": True, **dataclasses.asdict(self.plan.final)}
+        study = self._open_study(FINAL, fixed, data.key, force=force, stage_attrs=attrs)
         if study is None:
             return self.stage_state(FINAL)
         study.set_user_attr("points", [{}])
@@ -356,7 +409,7 @@ class Session:
         final = self.plan.final
         epochs = planned_epochs(final.epochs, final.min_steps, len(data.train[1]), cfg.batch_size)
         self._work(study, [{}], evaluate, {}, epochs)
-        metrics = self.settings.models_dir / self.plan.name / "metrics.json"
+        metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
         notes.on_final_done(self, study, metrics)
         return self.stage_state(FINAL)
 
@@ -371,14 +424,23 @@ class Session:
     ) -> optuna.Study | None:
         """The study to work on, or ``None`` when the stage is already complete.
 
-        A new version is started when ``force`` is set, or when the latest study was run on
-        other data or with other fixed params (a predecessor was redone).
+        The newest study of the stage with this plan's content for it (user attr
+        ``plan_content``, see :meth:`Plan.stage_content`) is reused, resumed or joined when it
+        ran on the same data with the same fixed params. A new version is started when
+        ``force`` is set, when no study of the stage has this content (the plan was edited
+        under the same name), or when that study ran on other data or with other fixed params
+        (a predecessor was redone).
         """
-        version = latest_version(self._study_names(), self.plan.name, stage)
-        if version and not force:
-            current = self.stage_state(stage)
+        content = self.plan.content_key(stage)
+        identity = "content:" + content_hash({"plan": content, "fixed": fixed, "data": data_key})
+        version = 0  # 0: start a new version
+        match = None if force else self._matching_study(stage)
+        if match is not None:
+            study = optuna.load_study(study_name=match[1], storage=self.storage)
+            current = self.stage_state(stage, study)
             attrs = current.user_attrs
-            # A study without attrs is being created by another worker right now: join it.
+            # A study without attrs is being created by another worker right now: join it (its
+            # STUDY_CLAIM says whether it is being created for this plan content, data, params).
             same_data = attrs.get("data_key", data_key) == data_key
             if same_data and attrs.get("fixed_params", fixed) == fixed:
                 if current.state == "done":
@@ -389,13 +451,19 @@ class Session:
                         current.study,
                     )
                     return None
+                version = match[0]
             else:
                 why = "other fixed params" if same_data else "other data"
                 logger.info("study %s was run with %s: starting a new study", current.study, why)
-                version += 1
-        else:
-            version += 1
-        name = study_name(self.plan.name, stage, max(version, 1))
+        elif not force and (others := self._stage_studies(stage)):
+            logger.info(
+                "stage %s: plan content changed since study %s (the stage's settings, or the "
+                "defaults it starts from, differ in plan %s): starting a new study",
+                stage,
+                others[0][1].study_name,
+                self.plan.path or self.plan.name,
+            )
+        name = self._claim_study(stage, version, identity)
         study = optuna.create_study(
             study_name=name,
             storage=self.storage,
@@ -406,6 +474,7 @@ class Session:
         attrs = study.user_attrs
         if "data_key" not in attrs:
             prepared = self.prepared()
+            study.set_user_attr("plan_content", content)  # first: which plan this study is of
             study.set_user_attr("plan", self.plan.name)
             study.set_user_attr("stage", stage_attrs)
             study.set_user_attr("fixed_params", fixed)
@@ -415,6 +484,31 @@ class Session:
             study.set_user_attr("data_key", data_key)
         logger.info("stage %s: study %s, fixed params %s", stage, name, fixed or "none")
         return study
+
+    def _claim_study(self, stage: str, version: int, identity: str) -> str:
+        """The name of the stage's study ``version`` (0: the next new version) once this worker
+        may work on it: the study's STUDY_CLAIM, an atomic insert, holds ``identity`` (plan
+        content, fixed params, data). A version claimed for another identity (a worker of an
+        edited plan, or on other data, creating it at the same moment) is skipped, so two
+        plans never share a study, however their workers race."""
+        floor = 0
+        while True:
+            if not version:
+                top = max((v for v, _ in self._stage_studies(stage)), default=0)
+                version = max(top, floor) + 1
+            name = study_name(self.plan.name, stage, version)
+            got, holder = self.claims.try_claim(
+                name, STUDY_CLAIM, identity, is_free=lambda claim: False
+            )
+            if got or (holder is not None and holder.owner == identity):
+                return name
+            if holder is not None:
+                logger.info(
+                    "study %s is another plan content's, or ran on other data or with other "
+                    "fixed params: starting a new study",
+                    name,
+                )
+                floor, version = version, 0
 
     def _range_test_points(
         self, study: optuna.Study, spec: StageSpec, base: TrainConfig, data: TensorData
@@ -593,15 +687,23 @@ class Session:
             )
             if lost is not None:  # nothing more to write (see _storage_errors)
                 raise lost from None
-            kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "error"
+            kind = _failure_kind(err)  # only "error" counts towards MAX_FAILURES
             for trial in trials:
                 try:
                     trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
+                except Exception:  # noqa: BLE001 - a full disk: failing the trial matters more
+                    pass
+                try:
                     study.tell(trial, state=TrialState.FAIL)
                 except Exception as tell_err:  # the storage itself may be what failed
                     logger.warning(
                         "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
                     )
+            failure = environment_failure(
+                err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
+            )
+            if failure is not None:  # a full disk, a corrupt storage: one line
+                raise failure from None
             raise
         with self._storage_errors(f"telling {study.study_name} trial(s) {numbers}"):
             for (point, _), trial, label, result in zip(
@@ -626,8 +728,8 @@ class Session:
         try:
             yield
         except Exception as err:
-            lost = lost_storage(err, self.settings.storage_url, doing)
-            if lost is not None:
+            lost = storage_failure(err, self.settings.storage_url, doing)
+            if lost is not None:  # a full disk too: the worker fails its trials on the way out
                 raise lost from None
             raise
 
@@ -684,7 +786,8 @@ class Session:
             yield
         finally:
             stop.set()
-            thread.join()
+            # a beat stuck on a busy storage must not hold up a worker that is stopping
+            thread.join(timeout=self.settings.heartbeat_interval + 5)
 
 
 class _TrialReporter:
@@ -764,6 +867,17 @@ def _create_trial(
     return optuna.Trial(study, trial_id)
 
 
+def _failure_kind(err: BaseException) -> str:
+    """The user attr a failed trial gets: ``interrupted`` (Ctrl-C, SIGTERM), ``environment``
+    (a full disk, a path or storage that cannot be written), else ``error`` (its training
+    raised: counts towards MAX_FAILURES)."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, (TunerError, OSError)) or environment_failure(err, None) is not None:
+        return "environment"
+    return "error"
+
+
 def _data_summary(prepared: Prepared) -> dict[str, Any]:
     m = prepared.manifest
     keys = (
@@ -785,6 +899,35 @@ def _data_summary(prepared: Prepared) -> dict[str, Any]:
     if m.get("spec"):
         summary["spec"] = m["spec"]
     return summary
+
+
+def _legacy_spec_matches(stored: Any, spec: StageSpec) -> bool:
+    """Whether a study from before plan identity by content ran ``spec``: the stage settings
+    it recorded (user attr ``stage``) agree with ``spec``'s on everything but the description,
+    and a setting it did not record (a newer one) has its default in ``spec``. The defaults the
+    stage started from were not recorded then: they are not compared. A study without the
+    attr (being created right now) matches."""
+    if not isinstance(stored, Mapping):
+        return True
+    current = json.loads(json.dumps(spec.to_dict()))
+    default = json.loads(json.dumps(StageSpec(name=spec.name, kind=spec.kind).to_dict()))
+    return all(
+        stored.get(key, default[key]) == value
+        for key, value in current.items()
+        if key != "description"
+    )
+
+
+def _check_folds(spec: StageSpec, n_train: int) -> None:
+    """A cv stage needs at least one validation row per fold (``blocks`` with the Wilcoxon
+    pruner): say so before anything is written, rather than fail inside the split."""
+    need = spec.blocks if spec.pruner == "wilcoxon" else 1
+    if n_train // spec.folds < need:
+        raise StageError(
+            f"stage {spec.name!r}: {spec.folds} folds of {n_train} train rows leave "
+            f"{n_train // spec.folds} validation rows per fold; it needs at least {need}: "
+            "lower `folds` in the plan or use more rows"
+        )
 
 
 def plan_states(session: Session) -> list[StageState]:

@@ -12,8 +12,10 @@ A storage that cannot be reached, or whose connection breaks during a run, is a
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from tuner.errors import StorageError
+from tuner.errors import StorageError, StorageLost
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,23 @@ def check_url(url: str) -> None:
         ) from None
     except ImportError as err:
         raise StorageError(f"storage URL {shown!r} needs a database driver: {err}") from None
+    try:
+        parsed.get_dialect().import_dbapi()  # a driver that is not installed: say so now
+    except ImportError as err:
+        raise StorageError(
+            f"storage URL {shown!r} needs a database driver that is not installed: {err}"
+        ) from None
+    except Exception:  # noqa: BLE001 - a dialect without import_dbapi: the connect says more
+        pass
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(parsed.database).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(
+                f"storage {parsed.database}: cannot create its directory {directory} "
+                f"({err.strerror or err})"
+            ) from None
 
 
 def open_storage(
@@ -104,12 +121,20 @@ def open_storage(
                     grace_period=grace_period,
                 )
         except (OperationalError, sqlalchemy.exc.DBAPIError) as err:
-            reason = first_line(err)
+            reason = scrub(first_line(err), url)
             if is_schema_race(err) and attempt + 1 < CREATE_RETRIES:
                 # another worker is creating the same tables right now
                 time.sleep(0.2 * (attempt + 1))
                 continue
+            failure = environment_failure(err, url, "opening it")
+            if failure is not None:
+                raise failure from None
             raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+        except ImportError as err:  # Optuna's words for a driver that is not installed
+            raise StorageError(
+                f"storage URL {redact(url)!r} needs a database driver that is not installed: "
+                f"{scrub(first_line(err), url)}"
+            ) from None
     raise AssertionError("unreachable")
 
 
@@ -120,8 +145,9 @@ def first_line(err: BaseException) -> str:
 
 
 def error_line(err: BaseException) -> str:
-    """One line for a storage error: the database's own message where Optuna wrapped it."""
-    return first_line(connection_failure(err) or err)
+    """One line for a storage error: the database's own message where Optuna wrapped it (any
+    password in it hidden)."""
+    return scrub(first_line(connection_failure(err) or err))
 
 
 def connection_failure(err: BaseException) -> BaseException | None:
@@ -132,6 +158,8 @@ def connection_failure(err: BaseException) -> BaseException | None:
     causes: a SQLAlchemy ``OperationalError`` or ``InterfaceError``, or any DBAPI error that
     invalidated its connection.
     """
+    if disk_full(err) is not None:  # the database answers, but cannot write: see disk_full
+        return None
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
@@ -162,11 +190,123 @@ def lost_storage(err: BaseException, url: str, doing: str = "") -> StorageError 
     if cause is None:
         return None
     where = f" while {doing}" if doing else ""
-    return StorageError(
-        f"lost the connection to storage {redact(url)}{where}: {first_line(cause)} "
+    return StorageLost(
+        f"lost the connection to storage {redact(url)}{where}: {scrub(first_line(cause), url)} "
         "(finished trials are kept; a trial left running is failed and retried by the next "
         "worker or run)"
     )
+
+
+def _causes(err: BaseException):
+    """``err`` and the exceptions behind it (``__cause__``, else ``__context__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _message(err: BaseException) -> str:
+    orig = getattr(err, "orig", None)
+    return str(orig if orig is not None else err).lower()
+
+
+_DISK_FULL = (
+    "database or disk is full",  # SQLite's SQLITE_FULL
+    "no space left on device",
+    "disk quota exceeded",
+    "could not extend file",  # PostgreSQL's words for a full disk
+)
+_CORRUPT = ("file is not a database", "database disk image is malformed")
+_READ_ONLY = ("attempt to write a readonly database", "read-only file system")
+_DB_ERRORS = (sqlalchemy.exc.DBAPIError, sqlite3.Error)
+
+
+def disk_full(err: BaseException) -> BaseException | None:
+    """The error behind ``err`` that says a disk is full (an ``OSError`` ENOSPC/EDQUOT,
+    SQLite's "database or disk is full", PostgreSQL's SQLSTATE 53100), else ``None``."""
+    for e in _causes(err):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        if getattr(getattr(e, "orig", None), "sqlstate", None) == "53100":
+            return e
+        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _DISK_FULL):
+            return e
+    return None
+
+
+def corrupt_database(err: BaseException) -> BaseException | None:
+    """The SQLite error behind ``err`` saying the file is not a database, or a damaged one."""
+    for e in _causes(err):
+        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _CORRUPT):
+            return e
+    return None
+
+
+def read_only_database(err: BaseException) -> BaseException | None:
+    """The database error behind ``err`` saying the storage cannot be written."""
+    for e in _causes(err):
+        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _READ_ONLY):
+            return e
+    return None
+
+
+def storage_name(url: str) -> str:
+    """How messages name a storage: a SQLite database's file, else the redacted URL."""
+    try:
+        parsed = make_url(resolve_url(url))
+    except (ArgumentError, ValueError, TypeError):
+        return redact(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        return str(parsed.database)
+    return redact(url)
+
+
+def environment_failure(
+    err: BaseException, url: str | None, doing: str = ""
+) -> StorageError | None:
+    """One line for a failure of the machine rather than of tuner behind ``err``: a full disk
+    (storage or files), a corrupt or non-SQLite database file, a storage that cannot be
+    written; ``None`` for anything else (see also :func:`storage_failure`)."""
+    where = f" while {doing}" if doing else ""
+    name = f"storage {storage_name(url)}" if url else "the storage"
+    if (cause := disk_full(err)) is not None:
+        if isinstance(cause, OSError):
+            what = f"cannot write {cause.filename}" if cause.filename else "cannot write"
+            detail = f"{what} ({cause.strerror or cause})"
+        else:
+            detail = f"{name}: {first_line(cause)}"
+        return StorageError(
+            scrub(
+                f"no space left on the disk{where}: {detail}; free some space and run again "
+                "(finished trials are kept)",
+                url,
+            )
+        )
+    if (cause := corrupt_database(err)) is not None:
+        return StorageError(
+            scrub(
+                f"{name} is not a usable SQLite database ({first_line(cause)}): "
+                "restore it from a backup, or move it away to start a new one",
+                url,
+            )
+        )
+    if (cause := read_only_database(err)) is not None:
+        return StorageError(
+            scrub(
+                f"{name} cannot be written{where} ({first_line(cause)}): check the "
+                "permissions of the file and of its directory",
+                url,
+            )
+        )
+    return None
+
+
+def storage_failure(err: BaseException, url: str, doing: str = "") -> StorageError | None:
+    """One line for any failure of the storage or the machine behind ``err`` (see
+    :func:`environment_failure` and :func:`lost_storage`), else ``None``."""
+    return environment_failure(err, url, doing) or lost_storage(err, url, doing)
 
 
 def is_schema_race(err: BaseException) -> bool:
@@ -187,25 +327,78 @@ def _enable_wal(url: str) -> None:
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
             if str(mode).lower() != "wal":
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-    except OperationalError as err:
+    except sqlalchemy.exc.DBAPIError as err:
         if "locked" not in str(err.orig) and "busy" not in str(err.orig):
-            raise StorageError(f"cannot open storage {url}: {err.orig}") from None
-        logger.debug("could not switch %s to WAL now: %s", url, err.orig)
+            failure = environment_failure(err, url, "opening it")
+            if failure is not None:
+                raise failure from None
+            raise StorageError(
+                f"cannot open storage {redact(url)}: {scrub(first_line(err), url)}"
+            ) from None
+        logger.debug("could not switch %s to WAL now: %s", redact(url), err.orig)
     finally:
         engine.dispose()
 
 
+HIDDEN = "***"
+
+
+def _is_secret_key(key: str) -> bool:
+    """A query parameter that holds a secret: ``password``, ``sslpassword``, any ``*password*``
+    (and ``*passwd*``, ``*secret*``), whatever its case."""
+    key = key.lower()
+    return any(word in key for word in ("password", "passwd", "secret"))
+
+
+_USERINFO = re.compile(r"(://[^:/@?#]*:)([^@/?#]*)@")
+# a URL's query parameter, or a key=value of a libpq connection string ("host=h password=x")
+_QUERY_PARAM = re.compile(r"((?:^|[?&;\s])([^=&;#\s]*)=)([^&;#\s]*)")
+
+
 def redact(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
+    """The URL with every password hidden (the user info's, and query parameters such as
+    ``?password=`` and ``?sslpassword=``), for messages, logs, reports and notes."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _redact_unparsed(url)
+        url = make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError, TypeError):
+        pass
+    return _redact_unparsed(url)
 
 
 def _redact_unparsed(url: str) -> str:
-    """Hide ``user:PASSWORD@`` in a URL that may not parse."""
-    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+    """Hide ``user:PASSWORD@`` and secret query parameters in a URL that may not parse."""
+    url = _USERINFO.sub(rf"\1{HIDDEN}@", url)
+    return _QUERY_PARAM.sub(
+        lambda m: m.group(1) + HIDDEN if _is_secret_key(m.group(2)) else m.group(0), url
+    )
+
+
+def secrets(url: str) -> list[str]:
+    """The passwords in ``url`` (user info and secret query parameters), as written and
+    decoded, longest first."""
+    found = [m.group(2) for m in _USERINFO.finditer(url)]
+    found += [m.group(3) for m in _QUERY_PARAM.finditer(url) if _is_secret_key(m.group(2))]
+    try:
+        parsed = make_url(url)
+        found.append(str(parsed.password or ""))
+        for key, value in parsed.query.items():
+            if _is_secret_key(key):
+                found += [value] if isinstance(value, str) else list(value)
+    except (ArgumentError, ValueError, TypeError):
+        pass
+    return sorted({s for s in found if s and s != HIDDEN}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str | None = None) -> str:
+    """``text`` (an error message, a log line) with every password of ``url`` hidden, and the
+    passwords of any URL in it. A secret under four characters is hidden where it stands
+    alone (not inside a word), so that it does not mangle the rest of the message."""
+    for secret in secrets(url) if url else []:
+        if len(secret) >= 4:
+            text = text.replace(secret, HIDDEN)
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", HIDDEN, text)
+    return _redact_unparsed(text)
 
 
 def study_name(plan: str, stage: str, version: int = 1) -> str:
@@ -215,6 +408,11 @@ def study_name(plan: str, stage: str, version: int = 1) -> str:
 
 def latest_version(study_names: list[str], plan: str, stage: str) -> int:
     """The highest version of the stage's study among ``study_names``; 0 when there is none."""
+    return max((study_version(n, plan, stage) for n in study_names), default=0)
+
+
+def study_version(name: str, plan: str, stage: str) -> int:
+    """The version of study ``name`` as a study of the plan's stage; 0 when it is not one."""
     pattern = re.compile(rf"^{re.escape(plan)}\.{re.escape(stage)}(?:\.v(\d+))?$")
-    versions = [int(m.group(1) or 1) for n in study_names if (m := pattern.match(n))]
-    return max(versions, default=0)
+    m = pattern.match(name)
+    return int(m.group(1) or 1) if m else 0

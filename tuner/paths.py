@@ -1,0 +1,99 @@
+"""Where tuner writes files named after plans and stages, and what those files belong to.
+
+Plan and stage names are identifiers (checked when a plan is loaded, see :mod:`tuner.plan`);
+on top of that every path built from a name goes through :func:`inside`, which refuses one
+that would lie outside its root (the workdir, or an explicit ``report --out``). The check is
+lexical (``..`` and absolute parts are resolved away, symbolic links are not followed): a link
+the user made inside the workdir, say ``models -> /mnt/big/models``, is theirs to make.
+
+A plan is identified by its content (:meth:`tuner.plan.Plan.content`), but ``models/<plan>/``
+and ``reports/<plan>/`` are named after the plan: :func:`record_plan` keeps a small
+``.plan.json`` beside the files saying which plan content wrote them, and warns before an
+edited plan under the same name overwrites another's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import PlanError
+
+if TYPE_CHECKING:
+    from tuner.plan import Plan
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".plan.json"
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root / parts``, absolute and normalized, refused (:class:`PlanError`) unless it lies
+    strictly inside ``root``."""
+    base = Path(os.path.abspath(root))
+    path = Path(os.path.abspath(base.joinpath(*parts)))
+    if base not in path.parents:
+        raise PlanError(
+            f"refusing to write {path}: the name {'/'.join(parts)!r} leads outside {base}"
+        )
+    return path
+
+
+def model_dir(workdir: Path, plan: str) -> Path:
+    """``WORKDIR/models/<plan>/``: the final model, its metrics and history."""
+    return inside(workdir, "models", plan)
+
+
+def report_dir(workdir: Path, plan: str) -> Path:
+    """``WORKDIR/reports/<plan>/``: the report and its plots."""
+    return inside(workdir, "reports", plan)
+
+
+def read_marker(directory: Path) -> dict[str, Any] | None:
+    """The ``.plan.json`` of ``directory``: which plan content wrote it (``None``: unknown)."""
+    try:
+        marker = json.loads((Path(directory) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def record_plan(directory: Path, plan: Plan, what: str) -> None:
+    """Before writing ``what`` into ``directory`` for ``plan``: warn when the directory holds
+    the output of another content of a plan with this name, then record this plan's."""
+    directory = Path(directory)
+    marker = {
+        "plan": plan.name,
+        "plan_content": plan.content,
+        "plan_file": str(plan.path) if plan.path else None,
+    }
+    old = read_marker(directory)
+    if old is not None and old.get("plan_content") != marker["plan_content"]:
+        logger.warning(
+            "overwriting %s in %s: it was written by another plan named %r (plan content %s, "
+            "from %s); this plan (content %s, from %s) was edited under the same name. Give an "
+            "edited plan its own `name` to keep both",
+            what,
+            directory,
+            old.get("plan", plan.name),
+            old.get("plan_content"),
+            old.get("plan_file") or "?",
+            marker["plan_content"],
+            marker["plan_file"] or "?",
+        )
+    if old == marker:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{MARKER}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(marker, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / MARKER)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
