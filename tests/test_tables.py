@@ -337,3 +337,25 @@ def test_the_uci_cache_key_is_unchanged_by_tables():
     assert cache_key("abc", spec) == hashlib.sha256(old.encode()).hexdigest()[:16]
     table = DataSpec(source="t.csv", rows=5000, target="y")
     assert cache_key("abc", table) != cache_key("abc", DataSpec(source="t.csv", rows=5000, target="z"))
+
+
+def test_a_value_too_large_to_standardize_is_refused_not_turned_into_nan(tmp_path, uci_file):
+    """One cell of 1e308 used to make a whole standardized column NaN (and the stage 'pick a
+    winner' at chance level)."""
+    path = uci_file(n=300)
+    lines = path.read_text().splitlines()
+    fields = lines[10].split(",")
+    fields[5] = "1e308"
+    lines[10] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_cli("prepare", "--data", str(path), cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "feature 5 (column 6) has values too large to standardize (data row 11: 1e+308)" in proc.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,y\n" + "".join(f"{1e308 if i == 7 else i},{i % 2}\n" for i in range(150)))
+    proc = run_cli("prepare", "--data", str(table), "--target", "y", cwd=tmp_path)
+    assert proc.returncode == 2 and "column 'a' has values too large to standardize" in proc.stderr
+    run_cli("prepare", "--data", str(table), "--target", "y", "--scaler", "quantile",
+            cwd=tmp_path, check=True)  # fmt: skip

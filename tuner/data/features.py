@@ -329,10 +329,15 @@ def transform(frame: pd.DataFrame, state: Mapping[str, Any], display: str) -> np
         if col["other"]:
             onehot[~known, len(levels)] = 1.0
         parts.append(onehot)
-    out = np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
-    if not np.isfinite(out).all():  # pragma: no cover - every input above is finite
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(np.hstack(parts), dtype=np.float32)
+    if not np.isfinite(out).all():  # a value far outside the train rows' range
         r, c = np.argwhere(~np.isfinite(out))[0]
-        raise DataError(f"{display}: row {_row(frame, r)}: encoded feature {c} is not finite")
+        name = state["feature_names"][c]
+        raise DataError(
+            f"{display}: column {name!r}, row {_row(frame, r)}: too large to standardize with "
+            "the train rows' statistics (use scaler = 'quantile')"
+        )
     return out
 
 

@@ -341,10 +341,27 @@ def _build(raw: uci.RawData, spec: DataSpec, key: str) -> Prepared:
     x_train = np.ascontiguousarray(raw.features[train], dtype=np.float64)
     from sklearn.preprocessing import StandardScaler  # imported only when preparing
 
-    scaler = StandardScaler().fit(x_train)  # train rows only: no val/test statistics leak
+    with np.errstate(all="ignore"):
+        scaler = StandardScaler().fit(x_train)  # train rows only: no val/test statistics leak
+    bad = ~(np.isfinite(scaler.mean_) & np.isfinite(scaler.scale_))
+    if bad.any():  # finite values whose squares overflow float64 (|x| > ~1e154)
+        c = int(np.argmax(bad))
+        row = int(train[int(np.argmax(np.abs(x_train[:, c])))]) + 1
+        raise DataError(
+            f"{raw.source}: feature {c + 1} (column {c + 2}) has values too large to standardize "
+            f"(data row {row}: {raw.features[row - 1, c]:g}); the scaled column would be NaN"
+        )
 
     def scaled(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(scaler.transform(x), dtype=np.float32)
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(scaler.transform(x), dtype=np.float32)
+        if not np.isfinite(out).all():  # a validation/test value far outside the train range
+            r, c = np.argwhere(~np.isfinite(out))[0]
+            raise DataError(
+                f"{raw.source}: feature {c + 1} (column {c + 2}) holds {x[r, c]:g}, too large "
+                "to standardize with the train rows' statistics"
+            )
+        return out
 
     def counts(idx: np.ndarray) -> list[int]:
         return [int(c) for c in np.bincount(y[idx], minlength=len(LABEL_NAMES))]
