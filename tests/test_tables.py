@@ -359,3 +359,10 @@ def test_a_value_too_large_to_standardize_is_refused_not_turned_into_nan(tmp_pat
     assert proc.returncode == 2 and "column 'a' has values too large to standardize" in proc.stderr
     run_cli("prepare", "--data", str(table), "--target", "y", "--scaler", "quantile",
             cwd=tmp_path, check=True)  # fmt: skip
+
+
+def test_a_headerless_uci_file_given_a_target_is_told_to_drop_it(tmp_path, uci_file):
+    proc = run_cli("prepare", "--data", str(uci_file()), "--target", "year", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the first line holds numbers, not column names" in proc.stderr
+    assert "leave out --target" in proc.stderr

@@ -97,8 +97,14 @@ def range_test(
     loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
     num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)
     finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device="cpu")
-    # torch-lr-finder prints its progress notes; keep stdout for our own output.
-    with contextlib.redirect_stdout(io.StringIO()) as notes:
+    # torch-lr-finder prints its progress notes; keep stdout for our own output. Its progress
+    # bar (tqdm on stderr, which it offers no way to turn off) is shown only when INFO is.
+    bar = (
+        contextlib.nullcontext()
+        if logger.isEnabledFor(logging.INFO)
+        else contextlib.redirect_stderr(io.StringIO())
+    )
+    with contextlib.redirect_stdout(io.StringIO()) as notes, bar:
         finder.range_test(loader, end_lr=stage.end_lr, num_iter=num_iter, step_mode="exp")
     for line in notes.getvalue().splitlines():
         logger.info("torch-lr-finder: %s", line)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.data.spec import DataSpec
+from tuner.data.table import column_list
 from tuner.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ def _check_names(names: Iterable[str], frame: pd.DataFrame, what: str, display: 
     unknown = [n for n in names if n not in frame.columns]
     if unknown:
         raise DataError(
-            f"{display}: {what} names no column {', '.join(map(repr, unknown))}; the columns "
-            f"are {', '.join(map(repr, frame.columns))}"
+            f"{display}: {what} names no column {column_list(unknown)}; the columns "
+            f"are {column_list(frame.columns)}"
         )
 
 
@@ -297,8 +298,8 @@ def transform(frame: pd.DataFrame, state: Mapping[str, Any], display: str) -> np
     missing = [c for c in required_columns(state) if c not in frame.columns]
     if missing:
         raise DataError(
-            f"{display}: missing column(s) {', '.join(map(repr, missing))} (the model was "
-            f"trained on {', '.join(map(repr, required_columns(state)))})"
+            f"{display}: missing column(s) {column_list(missing)} (the model was "
+            f"trained on {column_list(required_columns(state))})"
         )
     parts: list[np.ndarray] = []
     numeric = state["numeric"]

@@ -562,7 +562,7 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
     name and the unnamed columns."""
     import pandas as pd
 
-    from tuner.data.table import read_table
+    from tuner.data.table import column_list, read_table
 
     table = read_table(spec.source, sep=spec.sep, missing=spec.missing)
     frame = table.frame
@@ -571,7 +571,7 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
         if name is not None and name not in frame.columns:
             raise DataError(
                 f"{display}: no {what} column {name!r}; the columns are "
-                f"{', '.join(map(repr, frame.columns))}"
+                f"{column_list(frame.columns)}"
             )
     n_main = len(frame)
     if spec.test is not None:
@@ -580,7 +580,7 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
         absent = [c for c in needed if c not in test.frame.columns]
         if absent:
             raise DataError(
-                f"{test.display}: the test file lacks column(s) {', '.join(map(repr, absent))} "
+                f"{test.display}: the test file lacks column(s) {column_list(absent)} "
                 f"of {display}"
             )
         part = test.frame[[c for c in frame.columns if c in test.frame.columns]]

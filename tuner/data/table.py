@@ -229,6 +229,11 @@ def read_table(
                 f"{display}: duplicate column name {name!r} (columns {seen[name] + 1} and {i + 1})"
             )
         seen[name] = i
+    if len(header) > 1 and all(_is_number(name) for name in header):
+        raise DataError(
+            f"{display}: the first line holds numbers, not column names; a table needs a header "
+            "row (a YearPredictionMSD file in the UCI format has none: leave out --target)"
+        )
     names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
     if len(names) != frame.shape[1]:  # pragma: no cover - pandas keeps the header's width
         raise DataError(
@@ -250,6 +255,22 @@ def read_table(
         time.perf_counter() - t0,
     )
     return Table(frame=frame, display=display, path=path, sha256=sha256, unnamed=unnamed)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def column_list(columns: list[str] | pd.Index, limit: int = 20) -> str:
+    """``'a', 'b', ...`` for messages, cut after ``limit`` names."""
+    names = [repr(str(c)) for c in columns]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
 
 
 def _strip(column: pd.Series, markers: list[str]) -> pd.Series:
