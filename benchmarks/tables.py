@@ -98,6 +98,8 @@ def run_plan(plan: str, csv: Path, table: Table, workdir: Path, args) -> dict[st
                "-q"]  # fmt: skip
         if args.threads:
             cmd += ["--threads", str(args.threads)]
+        if args.scaler:
+            cmd += ["--scaler", args.scaler]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
@@ -163,7 +165,7 @@ def run_table(table: Table, root: Path, args) -> dict[str, Any]:
     exported = export_csv(table, csv)
     plans = [run_plan(plan, csv, table, base / plan, args) for plan in args.plans]
     # the spec run-all builds from --data CSV --target COL --seed S; the first plan's data dir
-    spec = build_spec(str(csv), {"target": table.target, "seed": args.seed})
+    spec = build_spec(str(csv), {"target": table.target, "seed": args.seed, "scaler": args.scaler})
     prepared = prepare(spec, base / args.plans[0] / "data")
     m = prepared.manifest
     for row in plans:
@@ -259,6 +261,12 @@ def main() -> None:
         "--threads", type=int, default=None, help="CPU threads for tuner and the baselines"
     )
     ap.add_argument("--seed", type=int, default=42, help="split and training seed (default 42)")
+    ap.add_argument(
+        "--scaler",
+        choices=("standard", "quantile"),
+        default=None,
+        help="numeric scaling for the plans and the baselines (default: tuner's, standard)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results to FILE")
     args = ap.parse_args()
 

@@ -122,11 +122,11 @@ def test_resume_trains_only_unfinished_points(workdir, msd_file):
     calls = []
     real = s._run_group
 
-    def crash_on_second(study, group, *args):
+    def crash_on_second(study, group, *args, **kwargs):
         calls.append(group[0][0])
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(study, group, *args)
+        return real(study, group, *args, **kwargs)
 
     s._run_group = crash_on_second
     with pytest.raises(KeyboardInterrupt):

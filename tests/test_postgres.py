@@ -92,8 +92,10 @@ def test_three_workers_racing_on_one_stage_complete_each_point_once(
 ):
     """The three workers are held at their first claim (the test locks the claims table) and
     let go at the same instant: they race for the same points, and each point still completes
-    exactly once, one per worker."""
-    write_tiny_plan(tmp_path, wd_epochs=2)
+    exactly once, and the work is shared. (Not necessarily one point per worker: the study's
+    creator sets it up while the others wait and poll, and on a loaded machine a worker can
+    finish its first point and take the last before the slowest has claimed one.)"""
+    write_tiny_plan(tmp_path, wd_epochs=8)
     ClaimTable(postgres_url, 4).close()  # create tuner_claims so the test can lock it
     gate = sa.create_engine(postgres_url)
     try:
@@ -120,7 +122,7 @@ def test_three_workers_racing_on_one_stage_complete_each_point_once(
     trials = stage_trials(postgres_url)
     assert_each_point_complete_once(trials)
     assert len(trials) == 3  # no duplicate, no failed trial
-    assert len({t.user_attrs["worker"] for t in trials}) == 3
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
     for out, _ in outs:
         assert "3/3 complete" in out
 

@@ -35,8 +35,12 @@ from tuner.storage import (
     first_line,
     is_schema_race,
     resolve_url,
+    schema_lock,
     scrub,
 )
+
+WORKERS = "__workers__:{}"
+"""Reserved study name of a plan's presence rows: one claim per live worker (point = owner)."""
 
 _metadata = sa.MetaData()
 claims_table = sa.Table(
@@ -100,7 +104,8 @@ class ClaimTable:
         self.grace = dt.timedelta(seconds=grace_period_s)
         for attempt in range(CREATE_RETRIES):
             try:
-                _metadata.create_all(self.engine, checkfirst=True)
+                with schema_lock(self.engine):  # one worker creates the table, quietly
+                    _metadata.create_all(self.engine, checkfirst=True)
                 break
             except sa.exc.DBAPIError as err:
                 if not is_schema_race(err) or attempt + 1 == CREATE_RETRIES:
@@ -144,20 +149,8 @@ class ClaimTable:
         """
         t = claims_table
         now = self._stamp()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    t.insert().values(
-                        study_name=study_name,
-                        point=point,
-                        owner=owner,
-                        trial_id=None,
-                        heartbeat_at=now,
-                    )
-                )
+        if self._insert(study_name, point, owner, now):
             return True, None
-        except sa.exc.IntegrityError:
-            pass
         old = self.get(study_name, point)
         if old is None:  # released between our INSERT and SELECT: try again next round
             return False, None
@@ -175,6 +168,63 @@ class ClaimTable:
                 .values(owner=owner, trial_id=None, heartbeat_at=now)
             ).rowcount
         return (True, old) if swapped == 1 else (False, old)
+
+    def _insert(self, study_name: str, point: str, owner: str, now) -> bool:
+        """INSERT the claim unless the point is claimed already; True when it was inserted.
+
+        ``ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite: losing the race is the normal
+        path for all workers but one, and must not log a unique-violation error on the server.
+        """
+        values = dict(
+            study_name=study_name, point=point, owner=owner, trial_id=None, heartbeat_at=now
+        )
+        dialect = self.engine.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            if dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            stmt = (
+                insert(claims_table)
+                .values(**values)
+                .on_conflict_do_nothing()
+                .returning(claims_table.c.owner)  # a row back: inserted (rowcount may be -1)
+            )
+            with self.engine.begin() as conn:
+                return conn.execute(stmt).first() is not None
+        try:  # other databases: the unique violation is the answer
+            with self.engine.begin() as conn:
+                conn.execute(claims_table.insert().values(**values))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    # -- presence: which workers of a plan are alive --------------------------------------------
+    def announce(self, plan: str, owner: str) -> None:
+        """Say (again) that ``owner`` works on ``plan``: its presence row, refreshed by
+        :meth:`refresh_presence`, counts in :meth:`live_workers` until it is stale."""
+        name = WORKERS.format(plan)
+        if not self._insert(name, owner, owner, self._stamp()):
+            self.refresh(owner, [name])
+
+    def refresh_presence(self, plan: str, owner: str) -> None:
+        self.refresh(owner, [WORKERS.format(plan)])
+
+    def withdraw(self, plan: str, owner: str) -> None:
+        self.release(WORKERS.format(plan), owner, owner)
+
+    def live_workers(self, plan: str) -> list[str]:
+        """Owners of the plan's presence rows that are not stale (at least this process's)."""
+        t = claims_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t).where(t.c.study_name == WORKERS.format(plan))).all()
+        claims = [Claim(**row._mapping) for row in rows]
+        now = self.now()
+        return [
+            c.owner
+            for c in claims
+            if now - c.heartbeat_at <= self.grace and not owner_is_dead_here(c.owner)
+        ]
 
     def set_trial(self, study_name: str, point: str, owner: str, trial_id: int) -> None:
         t = claims_table

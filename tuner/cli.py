@@ -159,6 +159,13 @@ def _runner(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--force", action="store_true", help="redo a finished stage as a new study")
     g.add_argument(
+        "--no-reuse",
+        dest="reuse",
+        action="store_false",
+        help="train every point and the final model even when an earlier stage's trial trained "
+        "exactly the same thing (default: reuse it; see 'Trial reuse' in the README)",
+    )
+    g.add_argument(
         "--heartbeat-interval",
         type=_int_in(1, 3600),
         default=5,
@@ -363,6 +370,7 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
         grace_period=getattr(args, "grace_period", 20),
         group_size=group_size,
         compute=compute,
+        reuse=getattr(args, "reuse", True),
     )
     if settings.grace_period <= settings.heartbeat_interval:
         raise TunerError("--grace-period must be longer than --heartbeat-interval")
@@ -440,8 +448,10 @@ def _run_stages(session, stages: list[str], force: bool) -> None:
 def _working(session) -> Iterator[None]:
     """A worker's run: whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the trials
     it left RUNNING are failed and its claims released on the way out, so that the next run
-    (or another worker) trains those points again at once; then the session is closed."""
+    (or another worker) trains those points again at once; then the session is closed. While
+    it runs it counts as one of the plan's workers (see :meth:`Session.announce`)."""
     try:
+        session.announce()
         yield
     except BaseException as err:
         _abandon(session, err)
@@ -503,7 +513,10 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
         run_final(session, force=args.force)
         print(status_table(_status(session)))
         try:
-            _print_report(session)
+            if session.claim_report():
+                _print_report(session)
+            else:
+                logger.info("another worker writes the report")
         except Exception as err:  # the results are in the storage; `tuner report` can retry
             failure = _environment_failure(err, args)
             logger.warning(

@@ -114,7 +114,9 @@ def serve(storage_url: str, workdir: Path, host: str, port: int) -> None:
     if host not in LOOPBACK:
         logger.warning(
             "listening on %s: optuna-dashboard has no login and can edit notes and delete "
-            "studies; anyone who reaches this address can",
+            "studies; anyone who reaches this address can do so. Bind to 127.0.0.1 (or publish "
+            "the port on loopback only, as docker-compose.yml does) unless the network is "
+            "trusted",
             host,
         )
     print(

@@ -21,10 +21,11 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tuner import paths
+from tuner import paths, reuse
 from tuner.data.target import class_word
 from tuner.engine import EpochStats, evaluate
 from tuner.fused import train_one
+from tuner.model import build_model
 from tuner.objectives import PointResult
 from tuner.plan import TrainConfig, planned_epochs
 from tuner.stages import FINAL, Session, StageState
@@ -142,6 +143,16 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
         epochs = planned_epochs(
             plan.final.epochs, plan.final.min_steps, len(data.train[1]), cfg.batch_size
         )
+        rule = reuse.FinalRule.of(plan.final, cfg, len(data.train[1]))
+        kept = None
+        if session.reusing():  # a stage trial that trained exactly this: its kept weights
+            key = reuse.final_key(
+                cfg, rule, seed=session.settings.seed, data=data, compute=session.settings.compute
+            )
+            studies = session._earlier_studies(len(plan.stages))
+            kept = reuse.find_kept(
+                session.storage, studies, data.key, key, session.settings.workdir
+            )
         t0 = time.perf_counter()
 
         def on_epoch(e: EpochStats) -> None:
@@ -156,18 +167,32 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
                 e.val_acc,
             )
 
-        model, history = train_one(
-            cfg,
-            data.train,
-            data.val,
-            epochs=epochs,
-            seed=session.settings.seed,
-            n_classes=data.n_classes,
-            patience=plan.final.patience,
-            restore_best=plan.final.restore_best,
-            on_epoch=on_epoch,
-            compute=session.settings.compute,
-        )
+        if kept is not None:
+            model = build_model(cfg, int(data.train[0].shape[1]), data.n_classes)
+            model.load_state_dict(kept.state_dict)
+            model.eval()
+            history = kept.history()
+            logger.info(
+                "final: the model is trial %s's run (the same configuration, seed, epochs and "
+                "early stopping): scoring its weights instead of training again",
+                kept.origin,
+            )
+            for e in history.epochs:
+                on_epoch(e)
+        else:
+            model, history = train_one(
+                cfg,
+                data.train,
+                data.val,
+                epochs=epochs,
+                seed=session.settings.seed,
+                n_classes=data.n_classes,
+                patience=plan.final.patience,
+                restore_best=plan.final.restore_best,
+                on_epoch=on_epoch,
+                compute=session.settings.compute,
+            )
+        reused_from = kept.origin if kept is not None else None
         train_seconds = time.perf_counter() - t0
         label_names = list(prepared.label_names)
         metrics = test_metrics(model, *data.test, label_names)
@@ -186,6 +211,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
                     "final_train_s": train_seconds,
                 },
                 "study": trial.study.study_name,
+                "reused_from": reused_from,  # the stage trial whose weights are the model
             }
         )
         out = model_dir(session)
@@ -219,6 +245,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
                 "history": history.to_dict(),
                 "seconds": train_seconds,
                 "model_dir": str(out),
+                **({"reused_from": reused_from} if reused_from else {}),
             },
         )
 
@@ -251,4 +278,5 @@ def final_summary(session: Session) -> dict[str, Any] | None:
         )
         summary["model"] = str(model_dir(session) / "model.pt")
         summary["metrics"] = str(path)
+        summary["reused_from"] = metrics.get("reused_from")  # the stage trial it came from
     return summary

@@ -76,6 +76,7 @@ def stage_rows(state: StageState) -> list[dict[str, Any]]:
             "seconds": t.user_attrs.get("seconds"),
             "peak_epoch": t.user_attrs.get("peak_epoch"),
             "trial": t.number,
+            "reused_from": t.user_attrs.get("reused_from"),
         }
         for key, t in latest.items()
         if points is None or key in order
@@ -180,7 +181,9 @@ def points_table(
     best, _ = winner(rows)
     has_std = any(r.get("fold_values") or (r.get("n") or 1) > 1 for r in rows)
     header = [*params, "value"] + (["std", "95% CI", "n", "folds"] if has_std else [])
-    header += ["seconds", "trial", ""]
+    header += ["seconds", "trial"]
+    reused = any(r.get("reused_from") for r in rows)
+    header += ["reused from", ""] if reused else [""]
     cells = []
     for r in rows:
         row = [fmt_value(r["params"].get(p)) for p in params] + [f"{r['value']:.4f}"]
@@ -191,9 +194,26 @@ def points_table(
             row.append(str(r.get("n") or ""))
             row.append(", ".join(f"{v:.4f}" for v in r.get("fold_values") or []))
         row += [f"{r['seconds']:.1f}" if r.get("seconds") is not None else "", str(r["trial"])]
+        if reused:
+            row.append(r.get("reused_from") or "")
         row.append("winner" if r is best else "")
         cells.append(row)
     return header, cells
+
+
+def reused_text(state: StageState) -> str:
+    """Which points of a stage were recorded from an identical trial of an earlier stage."""
+    items = [
+        f"{fmt_params(json.loads(key))} from `{source}`" for key, source in state.reused.items()
+    ]
+    return "; ".join(items) + " (the same training: not trained again)"
+
+
+def model_from_text(source: str) -> str:
+    return (
+        f"trial `{source}` (it trained exactly the final configuration with the final's rule: "
+        "its kept weights, not trained again)"
+    )
 
 
 # -- notes -------------------------------------------------------------------------------------
@@ -234,6 +254,8 @@ def stage_note(state: StageState) -> str:
         lines.append(f"- **Carried forward:** {fmt_params(state.best_params)}")
     if state.n_pruned:
         lines.append(f"- **Pruned:** {state.n_pruned} point(s) stopped early")
+    if state.reused:
+        lines.append(f"- **Reused:** {reused_text(state)}")
     if rows:
         header, cells = points_table(rows, params)
         lines += ["", _table(header, cells)]
@@ -258,6 +280,10 @@ def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
             f"{metrics['n_test']} test rows",
             f"- **Epochs trained:** {metrics.get('epochs_trained')}"
             + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
+        ]
+        if metrics.get("reused_from"):
+            lines.append(f"- **Model from:** {model_from_text(metrics['reused_from'])}")
+        lines += [
             "",
         ]
         lines.append(

@@ -19,7 +19,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from tuner.decide import interval
 from tuner.engine import EarlyStopping, EpochStats, History, as_tensors
 from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
+from tuner.reuse import FinalRule, Keeper
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class PointResult:
     value: float
     attrs: dict[str, Any] = field(default_factory=dict)
     pruned: bool = False
+    # what a FinalRule kept of the point's first run: (state_dict, epochs_trained, stopped_early)
+    kept: tuple[dict, int, bool] | None = None
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:
@@ -146,8 +149,13 @@ def evaluate_points(
     seed: int,
     reporter: Reporter | None = None,
     compute: Compute | None = None,
+    keep: Mapping[int, FinalRule] | None = None,
 ) -> list[PointResult]:
     """Train and score ``cfgs`` (a stage's grid points) as fused groups.
+
+    ``keep``: point index -> the final job's rule, for sweep points whose first run trains as
+    the final job would (see :mod:`tuner.reuse`): the weights that rule keeps come back in
+    :attr:`PointResult.kept`.
 
     ``sweep`` (and the verification runs of ``lr_range_test``): each point trains on the train
     split for ``stage.epochs`` per repeat and is scored on the validation split (``peak`` or
@@ -164,7 +172,7 @@ def evaluate_points(
     """
     compute = compute or Compute()
     reporter = reporter or NoReporter()
-    run = _Run(stage, data, repeat_seeds(seed, stage.repeats), reporter, compute)
+    run = _Run(stage, data, repeat_seeds(seed, stage.repeats), reporter, compute, keep or {})
     results: dict[int, PointResult] = {}
     for points in _fusable(cfgs):
         t0 = time.perf_counter()
@@ -191,9 +199,10 @@ class _Run:
         seeds: list[int],
         reporter: Reporter,
         compute: Compute,
+        keep: Mapping[int, FinalRule],
     ) -> None:
         self.stage, self.data, self.seeds = stage, data, seeds
-        self.reporter, self.compute = reporter, compute
+        self.reporter, self.compute, self.keep = reporter, compute, keep
         self.folds: list[tuple[torch.Tensor, torch.Tensor]] = []
         if stage.kind == "cv":
             split = cv_folds(data.train[1].numpy(), stage.folds, seeds[0])
@@ -237,9 +246,19 @@ class _Run:
         pruned: set[int] = set()
         # early stopping on validation loss, run by run (patience 0: none)
         stopping = [EarlyStopping(self.stage.patience or None) for _ in members]
+        # the final job's rule replayed on the first run of each point it may reuse
+        keepers = {
+            k: Keeper(self.keep[m.point])
+            for k, m in enumerate(members)
+            if m.repeat == 0 and m.point in self.keep
+        }
+        holder: list[FusedGroup] = []
 
         def on_epoch(epoch: int, stats: list[EpochStats | None]) -> list[int]:
             self.reporter.progress(epoch)
+            for k, keeper in keepers.items():
+                if stats[k] is not None:
+                    keeper.update(epoch, stats[k].val_loss, lambda k=k: holder[0].export(k))
             active = [i for i in points if i not in pruned]
             for i in active:
                 accs = [
@@ -259,8 +278,8 @@ class _Run:
                         out.append(k)
             return out
 
-        histories = self._train(cfgs, members, on_epoch)
-        return {
+        histories = self._train(cfgs, members, on_epoch, group=holder)
+        results = {
             i: _sweep_result(
                 self.stage,
                 [h for m, h in zip(members, histories, strict=True) if m.point == i],
@@ -268,6 +287,9 @@ class _Run:
             )
             for i in points
         }
+        for k, keeper in keepers.items():
+            results[members[k].point].kept = keeper.kept
+        return results
 
     def cv(self, cfgs: Sequence[TrainConfig], points: list[int]) -> dict[int, PointResult]:
         """Every fold of every point in one group; fold values reported at the end."""

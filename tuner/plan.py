@@ -499,6 +499,9 @@ class Plan:
     final: FinalSpec
     description: str = ""
     path: Path | None = None
+    # reuse identical trials across stages and in the final job (tuner.reuse); never changes
+    # a number, so it is not part of the plan's content
+    reuse: bool = True
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
@@ -673,7 +676,7 @@ def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[
     return space
 
 
-_TOP_KEYS = ("name", "description", "defaults", "stages", "final")
+_TOP_KEYS = ("name", "description", "reuse", "defaults", "stages", "final")
 
 
 def _check_table(
@@ -781,7 +784,7 @@ def _schema_errors(data: Mapping[str, Any], name: str) -> list[str]:
             f"{top}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(_TOP_KEYS)}"
         )
-    _check_table({"name": PLAN_NAME, "description": _Text()}, data, top, errors)
+    _check_table({"name": PLAN_NAME, "description": _Text(), "reuse": _Bool()}, data, top, errors)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, Mapping):
         errors.append(
@@ -863,6 +866,7 @@ def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
         final=final,
         description=str(data.get("description", "")),
         path=path,
+        reuse=bool(data.get("reuse", True)),
     )
 
 

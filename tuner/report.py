@@ -341,6 +341,8 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         items.append(f"**Decision:** {decision_text(state.decision)}")
         if state.best_params is not None:
             items.append(f"**Carried forward:** {fmt_params(state.best_params)}")
+        if state.reused:
+            items.append(f"**Reused:** {notes.reused_text(state)}")
         doc.ul(items)
         if rows:
             header, cells = points_table(rows, params)
@@ -368,6 +370,11 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"{metrics['n_test']} test rows",
                 f"**Epochs trained:** {metrics.get('epochs_trained')}"
                 + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
+                *(
+                    [f"**Model from:** {notes.model_from_text(metrics['reused_from'])}"]
+                    if metrics.get("reused_from")
+                    else []
+                ),
             ]
         )
         doc.table(

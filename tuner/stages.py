@@ -8,6 +8,11 @@ Workers cooperate through the storage only: a worker claims a grid point
 (:mod:`tuner.claims`), creates its trial, trains it with heartbeats running, and tells the
 result. Any number of workers can run the same stage; each point completes exactly once, a
 point whose worker died is trained again, and a finished stage is not run twice.
+
+A claimed point whose training is identical to a COMPLETE trial of an earlier stage (the same
+training fingerprint, :mod:`tuner.reuse`) is recorded from that trial instead of trained
+(``reused_from``); ``--no-reuse`` (``Settings.reuse``) or ``reuse = false`` in the plan turn
+that off.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from tuner import notes
+from tuner import notes, reuse
 from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.decide import Decision, PointStats, decide
@@ -63,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 FINAL = "final"
 RANGE_TEST_CLAIM = "__range_test__"
+REPORT_CLAIM = "__report__"  # the one worker writing run-all's report
+CREATE_CLAIM = "__create__"  # the one worker calling Optuna's create_study for a study
 STUDY_CLAIM = "__study__"  # held by the identity (plan content, data, fixed params) of a study
 ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
 SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried
@@ -70,6 +77,8 @@ MAX_FAILURES = 3  # a point whose training raised this often stops the stage
 
 Evaluate = Callable[[list[dict[str, Any]], list[optuna.Trial], Reporter], list[PointResult]]
 """Trains a group of claimed points: ``(points, trials, reporter) -> results``."""
+Find = Callable[[dict[str, Any]], "tuple[str, FrozenTrial] | None"]
+"""A point's identical COMPLETE trial in an earlier stage: ``point -> (study, trial)``."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Settings:
     poll_interval: float = 2.0
     group_size: int = 0  # points a worker claims and trains together; 0: all it can claim
     compute: Compute = field(default_factory=Compute)
+    reuse: bool = True  # reuse identical trials (tuner.reuse); --no-reuse: train everything
 
     @property
     def data_dir(self) -> Path:
@@ -138,6 +148,11 @@ class StageState:
     points: list[PointStats] = field(default_factory=list, repr=False)
     decision: Decision | None = None
     n_pruned: int = 0
+    reused: dict[str, str] = field(default_factory=dict)  # point key -> "<study>#<trial>"
+
+    def reused_from(self, params: Mapping[str, Any]) -> str | None:
+        """Where a point's trial was reused from (``None``: it was trained here)."""
+        return self.reused.get(point_key(params))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,7 +165,9 @@ class StageState:
             "best_params": self.best_params,
             "best_value": self.best_value,
             "fixed_params": self.fixed_params,
-            "points": [p.summary() for p in self.points],
+            "points": [
+                {**p.summary(), "reused_from": self.reused_from(p.params)} for p in self.points
+            ],
             "decision": self.decision.to_dict() if self.decision else None,
         }
 
@@ -170,11 +187,62 @@ class Session:
         self.owner = new_owner_id()
         self._prepared = prepared
         self._data: TensorData | None = None
+        self._presence: tuple[threading.Event, threading.Thread] | None = None
 
     def close(self) -> None:
+        self.withdraw()
         self.claims.close()
         self.storage.remove_session()
         self.storage.engine.dispose()
+
+    # -- presence: how many workers share the plan's stages ------------------------------------
+    def announce(self) -> None:
+        """Count this session as a worker of the plan until :meth:`withdraw` (or its death):
+        a presence row in ``tuner_claims``, refreshed every heartbeat interval. With
+        ``group_size`` 0 each worker claims its share of a stage's points (:meth:`_share`)."""
+        if self._presence is not None:
+            return
+        self.claims.announce(self.plan.name, self.owner)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_interval):
+                try:
+                    self.claims.refresh_presence(self.plan.name, self.owner)
+                except Exception as err:  # noqa: BLE001 - an outage shows up in the main thread
+                    logger.warning("presence heartbeat failed: %s", error_line(err))
+
+        thread = threading.Thread(target=beat, name="tuner-presence", daemon=True)
+        thread.start()
+        self._presence = (stop, thread)
+
+    def withdraw(self) -> None:
+        """Stop counting as a worker (best effort: a dead worker's row goes stale anyway)."""
+        if self._presence is None:
+            return
+        stop, thread = self._presence
+        self._presence = None
+        stop.set()
+        thread.join(timeout=self.settings.heartbeat_interval + 5)
+        try:
+            self.claims.withdraw(self.plan.name, self.owner)
+        except Exception as err:  # noqa: BLE001 - the storage may be what failed
+            logger.debug("could not withdraw presence: %s", error_line(err))
+
+    def _share(self, pending: int) -> int:
+        """How many of a stage's ``pending`` points this worker claims at once: ``group_size``
+        when set, else its share among the plan's live workers, ceil(pending / workers) (all
+        of them for a single worker, which trains the stage as one fused group)."""
+        if self.settings.group_size:
+            return self.settings.group_size
+        if self._presence is None:
+            return pending
+        try:
+            workers = len(set(self.claims.live_workers(self.plan.name)) | {self.owner})
+        except Exception as err:  # noqa: BLE001 - the claims below report a lost storage
+            logger.debug("could not count live workers: %s", error_line(err))
+            workers = 1
+        return max(1, -(-pending // workers))
 
     # -- data ---------------------------------------------------------------------------------
     def prepared(self) -> Prepared:
@@ -215,6 +283,33 @@ class Session:
             if self._same_content(stage, summary.user_attrs):
                 return version, summary.study_name
         return None
+
+    def _study_being_created(self, stage: str, identity: str) -> tuple[int, str] | None:
+        """``(version, name)`` of the stage's newest study when another worker with this
+        ``identity`` is creating it right now (it holds its STUDY_CLAIM, and the study has no
+        plan content yet): join it rather than start the next version."""
+        studies = self._stage_studies(stage)
+        if not studies:
+            return None
+        version, summary = studies[0]
+        if "plan_content" in summary.user_attrs:
+            return None
+        claim = self.claims.get(summary.study_name, STUDY_CLAIM)
+        if claim is not None and claim.owner == identity:
+            return version, summary.study_name
+        return None
+
+    def claim_report(self) -> bool:
+        """Whether this worker writes run-all's report: the first of the workers finishing
+        together claims REPORT_CLAIM on the final study (a claim whose owner has gone, or that
+        is older than the grace period, can be taken again: a later run writes it anew)."""
+        found = self._matching_study(FINAL)
+        if found is None:
+            return True
+        got, _ = self.claims.try_claim(
+            found[1], REPORT_CLAIM, self.owner, is_free=self.claims.is_stale
+        )
+        return got
 
     def latest_study(self, stage: str) -> optuna.Study | None:
         """The newest study of the stage run with this plan's content: a study of an edited
@@ -271,6 +366,11 @@ class Session:
             points=stats,
             decision=decision,
             n_pruned=len({point_key(t.params) for t in settled if t.state == TrialState.PRUNED}),
+            reused={
+                k: t.user_attrs["reused_from"]
+                for k, t in latest.items()
+                if t.user_attrs.get("reused_from")
+            },
         )
 
     def _decide(
@@ -328,17 +428,26 @@ class Session:
         data = self.data()
         if spec.kind == "cv":
             _check_folds(spec, len(data.train[1]))
+        tpe = spec.sampler == "tpe"
+        # set by the study's creator, with its other attrs (no two workers insert one attr)
+        first = (
+            {"planned": spec.trials}
+            if tpe
+            else {}
+            if spec.kind == "lr_range_test"
+            else {"points": grid_points(spec)}
+        )
         study = self._open_study(
-            spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict()
+            spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict(), first=first
         )
         if study is None:
             return self.stage_state(spec.name)
-        tpe = spec.sampler == "tpe"
         if spec.kind == "lr_range_test":
             points = self._range_test_points(study, spec, base, data)
         elif not tpe:
             points = grid_points(spec)
-            study.set_user_attr("points", points)
+            if study.user_attrs.get("points") != points:
+                study.set_user_attr("points", points)
         if tpe:
             if "planned" not in study.user_attrs:
                 study.set_user_attr("planned", spec.trials)  # before any round: not "done"
@@ -349,21 +458,40 @@ class Session:
             dists = {k: CategoricalDistribution(v) for k, v in search_space.items()}
             study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
         notes.on_stage_started(self, study, spec.name)
+        seed, compute = self.settings.seed, self.settings.compute
+        reusing = self.reusing(spec)
 
         def evaluate(
             group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
         ) -> list[PointResult]:
             cfgs = [base.with_params(p) for p in group]
-            for trial, cfg in zip(trials, cfgs, strict=True):
+            keep: dict[int, reuse.FinalRule] = {}
+            for i, (trial, cfg) in enumerate(zip(trials, cfgs, strict=True)):
                 trial.set_user_attr("config", cfg.to_dict())
-            return evaluate_points(
-                spec,
-                cfgs,
-                data,
-                seed=self.settings.seed,
-                reporter=reporter,
-                compute=self.settings.compute,
+                fp = reuse.fingerprint(spec, cfg, seed=seed, data=data, compute=compute)
+                if fp is not None:
+                    trial.set_user_attr("fingerprint", fp)
+                rule = reuse.FinalRule.of(self.plan.final, cfg, len(data.train[1]))
+                if (
+                    reusing
+                    and reuse.procedure(spec) == "sweep"
+                    and reuse.sweep_epochs(spec, cfg, len(data.train[1])) == rule.epochs
+                ):
+                    keep[i] = rule
+            results = evaluate_points(
+                spec, cfgs, data, seed=seed, reporter=reporter, compute=compute, keep=keep
             )
+            for i, (trial, result) in enumerate(zip(trials, results, strict=True)):
+                if result.kept is not None and not result.pruned:
+                    result.attrs["final_weights"] = reuse.save_weights(
+                        self.settings.workdir, study.study_name, trial.number, result.kept
+                    )
+                    result.attrs["final_key"] = reuse.final_key(
+                        cfgs[i], keep[i], seed=seed, data=data, compute=compute
+                    )
+            return results
+
+        find = self._reuse_lookup(spec, index, base, data) if reusing else None
 
         study.pruner = for_stage(spec)
         by_fold = spec.kind == "cv" and spec.pruner == "wilcoxon"
@@ -380,12 +508,45 @@ class Session:
         if tpe:
             r = 0
             while (points := self._round_points(study, spec, r, incumbent(spec, base))) is not None:
-                self._work(study, points, evaluate, dists, epochs, protect)
+                self._work(study, points, evaluate, dists, epochs, protect, find=find)
                 r += 1
         else:
-            self._work(study, points, evaluate, dists, epochs, protect, grid=True)
+            self._work(study, points, evaluate, dists, epochs, protect, grid=True, find=find)
         notes.on_stage_done(self, study, spec.name)
         return self.stage_state(spec.name)
+
+    def reusing(self, spec: StageSpec | None = None) -> bool:
+        """Whether this run reuses identical trials (for ``spec``: a stage without a pruner)."""
+        on = self.settings.reuse and self.plan.reuse
+        return on and (spec is None or reuse.reusable(spec))
+
+    def _earlier_studies(self, index: int) -> list[str]:
+        """The latest matching studies of the plan's stages before ``index``, nearest first."""
+        return [
+            found[1]
+            for s in reversed(self.plan.stages[:index])
+            if (found := self._matching_study(s.name)) is not None
+        ]
+
+    def _reuse_lookup(
+        self, spec: StageSpec, index: int, base: TrainConfig, data: TensorData
+    ) -> Find:
+        """A :data:`Find` over the earlier stages' studies (read once, on first use)."""
+        table: dict[str, tuple[str, FrozenTrial]] | None = None
+
+        def find(point: dict[str, Any]) -> tuple[str, FrozenTrial] | None:
+            nonlocal table
+            cfg = base.with_params(point)
+            fp = reuse.fingerprint(
+                spec, cfg, seed=self.settings.seed, data=data, compute=self.settings.compute
+            )
+            if fp is None:
+                return None
+            if table is None:
+                table = reuse.sources(self.storage, self._earlier_studies(index), data.key)
+            return table.get(fp)
+
+        return find
 
     def run_final(
         self, evaluate_final: Callable[..., PointResult], *, force: bool = False
@@ -395,10 +556,13 @@ class Session:
         cfg = self.plan.defaults.with_params(fixed)
         data = self.data()
         attrs = {"final": True, **dataclasses.asdict(self.plan.final)}
-        study = self._open_study(FINAL, fixed, data.key, force=force, stage_attrs=attrs)
+        study = self._open_study(
+            FINAL, fixed, data.key, force=force, stage_attrs=attrs, first={"points": [{}]}
+        )
         if study is None:
             return self.stage_state(FINAL)
-        study.set_user_attr("points", [{}])
+        if study.user_attrs.get("points") != [{}]:
+            study.set_user_attr("points", [{}])
 
         def evaluate(
             group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
@@ -421,6 +585,7 @@ class Session:
         *,
         force: bool,
         stage_attrs: dict[str, Any],
+        first: dict[str, Any] | None = None,
     ) -> optuna.Study | None:
         """The study to work on, or ``None`` when the stage is already complete.
 
@@ -435,6 +600,8 @@ class Session:
         identity = "content:" + content_hash({"plan": content, "fixed": fixed, "data": data_key})
         version = 0  # 0: start a new version
         match = None if force else self._matching_study(stage)
+        if match is None and not force:
+            match = self._study_being_created(stage, identity)
         if match is not None:
             study = optuna.load_study(study_name=match[1], storage=self.storage)
             current = self.stage_state(stage, study)
@@ -463,16 +630,9 @@ class Session:
                 others[0][1].study_name,
                 self.plan.path or self.plan.name,
             )
-        name = self._claim_study(stage, version, identity)
-        study = optuna.create_study(
-            study_name=name,
-            storage=self.storage,
-            direction="maximize",
-            load_if_exists=True,
-            pruner=optuna.pruners.NopPruner(),
-        )
-        attrs = study.user_attrs
-        if "data_key" not in attrs:
+        name = self._claim_study(stage, version, identity, join=not force)
+
+        def init(study: optuna.Study) -> None:
             prepared = self.prepared()
             study.set_user_attr("plan_content", content)  # first: which plan this study is of
             study.set_user_attr("plan", self.plan.name)
@@ -480,21 +640,77 @@ class Session:
             study.set_user_attr("fixed_params", fixed)
             study.set_user_attr("data", _data_summary(prepared))
             study.set_user_attr("seed", self.settings.seed)
+            for key, value in (first or {}).items():
+                study.set_user_attr(key, value)
             # last: a worker that died before this line left a study the next one completes
             study.set_user_attr("data_key", data_key)
+
+        study = self._create_study(name, init)
         logger.info("stage %s: study %s, fixed params %s", stage, name, fixed or "none")
         return study
 
-    def _claim_study(self, stage: str, version: int, identity: str) -> str:
+    def _create_study(self, name: str, init: Callable[[optuna.Study], None]) -> optuna.Study:
+        """Create (or load) study ``name`` and set its attrs (``init``, ending with
+        ``data_key``): one worker at a time does it, behind the study's CREATE_CLAIM, so that
+        racing workers never make the database log a unique violation (Optuna inserts a study,
+        or an attr, after looking for it); the others wait and load the finished study."""
+        waiting = False
+        while True:
+            study = self._initialised_study(name)
+            if study is not None:
+                return study
+            got, _ = self.claims.try_claim(
+                name, CREATE_CLAIM, self.owner, is_free=self.claims.is_stale
+            )
+            if got:
+                try:
+                    try:  # created by a worker that held the claim before us (or died)?
+                        self.storage.get_study_id_from_name(name)
+                    except KeyError:
+                        optuna.create_study(
+                            study_name=name,
+                            storage=self.storage,
+                            direction="maximize",
+                            pruner=optuna.pruners.NopPruner(),
+                        )
+                    study = optuna.load_study(study_name=name, storage=self.storage)
+                    if "data_key" not in study.user_attrs:
+                        init(study)
+                    return study
+                finally:
+                    self.claims.release(name, CREATE_CLAIM, self.owner)
+            if not waiting:
+                logger.info("waiting for another worker to create study %s", name)
+                waiting = True
+            time.sleep(min(self.settings.poll_interval, 0.2))
+
+    def _initialised_study(self, name: str) -> optuna.Study | None:
+        """Study ``name`` once it exists with its attrs set (``data_key``, the last), else None."""
+        try:
+            study_id = self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return None
+        if "data_key" not in self.storage.get_study_user_attrs(study_id):
+            return None
+        return optuna.load_study(study_name=name, storage=self.storage)
+
+    def _claim_study(self, stage: str, version: int, identity: str, *, join: bool = False) -> str:
         """The name of the stage's study ``version`` (0: the next new version) once this worker
         may work on it: the study's STUDY_CLAIM, an atomic insert, holds ``identity`` (plan
         content, fixed params, data). A version claimed for another identity (a worker of an
         edited plan, or on other data, creating it at the same moment) is skipped, so two
-        plans never share a study, however their workers race."""
+        plans never share a study, however their workers race. With ``join`` (no --force), the
+        newest version, when claimed for this same identity, is joined: workers of one plan
+        that race to start a stage share one study."""
         floor = 0
         while True:
             if not version:
                 top = max((v for v, _ in self._stage_studies(stage)), default=0)
+                if join and top > floor:  # a worker with this identity just created it: join
+                    newest = study_name(self.plan.name, stage, top)
+                    holder = self.claims.get(newest, STUDY_CLAIM)
+                    if holder is not None and holder.owner == identity:
+                        return newest
                 version = max(top, floor) + 1
             name = study_name(self.plan.name, stage, version)
             got, holder = self.claims.try_claim(
@@ -593,6 +809,7 @@ class Session:
         protect: set[str] | None = None,
         *,
         grid: bool = False,
+        find: Find | None = None,
     ) -> None:
         """Claim, train and tell points until every point of the study is complete.
 
@@ -601,7 +818,6 @@ class Session:
         trial, so every point still completes exactly once whatever the workers do.
         """
         keys = {point_key(p): i for i, p in enumerate(points)}
-        limit = self.settings.group_size or len(points)
         waited = False
         while True:
             with warnings.catch_warnings():
@@ -612,6 +828,7 @@ class Session:
             pending = [k for k in keys if k not in done]
             if not pending:
                 return
+            limit = self._share(len(pending))
             claimed: list[str] = []
             for key in pending:
                 self._check_failures(study, trials, key)
@@ -636,7 +853,9 @@ class Session:
                 continue
             waited = False
             group = [(points[keys[k]], keys[k]) for k in claimed]
-            self._run_group(study, group, evaluate, dists, epochs, protect or set(), grid)
+            self._run_group(
+                study, group, evaluate, dists, epochs, protect or set(), grid, find=find
+            )
 
     def _run_group(
         self,
@@ -647,8 +866,13 @@ class Session:
         epochs: int,
         protect: set[str],
         grid: bool,
+        *,
+        find: Find | None = None,
     ) -> None:
         """Create the claimed points' trials, train them together, tell each result.
+
+        ``find``: where a point's identical trial of an earlier stage is (:mod:`tuner.reuse`);
+        such a point's trial is recorded from it and the group trains without it.
 
         ``epochs``: how many epochs the group trains in all (the progress bar's length);
         ``protect``: keys of points never pruned (the incumbent of a keep-incumbent stage).
@@ -663,6 +887,10 @@ class Session:
                 self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
                 trial.set_user_attr("worker", self.owner)
                 trials.append(trial)
+        if find is not None:
+            group, trials = self._reuse_trials(study, group, trials, find)
+            if not group:
+                return
         labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p, _ in group]
         numbers = ", ".join(str(t.number) for t in trials)
         logger.info(
@@ -720,6 +948,43 @@ class Session:
                 logger.info(
                     "%s trial %d (%s): %.4f", study.study_name, trial.number, label, result.value
                 )
+
+    def _reuse_trials(
+        self,
+        study: optuna.Study,
+        group: list[tuple[dict[str, Any], int]],
+        trials: list[optuna.Trial],
+        find: Find,
+    ) -> tuple[list[tuple[dict[str, Any], int]], list[optuna.Trial]]:
+        """Record each claimed point that has an identical trial in an earlier stage from that
+        trial (no training); return the points (and trials) left to train."""
+        left: list[tuple[tuple[dict[str, Any], int], optuna.Trial]] = []
+        with self._storage_errors(f"reusing trials for {study.study_name}"):
+            for entry, trial in zip(group, trials, strict=True):
+                source = find(entry[0])
+                if source is None:
+                    left.append((entry, trial))
+                    continue
+                try:
+                    value = reuse.copy_into(trial, *source)
+                    notes.on_trial_done(self, study, trial, entry[0], source[1].user_attrs)
+                    study.tell(trial, value)
+                except BaseException:
+                    for t in trials:  # none stays RUNNING: the next worker retries them
+                        try:
+                            study.tell(t, state=TrialState.FAIL)
+                        except Exception:  # noqa: BLE001 - already told, or the storage is gone
+                            pass
+                    raise
+                logger.info(
+                    "%s trial %d (%s): %.4f, reused from %s (identical training)",
+                    study.study_name,
+                    trial.number,
+                    ", ".join(f"{k}={v}" for k, v in entry[0].items()),
+                    value,
+                    reuse.origin(*source),
+                )
+        return [e for e, _ in left], [t for _, t in left]
 
     @contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:

@@ -18,6 +18,8 @@ import re
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -114,12 +116,13 @@ def open_storage(
             with warnings.catch_warnings():
                 # heartbeats are "experimental" in Optuna's API, yet crash recovery needs them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs(url),
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                )
+                with _schema_lock_for(url):
+                    return optuna.storages.RDBStorage(
+                        url,
+                        engine_kwargs=engine_kwargs(url),
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                    )
         except (OperationalError, sqlalchemy.exc.DBAPIError) as err:
             reason = scrub(first_line(err), url)
             if is_schema_race(err) and attempt + 1 < CREATE_RETRIES:
@@ -136,6 +139,20 @@ def open_storage(
                 f"{scrub(first_line(err), url)}"
             ) from None
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def _schema_lock_for(url: str) -> Iterator[None]:
+    """:func:`schema_lock` on a short-lived engine of ``url`` (PostgreSQL only)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))  # the same connect timeout
+    try:
+        with schema_lock(engine):
+            yield
+    finally:
+        engine.dispose()
 
 
 def first_line(err: BaseException) -> str:
@@ -307,6 +324,27 @@ def storage_failure(err: BaseException, url: str, doing: str = "") -> StorageErr
     """One line for any failure of the storage or the machine behind ``err`` (see
     :func:`environment_failure` and :func:`lost_storage`), else ``None``."""
     return environment_failure(err, url, doing) or lost_storage(err, url, doing)
+
+
+SCHEMA_LOCK = 0x7475_6E65_7231  # "tuner1": the advisory lock that serializes schema creation
+
+
+@contextmanager
+def schema_lock(engine: sqlalchemy.engine.Engine) -> Iterator[None]:
+    """Serialize creating tables across workers on PostgreSQL (an advisory lock held on its
+    own connection), so that concurrent workers never race on CREATE TABLE and the server logs
+    no duplicate-key errors. Elsewhere (SQLite) a no-op: the retries handle the race."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
+            conn.commit()
 
 
 def is_schema_race(err: BaseException) -> bool:

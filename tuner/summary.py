@@ -36,6 +36,8 @@ def stage_table(state: StageState) -> str:
     header = ["best", *params, "value"]
     header += ["std", "95% CI", "n"] if has_std else []
     header += ["seconds", "trial"]
+    reused = any(t.user_attrs.get("reused_from") for t in complete)
+    header += ["reused from"] if reused else []
     rows = []
     for i, t in enumerate(complete):
         row = ["*" if i == 0 else "", *(_fmt(t.params.get(p)) for p in params), f"{t.value:.4f}"]
@@ -47,6 +49,7 @@ def stage_table(state: StageState) -> str:
                 str(t.user_attrs.get("n", "")),
             ]
         row += [f"{t.user_attrs.get('seconds', 0.0):.1f}", str(t.number)]
+        row += [t.user_attrs.get("reused_from") or ""] if reused else []
         rows.append(row)
     fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in (state.fixed_params or {}).items()) or "none"
     title = f"stage {state.name} (study {state.study}, {state.n_complete}/{state.n_total} complete; fixed: {fixed})"
@@ -56,6 +59,11 @@ def stage_table(state: StageState) -> str:
         out.append(f"carried forward: {_fmt(state.best_params)}")
     if state.n_pruned:
         out.append(f"pruned: {state.n_pruned} point(s) stopped early")
+    if state.reused:
+        out.append(
+            f"reused: {len(state.reused)} point(s) trained exactly as in an earlier stage's trial "
+            "(not trained again)"
+        )
     return "\n".join(out)
 
 
@@ -85,6 +93,8 @@ def status_table(status: dict[str, Any]) -> str:
         )
         if "model" in final:
             text += f"\nmodel: {final['model']}"
+        if final.get("reused_from"):
+            text += f" (the kept weights of trial {final['reused_from']}: not trained again)"
     else:
         text += "\nfinal: not run"
     return text

@@ -31,6 +31,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -409,9 +411,57 @@ def _check_spec(spec: DataSpec) -> None:
 
 def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
     """Load, split and scale the data of ``spec``, reusing ``data_dir/prepared/<key>`` when
-    it holds the same preparation (same source content, split, rows, seed, version)."""
+    it holds the same preparation (same source content, split, rows, seed, version).
+
+    Workers sharing ``data_dir`` (a compose volume) prepare one at a time, behind a lock file
+    ``data_dir/.prepare.lock``: one generates and prepares, the others wait and then read
+    its cache."""
     _check_spec(spec)
     data_dir = Path(data_dir)
+    with _preparing_lock(data_dir):
+        return _prepare_unlocked(spec, data_dir)
+
+
+@contextmanager
+def _preparing_lock(data_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``data_dir/.prepare.lock`` (none where it cannot be made:
+    a read-only data directory has nothing to race on). When preparing fails (bad input), the
+    lock file and a data directory this call made are removed again: nothing is left written."""
+    import fcntl
+
+    made = [p for p in (data_dir.parent, data_dir) if not p.exists()]
+    lock = data_dir / ".prepare.lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    failed = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another worker is preparing the data in %s; waiting for it", data_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks
+            pass
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed:
+            lock.unlink(missing_ok=True)
+            for path in reversed(made):
+                try:
+                    path.rmdir()  # only if still empty
+                except OSError:
+                    pass
+        os.close(fd)  # releases the lock
+
+
+def _prepare_unlocked(spec: DataSpec, data_dir: Path) -> Prepared:
     if spec.is_table:
         return _prepare_table(spec, data_dir)
     ref = uci.resolve_source(spec.source, data_dir)

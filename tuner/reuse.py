@@ -1,0 +1,276 @@
+"""Never train the same thing twice: identical trials across stages, and the final job.
+
+Every point of a stage trains with the seed, batches and data of the stage's incumbent, so a
+later stage's incumbent point is often exactly an earlier stage's winning point, and the final
+job often retrains the last stage's winner with the same seed for the same epochs.
+
+A trial's *training fingerprint* (user attr ``fingerprint``, :func:`fingerprint`) hashes all that
+its numbers depend on: every :class:`TrainConfig` field (after fixes), the seeds of its repeats,
+the planned epochs (``min_steps`` included), folds, objective and early-stopping patience, how
+the stage kind trains a point (a sweep point and a CV point train differently), the device and
+precision, and the prepared data's key. Before training a claimed point a worker looks for a
+COMPLETE trial with the same fingerprint in the latest matching studies of the plan's earlier
+stages (:func:`sources`); if there is one, the point's trial is recorded from it (same value,
+intermediate values and user attrs, plus ``reused_from = "<study>#<trial number>"``) without
+training. Stages with a pruner neither record a fingerprint nor reuse: whether a point is
+pruned depends on its peers.
+
+The final job: each sweep point whose training equals the final's (same configuration and seed,
+the same planned epochs on the same train split) keeps the weights the final job's rule would
+keep -- the final's early stopping on validation loss replayed on the point's per-epoch
+validation losses (:class:`FinalRule`) -- under ``WORKDIR/weights/<study>/trial-<n>.pt``; its
+trial records them in user attr ``final_weights`` with a ``final_key`` (:func:`final_key`). The
+final job with the same key scores those weights on test instead of training again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.engine import EarlyStopping
+from tuner.paths import inside
+from tuner.plan import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
+
+if TYPE_CHECKING:
+    from tuner.fused import Compute
+    from tuner.objectives import TensorData
+
+logger = logging.getLogger(__name__)
+
+NOT_COPIED = ("worker", "reused_from", "seconds")  # per-trial bookkeeping, not results
+
+
+def procedure(spec: StageSpec) -> str:
+    """How a stage trains a point: the verification runs of an LR range test train like a
+    sweep point (see :func:`tuner.objectives.evaluate_points`)."""
+    return "cv" if spec.kind == "cv" else "sweep"
+
+
+def reusable(spec: StageSpec) -> bool:
+    """Whether a stage's trials take part in reuse (a pruned stage's do not)."""
+    return spec.pruner == "none"
+
+
+def _compute(compute: Compute) -> dict[str, str]:
+    return {"device": compute.device, "precision": compute.precision}
+
+
+def sweep_epochs(spec: StageSpec, cfg: TrainConfig, n_train: int) -> int:
+    """The epochs a sweep point of ``spec`` is planned to train on ``n_train`` rows."""
+    return planned_epochs(spec.epochs, spec.min_steps, n_train, cfg.batch_size)
+
+
+def fingerprint(
+    spec: StageSpec, cfg: TrainConfig, *, seed: int, data: TensorData, compute: Compute
+) -> str | None:
+    """The training fingerprint of a point of ``spec`` trained as ``cfg`` (``None``: the stage
+    does not take part in reuse)."""
+    if not reusable(spec):
+        return None
+    from tuner.objectives import repeat_seeds
+
+    kind = procedure(spec)
+    n_train = len(data.train[1])
+    if kind == "cv":  # fold sizes differ by a row: min_steps counts as given
+        epochs: Any = {"epochs": spec.epochs, "min_steps": spec.min_steps, "folds": spec.folds}
+    else:
+        epochs = {"epochs": sweep_epochs(spec, cfg, n_train)}
+    return content_hash(
+        {
+            "config": cfg.to_dict(),
+            "procedure": kind,
+            "seeds": repeat_seeds(seed, spec.repeats),
+            **epochs,
+            "objective": spec.objective,
+            "patience": spec.patience if kind == "sweep" else 0,
+            "compute": _compute(compute),
+            "data": data.key,
+            "n_train": n_train,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class FinalRule:
+    """What the final job keeps of a run: its early stopping replayed on the validation
+    losses (see :func:`tuner.fused.train_one`)."""
+
+    epochs: int
+    patience: int
+    restore_best: bool
+
+    @classmethod
+    def of(cls, final: FinalSpec, cfg: TrainConfig, n_train: int) -> FinalRule:
+        return cls(
+            planned_epochs(final.epochs, final.min_steps, n_train, cfg.batch_size),
+            final.patience,
+            final.restore_best,
+        )
+
+
+def final_key(
+    cfg: TrainConfig, rule: FinalRule, *, seed: int, data: TensorData, compute: Compute
+) -> str:
+    """What a run on the train split must share with the final job for its kept weights to be
+    the final model: configuration, seed, planned epochs, the final's rule, compute, data."""
+    return content_hash(
+        {
+            "config": cfg.to_dict(),
+            "seed": seed,
+            "epochs": rule.epochs,
+            "patience": rule.patience,
+            "restore_best": rule.restore_best,
+            "compute": _compute(compute),
+            "data": data.key,
+            "n_train": len(data.train[1]),
+        }
+    )
+
+
+class Keeper:
+    """Replays a :class:`FinalRule` on one run during a sweep and keeps the weights the final
+    job would keep: ``update(epoch, val_loss, export)`` after every epoch; :attr:`kept` is
+    ``(state_dict, epochs_trained, stopped_early)`` once the rule has stopped or run out."""
+
+    def __init__(self, rule: FinalRule) -> None:
+        self.rule = rule
+        self.stopping = EarlyStopping(rule.patience)
+        self.best: dict | None = None
+        self.kept: tuple[dict, int, bool] | None = None
+
+    def update(self, epoch: int, val_loss: float, export) -> None:
+        if self.kept is not None or epoch > self.rule.epochs:
+            return
+        if self.stopping.update(val_loss) and self.rule.restore_best:
+            self.best = copy.deepcopy(export().state_dict())
+        stop = self.stopping.should_stop and epoch < self.rule.epochs
+        if stop or epoch == self.rule.epochs:
+            state = export().state_dict()
+            if self.rule.restore_best and self.best is not None:
+                state = self.best
+            self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, stop)
+
+
+def weights_parts(study: str, number: int) -> tuple[str, ...]:
+    return ("weights", study, f"trial-{number}.pt")
+
+
+def save_weights(workdir: Path, study: str, number: int, kept: tuple[dict, int, bool]) -> dict:
+    """Write kept weights (loadable with ``torch.load(weights_only=True)``) under the workdir;
+    returns the trial's ``final_weights`` attr."""
+    from tuner.final import atomic_write, save_torch
+
+    state, epochs, stopped = kept
+    parts = weights_parts(study, number)
+    path = inside(workdir, *parts)
+    atomic_write(path, lambda tmp: save_torch({"state_dict": state}, tmp))
+    return {"path": "/".join(parts), "epochs_trained": epochs, "stopped_early": stopped}
+
+
+def load_weights(workdir: Path, attr: Mapping[str, Any]) -> dict | None:
+    """The state dict a trial's ``final_weights`` attr names, or ``None`` when the file is gone."""
+    path = inside(workdir, *str(attr["path"]).split("/"))
+    if not path.is_file():
+        return None
+    return torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+
+
+def origin(study: str, trial: FrozenTrial) -> str:
+    """``"<study>#<number>"`` of the trial that trained (following earlier reuse)."""
+    return trial.user_attrs.get("reused_from") or f"{study}#{trial.number}"
+
+
+def sources(
+    storage: optuna.storages.BaseStorage, studies: list[str], data_key: str
+) -> dict[str, tuple[str, FrozenTrial]]:
+    """Fingerprint -> ``(study, trial)``: COMPLETE trials of ``studies`` (on ``data_key``)
+    that recorded a fingerprint; the first study given wins a tie."""
+    found: dict[str, tuple[str, FrozenTrial]] = {}
+    for name in studies:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.user_attrs.get("data_key") != data_key:
+            continue
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            fp = t.user_attrs.get("fingerprint")
+            if fp and fp not in found:
+                found[fp] = (name, t)
+    return found
+
+
+def copy_into(trial: optuna.Trial, source_study: str, source: FrozenTrial) -> float:
+    """Record ``source``'s results on the RUNNING ``trial`` (attrs, intermediate values);
+    returns the value to tell."""
+    for name, value in source.user_attrs.items():
+        if name not in NOT_COPIED:
+            trial.set_user_attr(name, value)
+    trial.set_user_attr("seconds", 0.0)
+    trial.set_user_attr("reused_from", origin(source_study, source))
+    for step, value in sorted(source.intermediate_values.items()):
+        trial.report(value, step)
+    assert source.value is not None
+    return source.value
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A stage trial's kept weights that the final job may use as its model."""
+
+    study: str
+    trial: FrozenTrial
+    state_dict: dict
+    epochs_trained: int
+    stopped_early: bool
+
+    @property
+    def origin(self) -> str:
+        return origin(self.study, self.trial)
+
+    def history(self):
+        """The final job's history: the trial's first run up to the epoch the rule kept."""
+        from tuner.engine import EpochStats, History
+
+        cols = self.trial.user_attrs["history"]
+        n = self.epochs_trained
+        epochs = [
+            EpochStats(
+                int(cols["epoch"][i]),
+                float(cols["train_loss"][i]),
+                float(cols["val_loss"][i]),
+                float(cols["val_acc"][i]),
+                float(cols["seconds"][i]),
+            )
+            for i in range(n)
+        ]
+        return History(epochs, self.stopped_early)
+
+
+def find_kept(
+    storage: optuna.storages.BaseStorage, studies: list[str], data_key: str, key: str, workdir: Path
+) -> Kept | None:
+    """The first COMPLETE trial of ``studies`` whose kept weights have ``key`` (see
+    :func:`final_key`) and whose weights file is still there."""
+    for name in studies:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.user_attrs.get("data_key") != data_key:
+            continue
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            attr = t.user_attrs.get("final_weights")
+            if t.user_attrs.get("final_key") != key or not isinstance(attr, Mapping):
+                continue
+            if not isinstance(t.user_attrs.get("history"), Mapping):
+                continue
+            state = load_weights(workdir, attr)
+            if state is None:
+                logger.info("%s trial %d: its kept weights are gone", name, t.number)
+                continue
+            return Kept(name, t, state, int(attr["epochs_trained"]), bool(attr["stopped_early"]))
+    return None
