@@ -193,3 +193,8 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     return model, history
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    """The seeds of a point's repeats: the run's seed first, so ``repeats = 1`` is one run."""
+    return [seed + r for r in range(repeats)]

@@ -7,11 +7,8 @@ study ``<plan>.final`` holds one trial whose value is the test accuracy; nothing
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from tuner.engine import EpochStats, evaluate
 from tuner.fused import train_one
 from tuner.model import build_model
 from tuner.objectives import PointResult
+from tuner.paths import atomic_write, save_torch
 from tuner.plan import TrainConfig, planned_epochs
 from tuner.stages import FINAL, Session, StageState
 
@@ -44,33 +42,6 @@ def input_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def model_dir(session: Session) -> Path:
     return paths.model_dir(session.settings.workdir, session.plan.name)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: never a half file. An
-    ``OSError`` (a full disk, a read-only directory) names ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError as err:
-        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno is not None:
-            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-        raise
-
-
-def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through memory, then one plain write: a full disk is an ``OSError``
-    (ENOSPC) rather than torch's RuntimeError "file write failed"."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    Path(path).write_bytes(buffer.getvalue())
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from tuner.data.prepare import Prepared
 from tuner.decide import interval
-from tuner.engine import EarlyStopping, EpochStats, History, as_tensors
+from tuner.engine import EarlyStopping, EpochStats, History, as_tensors, repeat_seeds
 from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
 from tuner.reuse import FinalRule, Keeper
@@ -62,11 +62,6 @@ class PointResult:
     pruned: bool = False
     # what a FinalRule kept of the point's first run: (state_dict, epochs_trained, stopped_early)
     kept: tuple[dict, int, bool] | None = None
-
-
-def repeat_seeds(seed: int, repeats: int) -> list[int]:
-    """The seeds of a point's repeats: the run's seed first, so ``repeats = 1`` is one run."""
-    return [seed + r for r in range(repeats)]
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:

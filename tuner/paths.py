@@ -14,6 +14,7 @@ edited plan under the same name overwrites another's.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -97,3 +98,32 @@ def record_plan(directory: Path, plan: Plan, what: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same directory, then rename: never a half file. An
+    ``OSError`` (a full disk, a read-only directory) names ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through memory, then one plain write: a full disk is an ``OSError``
+    (ENOSPC) rather than torch's RuntimeError "file write failed"."""
+    import torch  # only where a model is saved
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    Path(path).write_bytes(buffer.getvalue())

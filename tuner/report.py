@@ -451,7 +451,7 @@ def _table_lines(m: dict[str, Any]) -> list[str]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    from tuner.final import atomic_write
+    from tuner.paths import atomic_write
 
     def write(tmp: str) -> None:
         Path(tmp).write_text(text)

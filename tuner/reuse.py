@@ -76,7 +76,7 @@ def fingerprint(
     does not take part in reuse)."""
     if not reusable(spec):
         return None
-    from tuner.objectives import repeat_seeds
+    from tuner.engine import repeat_seeds
 
     kind = procedure(spec)
     n_train = len(data.train[1])
@@ -167,7 +167,7 @@ def weights_parts(study: str, number: int) -> tuple[str, ...]:
 def save_weights(workdir: Path, study: str, number: int, kept: tuple[dict, int, bool]) -> dict:
     """Write kept weights (loadable with ``torch.load(weights_only=True)``) under the workdir;
     returns the trial's ``final_weights`` attr."""
-    from tuner.final import atomic_write, save_torch
+    from tuner.paths import atomic_write, save_torch
 
     state, epochs, stopped = kept
     parts = weights_parts(study, number)
