@@ -1,4 +1,4 @@
-"""Training throughput: the published-style loop, tuner.engine.train, and fused groups.
+"""Training throughput: the published-style loop, tuner.train.engine.train, and fused groups.
 
 Prints one JSON line per case (plus a first line describing the machine and the measured
 matrix-product peaks)::
@@ -12,11 +12,11 @@ Cases (all a 256x256 GELU MLP, batch 128, Adam):
 * ``published``: one trial through ``torch.utils.data.DataLoader(TensorDataset, batch_size=128,
   shuffle=True)``, ``zero_grad / backward / step`` and ``loss.item()`` per step -- how the
   published study trained every trial;
-* ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.fused.train_one`,
+* ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.train.fused.train_one`,
   a fused group of one;
-* ``reference``: one trial through :func:`tuner.engine.train` (autograd, index-sliced
+* ``reference``: one trial through :func:`tuner.train.engine.train` (autograd, index-sliced
   in-memory batches): the loop fused training is tested against;
-* ``fused``: :func:`tuner.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
+* ``fused``: :func:`tuner.train.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
   each with its own learning rate (the worst case for the optimizer: one fused call per
   member; ``--same-lr`` gives them all 1e-3); ``--precisions fp32 bf16``.
 
@@ -50,11 +50,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tuner.data import synthetic  # noqa: E402
-from tuner.engine import as_tensors, train  # noqa: E402
-from tuner.fused import train_group, train_one  # noqa: E402
-from tuner.model import build_model, make_optimizer  # noqa: E402
 from tuner.plan import TrainConfig  # noqa: E402
-from tuner.runtime import keep_freed_memory  # noqa: E402
+from tuner.train.engine import as_tensors, train  # noqa: E402
+from tuner.train.fused import train_group, train_one  # noqa: E402
+from tuner.train.model import build_model, make_optimizer  # noqa: E402
+from tuner.train.runtime import keep_freed_memory  # noqa: E402
 
 HIDDEN = (256, 256)
 BATCH = 128
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--malloc-defaults",
         action="store_true",
-        help="leave glibc's allocator thresholds as they are (tuner raises them: tuner.runtime)",
+        help="leave glibc's allocator thresholds as they are (tuner raises them: tuner.train.runtime)",
     )
     ap.add_argument(
         "--same-lr", action="store_true", help="fused members share lr 1e-3 (default: 1e-4..1e-2)"

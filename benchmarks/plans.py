@@ -5,7 +5,7 @@ process and fresh workdir, on the same prepared data (same source, rows, split a
 one JSON line per plan -- test accuracy, test loss, macro-F1, wall seconds of the whole process
 and the configuration the plan chose -- and a last line with the differences (extended - seed).
 Both final models are scored on the same test rows, so the differences in accuracy and macro-F1
-come with 95% paired-bootstrap intervals over those rows (``tuner.bootstrap``): a difference
+come with 95% paired-bootstrap intervals over those rows (``tuner.report.bootstrap``): a difference
 whose interval contains 0 is not told apart from the luck of the test split.
 
     python benchmarks/plans.py                            # full-size synthetic data (~50 min)
@@ -107,7 +107,7 @@ def scores(workdir: Path, plan: str) -> dict:
 
 def compare(a: dict, b: dict, root: Path, args: argparse.Namespace) -> dict:
     """``b - a``, with paired-bootstrap intervals for accuracy and macro-F1."""
-    from tuner.bootstrap import paired_bootstrap
+    from tuner.report.bootstrap import paired_bootstrap
 
     y, (pred_a, pred_b), n_classes = test_predictions(root, [a["plan"], b["plan"]], args)
     diffs = paired_bootstrap(y, pred_a, pred_b, n_classes, draws=args.draws)

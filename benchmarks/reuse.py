@@ -42,8 +42,8 @@ def stage_ends(workdir: Path, plan_name: str) -> dict[str, float]:
     import optuna
 
     from tuner.plan import load_plan
-    from tuner.stages import FINAL, Session, Settings
-    from tuner.storage import default_storage_url
+    from tuner.tune.stages import FINAL, Session, Settings
+    from tuner.tune.storage import default_storage_url
 
     plan = load_plan(plan_name, workdir)
     settings = Settings(workdir=workdir, storage_url=default_storage_url(workdir), data=None)

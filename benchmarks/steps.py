@@ -10,9 +10,9 @@ backward, optimizer), as in a stage of the seed plan (256x256 MLP, lr 1e-4):
 * ``weight_decay``: 5 weight decays x 5 folds (25 members, each fold its own rows).
 
 Timing on a shared machine moves by a third between runs, so ``--against REV`` loads
-``tuner/fused.py`` of that git revision next to the working tree's and times both in the same
+``tuner/train/fused.py`` of that git revision next to the working tree's and times both in the same
 process, in interleaved blocks, and reports medians: differences of a few percent then show.
-Only ``tuner/fused.py`` comes from ``REV``; what it imports is the working tree's package.
+Only ``tuner/train/fused.py`` comes from ``REV``; what it imports is the working tree's package.
 
     python benchmarks/steps.py                          # the working tree only
     python benchmarks/steps.py --against HEAD~1         # and the previous commit, interleaved
@@ -37,9 +37,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuner import fused  # noqa: E402
 from tuner.plan import TrainConfig  # noqa: E402
-from tuner.runtime import keep_freed_memory  # noqa: E402
+from tuner.train import fused  # noqa: E402
+from tuner.train.runtime import keep_freed_memory  # noqa: E402
 
 BATCH = 128
 BASE = {"hidden": (256, 256), "lr": 1e-4, "weight_decay": 1e-5, "batch_size": BATCH}
@@ -56,9 +56,9 @@ GROUPS: dict[str, list[dict]] = {
 
 
 def fused_at(rev: str) -> ModuleType:
-    """``tuner/fused.py`` as it was at git revision ``rev``, imported as its own module."""
+    """``tuner/train/fused.py`` as it was at git revision ``rev``, imported as its own module."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:tuner/fused.py"], cwd=REPO, check=True, capture_output=True
+        ["git", "show", f"{rev}:tuner/train/fused.py"], cwd=REPO, check=True, capture_output=True
     ).stdout
     path = Path(tempfile.mkdtemp(prefix="tuner-steps-")) / "fused_at_rev.py"
     path.write_bytes(source)

@@ -12,8 +12,8 @@ from optuna.trial import TrialState
 
 from tuner.data.prepare import DataSpec
 from tuner.plan import load_plan
-from tuner.stages import Session, Settings, point_key
-from tuner.storage import default_storage_url
+from tuner.tune.stages import Session, Settings, point_key
+from tuner.tune.storage import default_storage_url
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tuner.bootstrap import _weighted_scores, paired_bootstrap
+from tuner.report.bootstrap import _weighted_scores, paired_bootstrap
 
 C = 10
 

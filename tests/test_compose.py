@@ -28,8 +28,8 @@ from sqlalchemy.engine import make_url
 from tests._util import REPO, write_tiny_plan
 from tests.pg import free_port
 from tuner.cli import build_parser
-from tuner.stages import point_key
-from tuner.storage import check_url
+from tuner.tune.stages import point_key
+from tuner.tune.storage import check_url
 
 COMPOSE = REPO / "docker-compose.yml"
 TUNER = ["python", "-m", "tuner"]

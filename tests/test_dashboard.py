@@ -13,8 +13,8 @@ import pytest
 from tests._util import popen_cli, write_tiny_plan
 from tests.browser import dump_dom, finished_run, get_bytes, get_json, wait_until
 from tuner.cli import main
-from tuner.dashboard import Dashboard
-from tuner.storage import default_storage_url, open_storage
+from tuner.report.dashboard import Dashboard
+from tuner.tune.storage import default_storage_url, open_storage
 
 STAGES = ("lr", "weight_decay", "activation", "normalization", "optimizer")
 STUDIES = [f"tiny.{s}" for s in STAGES] + ["tiny.final"]
@@ -179,7 +179,7 @@ def test_notes_and_study_artifacts_are_idempotent_across_workers(run, msd_file):
     from optuna_dashboard import get_note
 
     from tests._util import session
-    from tuner import notes
+    from tuner.report import notes
 
     s = session(run, str(msd_file))
     try:

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from tests._util import session
 from tests.conftest import uci_lines, write_uci_text
-from tuner.decide import PointStats, decide, paired
+from tuner.tune.decide import PointStats, decide, paired
 
 # -- the rule, on numbers -------------------------------------------------------------------
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.engine import as_tensors, train
-from tuner.lr_range import range_test, snap, steepest_lr
-from tuner.model import build_model
 from tuner.plan import StageSpec, TrainConfig
+from tuner.train.engine import as_tensors, train
+from tuner.train.lr_range import range_test, snap, steepest_lr
+from tuner.train.model import build_model
 
 
 def _blobs(n=1200, seed=0):

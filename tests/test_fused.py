@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.engine import History, as_tensors, train
-from tuner.fused import train_group
 from tuner.plan import TrainConfig
+from tuner.train.engine import History, as_tensors, train
+from tuner.train.fused import train_group
 
 N_CLASSES = 10
 RTOL = 1e-4  # on train and validation losses
@@ -203,9 +203,9 @@ def test_class_weights_follow_each_members_training_rows():
 def test_dropout_step_matches_autograd_with_the_same_masks():
     """One SGD step of a dropout member equals autograd through the same masks, which come
     from the member's own generator (seed ^ _DROPOUT_SEED), one draw per hidden layer."""
-    from tuner.engine import seeded
-    from tuner.fused import _DROPOUT_SEED, FusedGroup, dropout_mask
-    from tuner.model import build_model
+    from tuner.train.engine import seeded
+    from tuner.train.fused import _DROPOUT_SEED, FusedGroup, dropout_mask
+    from tuner.train.model import build_model
 
     x, y, _, _ = DATA
     cfg = _cfg(dropout=0.4, optimizer="sgd", momentum=0.0, lr=0.1, activation="gelu")

@@ -30,8 +30,8 @@ from tests._util import (
     write_tiny_plan,
 )
 from tuner.cli import main
-from tuner.plots import fmt_value
-from tuner.storage import default_storage_url, redact, scrub
+from tuner.report.plots import fmt_value
+from tuner.tune.storage import default_storage_url, redact, scrub
 
 # every point of TINY_PLAN's later stages given by hand: `final` runs without any stage
 ALL_FIXED = ("--fix", "lr=0.01", "--fix", "weight_decay=0", "--fix", "activation=relu")
@@ -168,7 +168,7 @@ def test_a_corrupt_sqlite_file_is_one_line_naming_it_for_every_command(tmp_path,
 def test_disk_full_writing_the_model_fails_the_final_trial_and_a_rerun_completes(
     tmp_path, uci_file, capsys, monkeypatch
 ):
-    import tuner.final
+    import tuner.tune.final
 
     data = str(uci_file(n=400))
     write_tiny_plan(tmp_path)
@@ -178,7 +178,7 @@ def test_disk_full_writing_the_model_fails_the_final_trial_and_a_rerun_completes
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tuner.final, "save_torch", full)
+    monkeypatch.setattr(tuner.tune.final, "save_torch", full)
     line = one_error_line(cli(capsys, *args))
     assert "no space left on the disk" in line and "model.pt" in line, line
     no_running(url)
@@ -416,7 +416,7 @@ def test_sigterm_fails_running_trials_exits_143_and_the_next_run_resumes(tmp_pat
 
 
 def test_disk_full_errors_are_recognised_wherever_they_come_from():
-    from tuner.storage import disk_full, environment_failure
+    from tuner.tune.storage import disk_full, environment_failure
 
     assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
     wrapped = RuntimeError("commit failed")

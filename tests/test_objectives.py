@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.engine import as_tensors, train
-from tuner.fused import Compute, train_one
-from tuner.objectives import TensorData, cv_folds, evaluate_points, summarize
 from tuner.plan import StageSpec, TrainConfig
+from tuner.train.engine import as_tensors, train
+from tuner.train.fused import Compute, train_one
+from tuner.tune.objectives import TensorData, cv_folds, evaluate_points, summarize
 
 N_CLASSES = 10
 
@@ -195,7 +195,7 @@ def test_compute_resolves_devices_and_rejects_what_is_not_there():
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(caplog, monkeypatch):
-    import tuner.fused as fused
+    import tuner.train.fused as fused
 
     monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: False)
     assert Compute.resolve("cpu", "bf16") == Compute("cpu", "bf16")

@@ -16,10 +16,10 @@ from tests._util import (
 )
 from tuner.data import synthetic
 from tuner.errors import StageError
-from tuner.final import final_summary, run_final
 from tuner.plan import load_plan
 from tuner.predict import predict_file
-from tuner.stages import point_key
+from tuner.tune.final import final_summary, run_final
+from tuner.tune.stages import point_key
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_a_worker_trains_its_claimed_points_as_one_group(workdir, msd_file, grou
 
 
 def test_failed_training_is_recorded_and_retried(workdir, msd_file, monkeypatch):
-    import tuner.stages as stages
+    import tuner.tune.stages as stages
 
     s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
     real = stages.evaluate_points

@@ -9,10 +9,10 @@ import sqlite3
 import pytest
 
 from tests._util import TINY_PLAN, session, write_tiny_plan
-from tuner.final import final_summary, run_final
 from tuner.paths import inside
 from tuner.plan import load_plan
-from tuner.report import write_report
+from tuner.report.document import write_report
+from tuner.tune.final import final_summary, run_final
 
 FIXES = {"lr": "0.01", "weight_decay": "0.0001"}  # the activation stage without its predecessors
 ALL_FIXED = {**FIXES, "activation": "relu", "norm": "none", "optimizer": "adam"}
@@ -45,7 +45,7 @@ def test_an_edited_plan_under_the_same_name_gets_new_studies_and_an_unchanged_on
     _edit(workdir, ACTIVATION, ACTIVATION.replace('["relu", "gelu"]', '["tanh", "silu"]'))
     s = session(workdir, str(msd_file), fixes=FIXES)
     assert s.stage_state("activation").state == "pending"  # the other plan's study is not its
-    with caplog.at_level("INFO", logger="tuner.stages"):
+    with caplog.at_level("INFO", logger="tuner.tune.stages"):
         edited = s.run_stage("activation")
     assert "plan content changed since study tiny.activation" in caplog.text
     assert edited.study == "tiny.activation.v2" and edited.state == "done"
@@ -68,7 +68,7 @@ def test_an_edited_plan_under_the_same_name_gets_new_studies_and_an_unchanged_on
     s = session(workdir, str(msd_file), fixes=FIXES)
     assert s.stage_state("activation").study == "tiny.activation"
     caplog.clear()
-    with caplog.at_level("INFO", logger="tuner.stages"):
+    with caplog.at_level("INFO", logger="tuner.tune.stages"):
         again = s.run_stage("activation")
     s.close()
     assert "already complete in study tiny.activation" in caplog.text

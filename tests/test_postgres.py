@@ -24,9 +24,10 @@ from tests._util import (
     stage_trials,
     write_tiny_plan,
 )
-from tuner import claims, cli
-from tuner.claims import ClaimTable, claims_table
-from tuner.storage import (
+from tuner import cli
+from tuner.tune import claims
+from tuner.tune.claims import ClaimTable, claims_table
+from tuner.tune.storage import (
     PG_CONNECT_ARGS,
     connection_failure,
     engine_kwargs,

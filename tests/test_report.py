@@ -13,9 +13,9 @@ from PIL import Image
 
 from tests._util import run_cli, session, write_tiny_plan
 from tests.browser import dump_dom, finished_run
-from tuner.notes import fmt_params
-from tuner.report import write_report
-from tuner.storage import default_storage_url
+from tuner.report.document import write_report
+from tuner.report.notes import fmt_params
+from tuner.tune.storage import default_storage_url
 
 STAGES = ("lr", "weight_decay", "activation", "normalization", "optimizer")
 PLOTS = {

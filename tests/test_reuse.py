@@ -17,17 +17,17 @@ from optuna.trial import TrialState
 from tests._util import popen_cli, run_cli, stage_trials
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
-from tuner.final import run_final
-from tuner.fused import train_one
-from tuner.objectives import TensorData, evaluate_points
 from tuner.plan import FinalSpec, StageSpec, TrainConfig, load_plan, parse_plan
-from tuner.reuse import FinalRule
-from tuner.stages import Session, Settings, incumbent, point_key
-from tuner.storage import default_storage_url
+from tuner.train.fused import train_one
+from tuner.tune.final import run_final
+from tuner.tune.objectives import TensorData, evaluate_points
+from tuner.tune.reuse import FinalRule
+from tuner.tune.stages import Session, Settings, incumbent, point_key
+from tuner.tune.storage import default_storage_url
 
 # Sweeps that all train like the final job (same epochs, same seed): every later stage's
 # incumbent point is an earlier stage's winner, and the final model is the optimizer stage's
-# winning run. No BatchNorm: its pre-norm bias follows rounding noise (see tuner/fused.py), so
+# winning run. No BatchNorm: its pre-norm bias follows rounding noise (see tuner/train/fused.py), so
 # a run trained in another group is not the same to the last row of validation accuracy.
 CHAIN_PLAN = """
 name = "chain"

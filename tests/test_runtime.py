@@ -13,9 +13,9 @@ from tests._util import REPO
 # test process after hundreds of other tests.
 _STEPS = """
 import resource, torch
-from tuner.fused import FusedGroup
+from tuner.train.fused import FusedGroup
 from tuner.plan import TrainConfig
-from tuner.runtime import keep_freed_memory
+from tuner.train.runtime import keep_freed_memory
 
 assert keep_freed_memory()
 k, batch = 25, 128  # the weight-decay stage: 5 values x 5 folds, 3.3 MB activations

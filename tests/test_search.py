@@ -8,12 +8,12 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests._util import popen_cli, session, stage_trials
-from tuner import objectives
-from tuner.objectives import evaluate_points
 from tuner.plan import PlanError, StageSpec, TrainConfig, load_plan
-from tuner.search import distributions, propose
-from tuner.stages import point_key
-from tuner.storage import default_storage_url
+from tuner.tune import objectives
+from tuner.tune.objectives import evaluate_points
+from tuner.tune.search import distributions, propose
+from tuner.tune.stages import point_key
+from tuner.tune.storage import default_storage_url
 
 TPE_PLAN = """
 name = "searchy"
@@ -102,7 +102,7 @@ def test_tpe_stage_runs_in_rounds_from_the_incumbent_and_resumes(tmp_path, msd_f
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("tuner.stages.evaluate_points", crash_in_round_two)
+    monkeypatch.setattr("tuner.tune.stages.evaluate_points", crash_in_round_two)
     s = session(tmp_path, str(msd_file), plan="searchy")
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -112,7 +112,7 @@ def test_tpe_stage_runs_in_rounds_from_the_incumbent_and_resumes(tmp_path, msd_f
     finally:
         s.close()
 
-    monkeypatch.setattr("tuner.stages.evaluate_points", real)
+    monkeypatch.setattr("tuner.tune.stages.evaluate_points", real)
     s = session(tmp_path, str(msd_file), plan="searchy")
     try:
         state = s.run_stage("regularization")

@@ -15,7 +15,7 @@ from tests._util import (
     stage_trials,
     write_tiny_plan,
 )
-from tuner.storage import default_storage_url
+from tuner.tune.storage import default_storage_url
 
 
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):

@@ -337,10 +337,10 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     """Open the plan on its storage. With ``with_data`` the data is read and validated first,
     so that a bad data file stops the command before anything (a storage file) is written."""
     from tuner.data.prepare import prepare
-    from tuner.fused import Compute
     from tuner.plan import coerce_params, load_plan
-    from tuner.stages import Session, Settings, check_stage_name
-    from tuner.storage import default_storage_url
+    from tuner.train.fused import Compute
+    from tuner.tune.stages import Session, Settings, check_stage_name
+    from tuner.tune.storage import default_storage_url
 
     writes = with_data or (args.command == "report" and args.out is None)
     workdir = _workdir(args, write=writes)
@@ -410,9 +410,9 @@ def _finite(obj: Any) -> Any:
 
 
 def _status(session) -> dict[str, Any]:
-    from tuner.final import final_summary
-    from tuner.stages import plan_states
-    from tuner.storage import redact
+    from tuner.tune.final import final_summary
+    from tuner.tune.stages import plan_states
+    from tuner.tune.storage import redact
 
     return {
         "plan": session.plan.name,
@@ -437,7 +437,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _run_stages(session, stages: list[str], force: bool) -> None:
-    from tuner.summary import stage_table
+    from tuner.report.summary import stage_table
 
     for name in stages:
         state = session.run_stage(name, force=force)
@@ -467,8 +467,8 @@ def _abandon(session, err: BaseException) -> None:
     from optuna.trial import TrialState
 
     from tuner.errors import StorageLost
-    from tuner.stages import SETTLED
-    from tuner.storage import connection_failure, corrupt_database, error_line
+    from tuner.tune.stages import SETTLED
+    from tuner.tune.storage import connection_failure, corrupt_database, error_line
 
     if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
         return  # nothing can be written there
@@ -504,8 +504,8 @@ def _cmd_run_stage(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_all(args: argparse.Namespace) -> int:
-    from tuner.final import run_final
-    from tuner.summary import status_table
+    from tuner.report.summary import status_table
+    from tuner.tune.final import run_final
 
     session = _session(args)
     with _working(session):
@@ -528,7 +528,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
 
 
 def _print_report(session, out: Path | None = None) -> None:
-    from tuner.report import write_report
+    from tuner.report.document import write_report
 
     paths = write_report(session, out)
     print(f"report: {paths.markdown}, {paths.html.name} and {len(paths.plots)} plots", flush=True)
@@ -551,8 +551,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from tuner.dashboard import serve
-    from tuner.storage import default_storage_url
+    from tuner.report.dashboard import serve
+    from tuner.tune.storage import default_storage_url
 
     workdir = _workdir(args, write=False)
     serve(args.storage or default_storage_url(workdir), workdir, args.host, args.port)
@@ -560,7 +560,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_final(args: argparse.Namespace) -> int:
-    from tuner.final import final_summary, run_final
+    from tuner.tune.final import final_summary, run_final
 
     session = _session(args)
     with _working(session):
@@ -575,7 +575,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tuner.summary import status_table
+    from tuner.report.summary import status_table
 
     session = _session(args, with_data=False)
     try:
@@ -686,7 +686,7 @@ _ENVIRONMENT_ERRNOS = {
 def _environment_failure(err: BaseException, args: argparse.Namespace) -> str | None:
     """One line for a failure of the environment behind ``err`` (a lost or corrupt storage, a
     full disk, a path that cannot be read or written), else ``None`` (a bug: a traceback)."""
-    from tuner.storage import default_storage_url, scrub, storage_failure
+    from tuner.tune.storage import default_storage_url, scrub, storage_failure
 
     workdir = getattr(args, "workdir", Path("."))
     url = getattr(args, "storage", None) or default_storage_url(workdir)
@@ -745,7 +745,7 @@ def _run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from tuner.runtime import keep_freed_memory
+    from tuner.train.runtime import keep_freed_memory
 
     keep_freed_memory()
     try:

@@ -12,7 +12,7 @@ A plan has three parts:
 ``[[stages]]``
     In order. Each stage tunes one or more :class:`TrainConfig` fields over a categorical grid,
     or over a ``[space]`` of ranges and choices searched by TPE (``sampler = "tpe"``, see
-    :mod:`tuner.search`), and fixes the winners for every later stage.
+    :mod:`tuner.tune.search`), and fixes the winners for every later stage.
 ``[final]``
     How the chosen configuration is retrained and scored once on the test split.
 """
@@ -499,7 +499,7 @@ class Plan:
     final: FinalSpec
     description: str = ""
     path: Path | None = None
-    # reuse identical trials across stages and in the final job (tuner.reuse); never changes
+    # reuse identical trials across stages and in the final job (tuner.tune.reuse); never changes
     # a number, so it is not part of the plan's content
     reuse: bool = True
 

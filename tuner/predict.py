@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from tuner.errors import DataError
-from tuner.model import build_model
 from tuner.plan import TrainConfig
+from tuner.train.model import build_model
 
 _BATCH = 16384
 _KEYS = ("state_dict", "config", "n_features", "n_classes", "label_names")

@@ -6,8 +6,8 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner.decide import decision_text
-from tuner.stages import StageState
+from tuner.tune.decide import decision_text
+from tuner.tune.stages import StageState
 
 
 def _fmt(value: Any) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.model import build_model, class_weights, make_optimizer, make_scheduler
 from tuner.plan import TrainConfig
+from tuner.train.model import build_model, class_weights, make_optimizer, make_scheduler
 
 EVAL_BATCH = 16_384
 

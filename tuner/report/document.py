@@ -30,10 +30,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner import notes, paths, plots
+from tuner import paths
 from tuner.data.target import class_word
-from tuner.decide import decision_text
-from tuner.notes import (
+from tuner.report import notes, plots
+from tuner.report.notes import (
     fmt_params,
     grid_text,
     points_table,
@@ -44,8 +44,9 @@ from tuner.notes import (
     tuned_params,
     winner_text,
 )
-from tuner.plots import fmt_value
-from tuner.stages import FINAL, Session, StageState
+from tuner.report.plots import fmt_value
+from tuner.tune.decide import decision_text
+from tuner.tune.stages import FINAL, Session, StageState
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     doc = Doc()
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc.h(1, f"tuner report: plan `{plan.name}`")
-    from tuner.storage import redact
+    from tuner.tune.storage import redact
 
     doc.p(
         f"{plan.description or ''} Written {now} from the storage "

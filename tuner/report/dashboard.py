@@ -1,6 +1,6 @@
 """``python -m tuner dashboard``: optuna-dashboard on the project's storage and artifact store.
 
-The dashboard opens the storage the way workers do (:func:`tuner.storage.open_storage`: WAL
+The dashboard opens the storage the way workers do (:func:`tuner.tune.storage.open_storage`: WAL
 mode on SQLite and a long busy timeout), so it can be watched while stages run: readers never
 block the writer in WAL mode, and a write that meets a lock waits instead of failing with
 "database is locked". It serves the study notes, the intermediate values (learning curves) and
@@ -20,8 +20,8 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from tuner.errors import StorageError, TunerError
-from tuner.notes import artifact_store
-from tuner.storage import check_url, open_storage, redact
+from tuner.report.notes import artifact_store
+from tuner.tune.storage import check_url, open_storage, redact
 
 logger = logging.getLogger(__name__)
 

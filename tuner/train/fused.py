@@ -3,9 +3,9 @@
 :func:`train_group` trains ``K`` MLPs of the same widths and batch size as one stacked model:
 layer ``l`` of all members is a ``[K, out, in]`` weight tensor and one batched matrix product
 (``torch.baddbmm``) runs the layer for every member at once. Each member keeps its own
-initialisation (built exactly as :func:`tuner.engine.train` builds it), its own optimizer state,
+initialisation (built exactly as :func:`tuner.train.engine.train` builds it), its own optimizer state,
 learning rate, weight decay and momentum, its own activation and normalisation, and sees the
-batches that :func:`tuner.engine.train` would show it alone (the same per-epoch permutation from
+batches that :func:`tuner.train.engine.train` would show it alone (the same per-epoch permutation from
 a generator seeded by its seed, the same last partial batch). Members that share the seed and
 the training rows see the very same batches (common random numbers), and then the input batch
 is gathered once for all of them.
@@ -54,7 +54,7 @@ fused Adam ~6%. To remove what is not arithmetic the module
 Matrix products at these shapes (``[K, 128, 256] x [K, 256, 256]``) run at ~100-110 GFLOP/s on
 the 2-core development machine, ~60% of a large square ``mm``, so from a few members on the
 step is bound by them. The CLI also raises glibc's allocator thresholds
-(:mod:`tuner.runtime`): a group of 25 otherwise spent a third of its time in page faults.
+(:mod:`tuner.train.runtime`): a group of 25 otherwise spent a third of its time in page faults.
 
 The stacked layout: weights ``[K, out, in]`` (``nn.Linear`` orientation, so member ``k``'s
 weight is the contiguous view ``W[k]``), activations ``[K, batch, width]``. A batch shared by all
@@ -79,9 +79,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tuner.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
-from tuner.model import build_model, class_weights, scheduled_lr
 from tuner.plan import TrainConfig
+from tuner.train.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
+from tuner.train.model import build_model, class_weights, scheduled_lr
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +468,7 @@ class FusedGroup:
     Lower-level than :func:`train_group`, which drives it: ``train_step`` steps every member
     on one batch, ``train_step_subset`` only some (last partial batches, folds of other sizes),
     ``evaluate`` scores members on shared rows, ``drop`` removes members from the stack, and
-    ``export`` rebuilds a member as the ``nn.Sequential`` that :func:`tuner.model.build_model`
+    ``export`` rebuilds a member as the ``nn.Sequential`` that :func:`tuner.train.model.build_model`
     gives, with its current weights. ``drop`` and ``export`` take positions in ``cfgs``; the
     step and evaluation methods take stack positions (``active`` lists the members in stack
     order: members are sorted by normalisation and activation so that each kind is one slice).
@@ -1166,7 +1166,7 @@ def train_one(
     on_epoch: Callable[[EpochStats], None] | None = None,
     compute: Compute | None = None,
 ) -> tuple[nn.Module, History]:
-    """One trial through the fused engine; the contract of :func:`tuner.engine.train`.
+    """One trial through the fused engine; the contract of :func:`tuner.train.engine.train`.
 
     ``patience``: stop when validation loss has not improved for that many epochs.
     ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.

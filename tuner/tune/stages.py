@@ -5,12 +5,12 @@ stage's objective fixes the winners of every earlier stage, read from those stag
 the storage (or given by ``--fix``), and records them in its study's ``fixed_params`` user attr.
 
 Workers cooperate through the storage only: a worker claims a grid point
-(:mod:`tuner.claims`), creates its trial, trains it with heartbeats running, and tells the
+(:mod:`tuner.tune.claims`), creates its trial, trains it with heartbeats running, and tells the
 result. Any number of workers can run the same stage; each point completes exactly once, a
 point whose worker died is trained again, and a finished stage is not run twice.
 
 A claimed point whose training is identical to a COMPLETE trial of an earlier stage (the same
-training fingerprint, :mod:`tuner.reuse`) is recorded from that trial instead of trained
+training fingerprint, :mod:`tuner.tune.reuse`) is recorded from that trial instead of trained
 (``reused_from``); ``--no-reuse`` (``Settings.reuse``) or ``reuse = false`` in the plan turn
 that off.
 """
@@ -36,13 +36,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from tuner import notes, reuse
-from tuner.claims import Claim, ClaimTable, new_owner_id
 from tuner.data.prepare import DataSpec, Prepared, prepare
-from tuner.decide import Decision, PointStats, decide
 from tuner.errors import PlanError, StageError, TunerError
-from tuner.fused import Compute
-from tuner.objectives import PointResult, Reporter, TensorData, evaluate_points
 from tuner.paths import model_dir
 from tuner.plan import (
     Plan,
@@ -52,9 +47,15 @@ from tuner.plan import (
     content_hash,
     planned_epochs,
 )
-from tuner.pruners import for_stage
-from tuner.search import distributions, propose
-from tuner.storage import (
+from tuner.report import notes
+from tuner.train.fused import Compute
+from tuner.tune import reuse
+from tuner.tune.claims import Claim, ClaimTable, new_owner_id
+from tuner.tune.decide import Decision, PointStats, decide
+from tuner.tune.objectives import PointResult, Reporter, TensorData, evaluate_points
+from tuner.tune.pruners import for_stage
+from tuner.tune.search import distributions, propose
+from tuner.tune.storage import (
     environment_failure,
     error_line,
     lost_storage,
@@ -95,7 +96,7 @@ class Settings:
     poll_interval: float = 2.0
     group_size: int = 0  # points a worker claims and trains together; 0: all it can claim
     compute: Compute = field(default_factory=Compute)
-    reuse: bool = True  # reuse identical trials (tuner.reuse); --no-reuse: train everything
+    reuse: bool = True  # reuse identical trials (tuner.tune.reuse); --no-reuse: train everything
 
     @property
     def data_dir(self) -> Path:
@@ -737,7 +738,7 @@ class Session:
                 study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
             )
             if got:
-                from tuner.lr_range import range_test  # torch-lr-finder pulls in matplotlib
+                from tuner.train.lr_range import range_test  # torch-lr-finder pulls in matplotlib
 
                 t0 = time.perf_counter()
                 with self._heartbeat([study.study_name], []):
@@ -871,7 +872,7 @@ class Session:
     ) -> None:
         """Create the claimed points' trials, train them together, tell each result.
 
-        ``find``: where a point's identical trial of an earlier stage is (:mod:`tuner.reuse`);
+        ``find``: where a point's identical trial of an earlier stage is (:mod:`tuner.tune.reuse`);
         such a point's trial is recorded from it and the group trains without it.
 
         ``epochs``: how many epochs the group trains in all (the progress bar's length);
@@ -1056,7 +1057,7 @@ class Session:
 
 
 class _TrialReporter:
-    """A group's :class:`~tuner.objectives.Reporter`: intermediate values go to the points'
+    """A group's :class:`~tuner.tune.objectives.Reporter`: intermediate values go to the points'
     trials, pruning is the study's pruner, progress a tqdm bar."""
 
     def __init__(self, trials: list[optuna.Trial], bar: tqdm, protected: list[bool]) -> None:

@@ -29,7 +29,7 @@ def build_model(cfg: TrainConfig, n_features: int, n_classes: int) -> nn.Sequent
     ``default`` keeps PyTorch's own initialisation (Kaiming-uniform with ``a=sqrt(5)``);
     ``xavier_uniform`` and ``kaiming_normal`` (fan-in, ReLU gain) re-draw the weights and zero
     the biases. Draws come from torch's global generator: seed it (see
-    :func:`tuner.engine.seeded`) for reproducible weights.
+    :func:`tuner.train.engine.seeded`) for reproducible weights.
     """
     layers: list[nn.Module] = []
     width = n_features

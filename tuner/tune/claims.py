@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from tuner.errors import StorageError
-from tuner.storage import (
+from tuner.tune.storage import (
     CREATE_RETRIES,
     engine_kwargs,
     first_line,

@@ -18,15 +18,16 @@ import optuna
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tuner import paths, reuse
+from tuner import paths
 from tuner.data.target import class_word
-from tuner.engine import EpochStats, evaluate
-from tuner.fused import train_one
-from tuner.model import build_model
-from tuner.objectives import PointResult
 from tuner.paths import atomic_write, save_torch
 from tuner.plan import TrainConfig, planned_epochs
-from tuner.stages import FINAL, Session, StageState
+from tuner.train.engine import EpochStats, evaluate
+from tuner.train.fused import train_one
+from tuner.train.model import build_model
+from tuner.tune import reuse
+from tuner.tune.objectives import PointResult
+from tuner.tune.stages import FINAL, Session, StageState
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ points are proposed in rounds of ``round_size``: round ``r`` is drawn by Optuna'
 :class:`~optuna.samplers.TPESampler` from the results of rounds ``0..r-1`` (with the constant
 liar, so the points of one round spread out), and is then claimed, trained as one fused group
 and told like the points of a grid stage. A round is proposed once, by one worker, and stored in
-the study (see :meth:`tuner.stages.Session.run_stage`), so every worker trains the same points,
+the study (see :meth:`tuner.tune.stages.Session.run_stage`), so every worker trains the same points,
 a resumed stage continues where it stopped, and the proposals are reproducible: they depend on
 the seed and the results only.
 

@@ -1,11 +1,11 @@
 """Stage objectives: how the grid points of a stage are trained and scored, together.
 
 :func:`evaluate_points` trains a group of grid points (the points one worker claimed) as fused
-groups (:func:`tuner.fused.train_group`): every point, every repeat seed and, for a CV stage,
+groups (:func:`tuner.train.fused.train_group`): every point, every repeat seed and, for a CV stage,
 every fold is one member of the stack, and all members of one point see the batches they would
 see alone. It returns one :class:`PointResult` per point -- the value the stage's study maximises
 and the details kept as trial user attributes (per-run ``values`` and their mean, std, 95%
-interval and ``n``; see :mod:`tuner.decide`).
+interval and ``n``; see :mod:`tuner.tune.decide`).
 
 A :class:`Reporter` receives each point's intermediate values (per epoch for sweeps, mean over
 repeats; per fold, or per validation block, for CV) for Optuna and the dashboard, and decides
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from tuner.data.prepare import Prepared
-from tuner.decide import interval
-from tuner.engine import EarlyStopping, EpochStats, History, as_tensors, repeat_seeds
-from tuner.fused import Compute, FusedGroup, train_group
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
-from tuner.reuse import FinalRule, Keeper
+from tuner.train.engine import EarlyStopping, EpochStats, History, as_tensors, repeat_seeds
+from tuner.train.fused import Compute, FusedGroup, train_group
+from tuner.tune.decide import interval
+from tuner.tune.reuse import FinalRule, Keeper
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def evaluate_points(
     """Train and score ``cfgs`` (a stage's grid points) as fused groups.
 
     ``keep``: point index -> the final job's rule, for sweep points whose first run trains as
-    the final job would (see :mod:`tuner.reuse`): the weights that rule keeps come back in
+    the final job would (see :mod:`tuner.tune.reuse`): the weights that rule keeps come back in
     :attr:`PointResult.kept`.
 
     ``sweep`` (and the verification runs of ``lr_range_test``): each point trains on the train

@@ -36,13 +36,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.engine import EarlyStopping
 from tuner.paths import inside
 from tuner.plan import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
+from tuner.train.engine import EarlyStopping
 
 if TYPE_CHECKING:
-    from tuner.fused import Compute
-    from tuner.objectives import TensorData
+    from tuner.train.fused import Compute
+    from tuner.tune.objectives import TensorData
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ NOT_COPIED = ("worker", "reused_from", "seconds")  # per-trial bookkeeping, not 
 
 def procedure(spec: StageSpec) -> str:
     """How a stage trains a point: the verification runs of an LR range test train like a
-    sweep point (see :func:`tuner.objectives.evaluate_points`)."""
+    sweep point (see :func:`tuner.tune.objectives.evaluate_points`)."""
     return "cv" if spec.kind == "cv" else "sweep"
 
 
@@ -76,7 +76,7 @@ def fingerprint(
     does not take part in reuse)."""
     if not reusable(spec):
         return None
-    from tuner.engine import repeat_seeds
+    from tuner.train.engine import repeat_seeds
 
     kind = procedure(spec)
     n_train = len(data.train[1])
@@ -102,7 +102,7 @@ def fingerprint(
 @dataclass(frozen=True)
 class FinalRule:
     """What the final job keeps of a run: its early stopping replayed on the validation
-    losses (see :func:`tuner.fused.train_one`)."""
+    losses (see :func:`tuner.train.fused.train_one`)."""
 
     epochs: int
     patience: int
@@ -236,7 +236,7 @@ class Kept:
 
     def history(self):
         """The final job's history: the trial's first run up to the epoch the rule kept."""
-        from tuner.engine import EpochStats, History
+        from tuner.train.engine import EpochStats, History
 
         cols = self.trial.user_attrs["history"]
         n = self.epochs_trained

@@ -7,7 +7,7 @@ every finished stage study its summary plot (curves per grid point, or CV error 
 final study its training history and test confusion matrix. Artifacts live in an Optuna
 :class:`~optuna.artifacts.FileSystemArtifactStore` under ``WORKDIR/artifacts``.
 
-The hooks (``on_*``) are called by :class:`tuner.stages.Session` and are best effort: a plot or
+The hooks (``on_*``) are called by :class:`tuner.tune.stages.Session` and are best effort: a plot or
 note that cannot be written is logged and never fails a trial or a stage. They are idempotent
 across workers: notes are rebuilt from the storage (any worker that finishes a stage writes the
 same text), and study artifacts have an ID derived from the study and file name, so writing
@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner import paths, plots
-from tuner.decide import decision_text
-from tuner.plots import fmt_value, point_label
+from tuner import paths
+from tuner.report import plots
+from tuner.report.plots import fmt_value, point_label
+from tuner.tune.decide import decision_text
 
 if TYPE_CHECKING:
-    from tuner.stages import Session, StageState
+    from tuner.tune.stages import Session, StageState
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def _best_effort(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            from tuner.storage import environment_failure
+            from tuner.tune.storage import environment_failure
 
             failure = environment_failure(err, None)  # a full disk: one line, no traceback
             logger.warning(
@@ -436,7 +437,7 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
     Written by the worker that ran the final job (the one holding ``metrics.json``); another
     worker that waited for it leaves them alone rather than write a note without the scores.
     """
-    from tuner.stages import FINAL
+    from tuner.tune.stages import FINAL
 
     if not metrics_path.is_file():
         return

@@ -1,0 +1,15 @@
+"""Training: the MLP and how one configuration, or a stage's many, are trained.
+
+* :mod:`tuner.train.model`: the MLP built from a :class:`~tuner.plan.TrainConfig`, its
+  optimizer, learning-rate schedule and class weights;
+* :mod:`tuner.train.engine`: the reference training loop (autograd, in-memory tensors), short
+  enough to hold in one's head; the fused engine is tested against it;
+* :mod:`tuner.train.fused`: the engine every trial runs on: a stage's trials trained together
+  as one stacked model (:func:`~tuner.train.fused.train_group`), or one
+  (:func:`~tuner.train.fused.train_one`);
+* :mod:`tuner.train.lr_range`: the LR range test (torch-lr-finder);
+* :mod:`tuner.train.runtime`: process settings for training on the CPU.
+
+Nothing here knows about Optuna or storages: it takes prepared tensors and configurations and
+returns histories and models.
+"""
