@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from tuner.data.prepare import DataSpec
 from tuner.plan import load_plan
+from tuner.report.notes import DashboardNotes
 from tuner.tune.stages import Session, Settings, point_key
 from tuner.tune.storage import default_storage_url
 
@@ -97,7 +98,7 @@ def session(
         grace_period=4,
         poll_interval=0.2,
     )
-    return Session(load_plan(plan, workdir), settings)
+    return Session(load_plan(plan, workdir), settings, observers=[DashboardNotes()])
 
 
 def run_cli(

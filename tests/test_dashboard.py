@@ -217,3 +217,22 @@ def test_browser_tests_skip_without_chromium_only_outside_ci(monkeypatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         browser.require_chromium()
+
+
+def test_study_artifacts_use_optunas_metadata_format(tmp_path):
+    """put_study_artifact writes the metadata Optuna's own upload_artifact writes (its one
+    private Optuna import): the public get_all_artifact_meta lists it, once however often it
+    is written. Fails, not skips, if an Optuna upgrade moves ARTIFACTS_ATTR_PREFIX."""
+    import optuna
+
+    from tuner.report import notes
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    study = optuna.create_study(study_name="p.s", storage=storage)
+    store = notes.artifact_store(tmp_path)
+    png = tmp_path / "summary.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n")
+    ids = {notes.put_study_artifact(store, storage, study, png) for _ in range(2)}
+    metas = optuna.artifacts.get_all_artifact_meta(study, storage=storage)
+    assert [m.artifact_id for m in metas] == list(ids)
+    assert metas[0].filename == "summary.png" and metas[0].mimetype == "image/png"

@@ -13,7 +13,8 @@ import torch
 from tuner.plan import StageSpec, TrainConfig
 from tuner.train.engine import as_tensors, train
 from tuner.train.fused import Compute, train_one
-from tuner.tune.objectives import TensorData, cv_folds, evaluate_points, summarize
+from tuner.train.tensors import TensorData
+from tuner.tune.objectives import cv_folds, evaluate_points, summarize
 
 N_CLASSES = 10
 

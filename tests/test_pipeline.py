@@ -123,7 +123,7 @@ def test_resume_trains_only_unfinished_points(workdir, msd_file):
     real = s._run_group
 
     def crash_on_second(study, group, *args, **kwargs):
-        calls.append(group[0][0])
+        calls.append(group[0])
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(study, group, *args, **kwargs)

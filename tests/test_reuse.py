@@ -18,9 +18,11 @@ from tests._util import popen_cli, run_cli, stage_trials
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
 from tuner.plan import FinalSpec, StageSpec, TrainConfig, load_plan, parse_plan
+from tuner.report.notes import DashboardNotes
 from tuner.train.fused import train_one
+from tuner.train.tensors import TensorData
 from tuner.tune.final import run_final
-from tuner.tune.objectives import TensorData, evaluate_points
+from tuner.tune.objectives import evaluate_points
 from tuner.tune.reuse import FinalRule
 from tuner.tune.stages import Session, Settings, incumbent, point_key
 from tuner.tune.storage import default_storage_url
@@ -96,7 +98,7 @@ def chain_session(workdir: Path, data: Path, *, reuse: bool = True) -> Session:
         poll_interval=0.2,
         reuse=reuse,
     )
-    return Session(load_plan("chain", workdir), settings)
+    return Session(load_plan("chain", workdir), settings, observers=[DashboardNotes()])
 
 
 def run_plan(workdir: Path, data: Path, *, reuse: bool) -> tuple[Session, dict]:

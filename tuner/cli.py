@@ -338,6 +338,7 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     so that a bad data file stops the command before anything (a storage file) is written."""
     from tuner.data.prepare import prepare
     from tuner.plan import coerce_params, load_plan
+    from tuner.report.notes import DashboardNotes
     from tuner.train.fused import Compute
     from tuner.tune.stages import Session, Settings, check_stage_name
     from tuner.tune.storage import default_storage_url
@@ -375,7 +376,7 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     if settings.grace_period <= settings.heartbeat_interval:
         raise TunerError("--grace-period must be longer than --heartbeat-interval")
     prepared = prepare(settings.data, settings.data_dir) if with_data else None
-    return Session(plan, settings, prepared)
+    return Session(plan, settings, prepared, observers=[DashboardNotes()])
 
 
 def _writable_dir(path: Path, what: str, *, write: bool = True) -> None:

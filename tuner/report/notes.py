@@ -7,7 +7,8 @@ every finished stage study its summary plot (curves per grid point, or CV error 
 final study its training history and test confusion matrix. Artifacts live in an Optuna
 :class:`~optuna.artifacts.FileSystemArtifactStore` under ``WORKDIR/artifacts``.
 
-The hooks (``on_*``) are called by :class:`tuner.tune.stages.Session` and are best effort: a plot or
+:class:`DashboardNotes` subscribes the hooks (``on_*``) to a session's events (see
+:mod:`tuner.tune.hooks`); they are best effort: a plot or
 note that cannot be written is logged and never fails a trial or a stage. They are idempotent
 across workers: notes are rebuilt from the storage (any worker that finishes a stage writes the
 same text), and study artifacts have an ID derived from the study and file name, so writing
@@ -32,9 +33,11 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import paths
+from tuner.plan import FINAL_STAGE
 from tuner.report import plots
 from tuner.report.plots import fmt_value, point_label
 from tuner.tune.decide import decision_text
+from tuner.tune.hooks import StageObserver
 
 if TYPE_CHECKING:
     from tuner.tune.stages import Session, StageState
@@ -305,9 +308,16 @@ def save_note(study: optuna.Study, body: str) -> bool:
 
 
 # -- artifacts ---------------------------------------------------------------------------------
-def put_study_artifact(store, study: optuna.Study, path: Path) -> str:
+def put_study_artifact(store, storage, study: optuna.Study, path: Path) -> str:
     """Attach ``path`` to ``study`` under an ID derived from the study and file name: writing
-    it again (another worker, a rerun) replaces the artifact instead of adding a copy."""
+    it again (another worker, a rerun) replaces the artifact instead of adding a copy.
+
+    Optuna's public ``upload_artifact`` draws a random ID, so every worker that finishes a
+    stage would add another copy of its summary plot; the artifact's metadata is therefore
+    written here as ``upload_artifact`` writes it (a study system attr under Optuna's
+    ``ARTIFACTS_ATTR_PREFIX``). That prefix and ``ArtifactMeta`` are the one private Optuna
+    import of the package; ``tests/test_dashboard.py`` fails if an Optuna upgrade moves them.
+    """
     from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, ArtifactMeta
 
     path = Path(path)
@@ -315,8 +325,9 @@ def put_study_artifact(store, study: optuna.Study, path: Path) -> str:
     with open(path, "rb") as f:
         store.write(artifact_id, f)  # the file first: the dashboard never lists a missing one
     meta = ArtifactMeta(artifact_id, path.name, "image/png", None)
-    study._storage.set_study_system_attr(
-        study._study_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.set_study_system_attr(
+        study_id, ARTIFACTS_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
     )
     return artifact_id
 
@@ -341,12 +352,8 @@ def _best_effort(fn):
     return wrapper
 
 
-def _store(session: Session):
-    store = getattr(session, "_artifact_store", None)
-    if store is None:
-        store = artifact_store(session.settings.workdir)
-        session._artifact_store = store
-    return store
+def _store(session: Session) -> optuna.artifacts.FileSystemArtifactStore:
+    return artifact_store(session.settings.workdir)
 
 
 def stage_plot(state: StageState, path: Path) -> Path | None:
@@ -391,7 +398,7 @@ def on_stage_started(session: Session, study: optuna.Study, stage: str) -> None:
 def on_range_test(session: Session, study: optuna.Study, curve: Mapping[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = plots.lr_range_test(curve, Path(tmp) / "lr_range_test.png")
-        put_study_artifact(_store(session), study, path)
+        put_study_artifact(_store(session), session.storage, study, path)
 
 
 @_best_effort
@@ -427,7 +434,7 @@ def on_stage_done(session: Session, study: optuna.Study, stage: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = stage_plot(state, paths.inside(Path(tmp), f"{stage}_summary.png"))
         if path is not None:
-            put_study_artifact(_store(session), study, path)
+            put_study_artifact(_store(session), session.storage, study, path)
 
 
 @_best_effort
@@ -437,22 +444,20 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
     Written by the worker that ran the final job (the one holding ``metrics.json``); another
     worker that waited for it leaves them alone rather than write a note without the scores.
     """
-    from tuner.tune.stages import FINAL
-
     if not metrics_path.is_file():
         return
     metrics = json.loads(metrics_path.read_text())
     _name_objective(study, {"final": True})
-    save_note(study, final_note(session.stage_state(FINAL), metrics))
+    save_note(study, final_note(session.stage_state(FINAL_STAGE), metrics))
     with tempfile.TemporaryDirectory() as tmp:
         history_path = metrics_path.parent / "history.json"
         if history_path.is_file():
             history = json.loads(history_path.read_text())
             path = plots.final_history(history, Path(tmp) / "final_history.png")
-            put_study_artifact(_store(session), study, path)
+            put_study_artifact(_store(session), session.storage, study, path)
         if metrics:
             path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")
-            put_study_artifact(_store(session), study, path)
+            put_study_artifact(_store(session), session.storage, study, path)
 
 
 def per_class_header(metrics: dict[str, Any]) -> list[str]:
@@ -466,3 +471,31 @@ def per_class_rows(per_class: dict[str, dict[str, float]]) -> list[list[str]]:
         [name, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
         for name, c in per_class.items()
     ]
+
+
+class DashboardNotes(StageObserver):
+    """The dashboard's notes and plot artifacts, written as a session's stages run."""
+
+    def stage_started(self, session: Session, study: optuna.Study, stage: str) -> None:
+        on_stage_started(session, study, stage)
+
+    def range_test_done(
+        self, session: Session, study: optuna.Study, curve: Mapping[str, Any]
+    ) -> None:
+        on_range_test(session, study, curve)
+
+    def trial_done(
+        self,
+        session: Session,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        point: Mapping[str, Any],
+        attrs: Mapping[str, Any],
+    ) -> None:
+        on_trial_done(session, study, trial, point, attrs)
+
+    def stage_done(self, session: Session, study: optuna.Study, stage: str) -> None:
+        on_stage_done(session, study, stage)
+
+    def final_done(self, session: Session, study: optuna.Study, metrics_path: Path) -> None:
+        on_final_done(session, study, metrics_path)

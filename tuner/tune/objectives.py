@@ -26,33 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from tuner.data.prepare import Prepared
 from tuner.plan import StageSpec, TrainConfig, planned_epochs
-from tuner.train.engine import EarlyStopping, EpochStats, History, as_tensors, repeat_seeds
+from tuner.train.engine import EarlyStopping, EpochStats, History, repeat_seeds
 from tuner.train.fused import Compute, FusedGroup, train_group
+from tuner.train.tensors import TensorData
 from tuner.tune.decide import interval
 from tuner.tune.reuse import FinalRule, Keeper
-
-
-@dataclass(frozen=True)
-class TensorData:
-    """The prepared splits as torch tensors (zero-copy views of the cached arrays)."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    n_classes: int
-    key: str  # the prepared data's cache key: which data a study was run on
-
-    @classmethod
-    def from_prepared(cls, prepared: Prepared) -> TensorData:
-        return cls(
-            train=as_tensors(prepared.x_train, prepared.y_train),
-            val=as_tensors(prepared.x_val, prepared.y_val),
-            test=as_tensors(prepared.x_test, prepared.y_test),
-            n_classes=prepared.n_classes,
-            key=prepared.manifest["key"],
-        )
 
 
 @dataclass

@@ -42,7 +42,7 @@ from tuner.train.engine import EarlyStopping
 
 if TYPE_CHECKING:
     from tuner.train.fused import Compute
-    from tuner.tune.objectives import TensorData
+    from tuner.train.tensors import TensorData
 
 logger = logging.getLogger(__name__)
 

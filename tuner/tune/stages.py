@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,12 +47,13 @@ from tuner.plan import (
     content_hash,
     planned_epochs,
 )
-from tuner.report import notes
 from tuner.train.fused import Compute
+from tuner.train.tensors import TensorData
 from tuner.tune import reuse
 from tuner.tune.claims import Claim, ClaimTable, new_owner_id
 from tuner.tune.decide import Decision, PointStats, decide
-from tuner.tune.objectives import PointResult, Reporter, TensorData, evaluate_points
+from tuner.tune.hooks import Observers, StageObserver
+from tuner.tune.objectives import PointResult, Reporter, evaluate_points
 from tuner.tune.pruners import for_stage
 from tuner.tune.search import distributions, propose
 from tuner.tune.storage import (
@@ -120,18 +121,6 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class StageGridSampler(optuna.samplers.GridSampler):
-    """A GridSampler that never calls ``study.stop()``.
-
-    tuner drives trials through ask-and-tell with claimed grid points, so "the grid is
-    exhausted" is decided by the claims loop; the stock ``after_trial`` would raise outside
-    ``optimize`` on the last tell.
-    """
-
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
-        return None
-
-
 @dataclass
 class StageState:
     """What the storage says about one stage (the ``status`` view)."""
@@ -176,8 +165,15 @@ class StageState:
 class Session:
     """A plan opened on a storage: studies, claims and (lazily) the prepared data."""
 
-    def __init__(self, plan: Plan, settings: Settings, prepared: Prepared | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        settings: Settings,
+        prepared: Prepared | None = None,
+        observers: Sequence[StageObserver] = (),
+    ) -> None:
         self.plan = plan
+        self.observers = Observers(observers)  # notes, plots: see tuner.tune.hooks
         self.settings = settings
         self.storage = open_storage(
             settings.storage_url,
@@ -257,9 +253,6 @@ class Session:
         return self._data
 
     # -- reading the storage --------------------------------------------------------------------
-    def _study_names(self) -> list[str]:
-        return [s.study_name for s in self.storage.get_all_studies()]
-
     def _stage_studies(self, stage: str) -> list[tuple[int, Any]]:
         """Every study of the stage in the storage (any plan content), newest version first."""
         found = [
@@ -453,12 +446,10 @@ class Session:
             if "planned" not in study.user_attrs:
                 study.set_user_attr("planned", spec.trials)  # before any round: not "done"
             dists = distributions(spec)
-            study.sampler = optuna.samplers.TPESampler(seed=self.settings.seed)
         else:
             search_space = _search_space(points)
             dists = {k: CategoricalDistribution(v) for k, v in search_space.items()}
-            study.sampler = StageGridSampler(search_space, seed=self.settings.seed)
-        notes.on_stage_started(self, study, spec.name)
+        self.observers.notify("stage_started", self, study, spec.name)
         seed, compute = self.settings.seed, self.settings.compute
         reusing = self.reusing(spec)
 
@@ -512,8 +503,8 @@ class Session:
                 self._work(study, points, evaluate, dists, epochs, protect, find=find)
                 r += 1
         else:
-            self._work(study, points, evaluate, dists, epochs, protect, grid=True, find=find)
-        notes.on_stage_done(self, study, spec.name)
+            self._work(study, points, evaluate, dists, epochs, protect, find=find)
+        self.observers.notify("stage_done", self, study, spec.name)
         return self.stage_state(spec.name)
 
     def reusing(self, spec: StageSpec | None = None) -> bool:
@@ -575,7 +566,7 @@ class Session:
         epochs = planned_epochs(final.epochs, final.min_steps, len(data.train[1]), cfg.batch_size)
         self._work(study, [{}], evaluate, {}, epochs)
         metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
-        notes.on_final_done(self, study, metrics)
+        self.observers.notify("final_done", self, study, metrics)
         return self.stage_state(FINAL)
 
     def _open_study(
@@ -747,7 +738,7 @@ class Session:
                     )
                 curve = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
                 study.set_user_attr("lr_range_test", curve)
-                notes.on_range_test(self, study, curve)
+                self.observers.notify("range_test_done", self, study, curve)
                 points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
                 study.set_user_attr("points", points)
                 break
@@ -809,7 +800,6 @@ class Session:
         epochs: int,
         protect: set[str] | None = None,
         *,
-        grid: bool = False,
         find: Find | None = None,
     ) -> None:
         """Claim, train and tell points until every point of the study is complete.
@@ -853,20 +843,17 @@ class Session:
                 time.sleep(self.settings.poll_interval)
                 continue
             waited = False
-            group = [(points[keys[k]], keys[k]) for k in claimed]
-            self._run_group(
-                study, group, evaluate, dists, epochs, protect or set(), grid, find=find
-            )
+            group = [points[keys[k]] for k in claimed]
+            self._run_group(study, group, evaluate, dists, epochs, protect or set(), find=find)
 
     def _run_group(
         self,
         study: optuna.Study,
-        group: list[tuple[dict[str, Any], int]],
+        group: list[dict[str, Any]],
         evaluate: Evaluate,
         dists: dict[str, BaseDistribution],
         epochs: int,
         protect: set[str],
-        grid: bool,
         *,
         find: Find | None = None,
     ) -> None:
@@ -879,20 +866,21 @@ class Session:
         ``protect``: keys of points never pruned (the incumbent of a keep-incumbent stage).
         """
         trials: list[optuna.Trial] = []
+        trial_ids: dict[int, int] = {}  # trial number -> storage id (heartbeats, claims)
         with self._storage_errors(f"starting {study.study_name} trials"):
-            for point, grid_id in group:
-                trial = _create_trial(study, point, dists, grid_id if grid else None)
+            for point in group:
+                trial, trial_id = _create_trial(self.storage, study, point, dists)
                 # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
-                self.storage.record_heartbeat(trial._trial_id)
-                key = point_key(point)
-                self.claims.set_trial(study.study_name, key, self.owner, trial._trial_id)
+                self.storage.record_heartbeat(trial_id)
+                self.claims.set_trial(study.study_name, point_key(point), self.owner, trial_id)
                 trial.set_user_attr("worker", self.owner)
                 trials.append(trial)
+                trial_ids[trial.number] = trial_id
         if find is not None:
             group, trials = self._reuse_trials(study, group, trials, find)
             if not group:
                 return
-        labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p, _ in group]
+        labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p in group]
         numbers = ", ".join(str(t.number) for t in trials)
         logger.info(
             "%s trial(s) %s (%s): training together",
@@ -905,11 +893,11 @@ class Session:
         )
         bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, disable=None)
 
-        reporter = _TrialReporter(trials, bar, [point_key(p) in protect for p, _ in group])
-        ids = [t._trial_id for t in trials]
+        reporter = _TrialReporter(trials, bar, [point_key(p) in protect for p in group])
+        ids = [trial_ids[t.number] for t in trials]
         try:
             with self._heartbeat([study.study_name], ids), bar:
-                results = evaluate([p for p, _ in group], trials, reporter)
+                results = evaluate(group, trials, reporter)
         except BaseException as err:
             lost = lost_storage(
                 err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
@@ -935,12 +923,12 @@ class Session:
                 raise failure from None
             raise
         with self._storage_errors(f"telling {study.study_name} trial(s) {numbers}"):
-            for (point, _), trial, label, result in zip(
+            for point, trial, label, result in zip(
                 group, trials, labels, results, strict=True
             ):
                 for name, value in result.attrs.items():
                     trial.set_user_attr(name, value)
-                notes.on_trial_done(self, study, trial, point, result.attrs)  # before tell
+                self.observers.notify("trial_done", self, study, trial, point, result.attrs)
                 if result.pruned:
                     study.tell(trial, state=TrialState.PRUNED)
                     logger.info("%s trial %d (%s): pruned", study.study_name, trial.number, label)
@@ -953,22 +941,24 @@ class Session:
     def _reuse_trials(
         self,
         study: optuna.Study,
-        group: list[tuple[dict[str, Any], int]],
+        group: list[dict[str, Any]],
         trials: list[optuna.Trial],
         find: Find,
-    ) -> tuple[list[tuple[dict[str, Any], int]], list[optuna.Trial]]:
+    ) -> tuple[list[dict[str, Any]], list[optuna.Trial]]:
         """Record each claimed point that has an identical trial in an earlier stage from that
         trial (no training); return the points (and trials) left to train."""
-        left: list[tuple[tuple[dict[str, Any], int], optuna.Trial]] = []
+        left: list[tuple[dict[str, Any], optuna.Trial]] = []
         with self._storage_errors(f"reusing trials for {study.study_name}"):
-            for entry, trial in zip(group, trials, strict=True):
-                source = find(entry[0])
+            for point, trial in zip(group, trials, strict=True):
+                source = find(point)
                 if source is None:
-                    left.append((entry, trial))
+                    left.append((point, trial))
                     continue
                 try:
                     value = reuse.copy_into(trial, *source)
-                    notes.on_trial_done(self, study, trial, entry[0], source[1].user_attrs)
+                    self.observers.notify(
+                        "trial_done", self, study, trial, point, source[1].user_attrs
+                    )
                     study.tell(trial, value)
                 except BaseException:
                     for t in trials:  # none stays RUNNING: the next worker retries them
@@ -981,11 +971,11 @@ class Session:
                     "%s trial %d (%s): %.4f, reused from %s (identical training)",
                     study.study_name,
                     trial.number,
-                    ", ".join(f"{k}={v}" for k, v in entry[0].items()),
+                    ", ".join(f"{k}={v}" for k, v in point.items()),
                     value,
                     reuse.origin(*source),
                 )
-        return [e for e, _ in left], [t for _, t in left]
+        return [p for p, _ in left], [t for _, t in left]
 
     @contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:
@@ -1100,21 +1090,17 @@ def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _create_trial(
+    storage: optuna.storages.BaseStorage,
     study: optuna.Study,
     point: dict[str, Any],
     dists: dict[str, BaseDistribution],
-    grid_id: int | None,
-) -> optuna.Trial:
-    """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed).
+) -> tuple[optuna.Trial, int]:
+    """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed)
+    in ``study`` on ``storage`` (the session's); return it and its storage id.
 
-    A grid stage's trial carries GridSampler's ``grid_id``/``search_space`` system attrs, so it
-    is the same trial GridSampler would have made for that grid point.
+    tuner picks the points (grid order, claims, TPE rounds): no Optuna sampler is asked, so
+    the trial is created from a template, as ``study.add_trial`` does for finished trials.
     """
-    system_attrs: dict[str, Any] = {}
-    if grid_id is not None and point:
-        search_space = {k: list(d.choices) for k, d in dists.items()}  # type: ignore[attr-defined]
-        system_attrs = {"grid_id": grid_id, "search_space": search_space}
-    storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
     template = FrozenTrial(
         number=-1,
@@ -1125,12 +1111,12 @@ def _create_trial(
         params=point,
         distributions={k: dists[k] for k in point},
         user_attrs={},
-        system_attrs=system_attrs,
+        system_attrs={},
         intermediate_values={},
         trial_id=-1,
     )
     trial_id = storage.create_new_trial(study_id, template_trial=template)
-    return optuna.Trial(study, trial_id)
+    return optuna.Trial(study, trial_id), trial_id
 
 
 def _failure_kind(err: BaseException) -> str:
