@@ -34,13 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import PlanError
+from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
 
-ACTIVATIONS = ("relu", "leaky_relu", "gelu", "tanh", "silu")
-NORMS = ("none", "batch", "layer")
-INITS = ("default", "xavier_uniform", "kaiming_normal")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "onecycle")
-CLASS_WEIGHTS = ("none", "balanced", "sqrt_balanced")
 SAMPLERS = ("grid", "tpe")
 
 STAGE_KINDS = ("lr_range_test", "cv", "sweep")
@@ -262,20 +257,23 @@ class _Widths:
 
 _FRACTION = _Number(low=0, high=1, high_open=True)
 
+# The option fields accept exactly the names registered in tuner.train.options.
+_OPTIONS = {key: _Choice(tuple(entries)) for key, entries in FIELDS.items()}
+
 TRAIN_SCHEMA: dict[str, Any] = {
     "hidden": _Widths(),
-    "activation": _Choice(ACTIVATIONS),
-    "norm": _Choice(NORMS),
-    "init": _Choice(INITS),
-    "optimizer": _Choice(OPTIMIZERS),
+    "activation": _OPTIONS["activation"],
+    "norm": _OPTIONS["norm"],
+    "init": _OPTIONS["init"],
+    "optimizer": _OPTIONS["optimizer"],
     "lr": _Number(low=0, low_open=True),
     "weight_decay": _Number(low=0),
     "momentum": _FRACTION,
     "batch_size": _Number(integer=True, low=1, high=MAX_BATCH),
     "dropout": _FRACTION,
     "label_smoothing": _FRACTION,
-    "class_weight": _Choice(CLASS_WEIGHTS),
-    "schedule": _Choice(SCHEDULES),
+    "class_weight": _OPTIONS["class_weight"],
+    "schedule": _OPTIONS["schedule"],
 }
 """What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
 
@@ -306,8 +304,8 @@ STAGE_SCHEMA: dict[str, Any] = {
     "param": _Choice(("lr",)),
     "start_lr": _Number(low=0, low_open=True),
     "end_lr": _Number(low=0, low_open=True),
-    "optimizer": _Choice(OPTIMIZERS),  # lr_range_test: the range test's optimizer
-    "range_optimizer": _Choice(OPTIMIZERS),  # the same, by its field name
+    "optimizer": _OPTIONS["optimizer"],  # lr_range_test: the range test's optimizer
+    "range_optimizer": _OPTIONS["optimizer"],  # the same, by its field name
     "snap": _Choice(("none", "decade")),
     # "grid", "space" and "candidates" are lists and tables: see _schema_errors_stage
 }
@@ -328,23 +326,25 @@ PLAN_NAME = _Name(dots=True)
 class TrainConfig:
     """Everything that defines one training run of the MLP.
 
-    Stages tune these fields by name: a stage grid ``{"activation": ["relu", "gelu"]}`` varies
-    :attr:`activation` and keeps every other field as fixed by earlier stages or the defaults.
+    Stages tune these fields by name: a stage grid over ``activation`` varies :attr:`activation`
+    and keeps every other field as fixed by earlier stages or the defaults. The fields that
+    name a choice (activation, norm, init, optimizer, class_weight, schedule) take the names
+    registered in :mod:`tuner.train.options`, and default to each family's ``DEFAULT``.
     """
 
     hidden: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    norm: str = "none"
-    init: str = "default"
-    optimizer: str = "adam"
+    activation: str = activations.DEFAULT
+    norm: str = norms.DEFAULT
+    init: str = inits.DEFAULT
+    optimizer: str = optimizers.DEFAULT
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
     batch_size: int = 128
     dropout: float = 0.0  # after every hidden activation
     label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
-    class_weight: str = "none"  # training loss weights: inverse class frequency, or its root
-    schedule: str = "constant"  # learning rate over the planned steps: cosine or one-cycle
+    class_weight: str = losses.DEFAULT  # training loss weights per class
+    schedule: str = schedules.DEFAULT  # learning rate over the planned steps
 
     def __post_init__(self) -> None:
         errors = []
@@ -434,7 +434,7 @@ class StageSpec:
     param: str = "lr"
     start_lr: float = 1e-7
     end_lr: float = 1.0
-    range_optimizer: str = "adam"
+    range_optimizer: str = optimizers.DEFAULT
     snap: str = "decade"
     candidates: tuple[float, ...] = (1.0,)
 
@@ -612,7 +612,7 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
         if not 0 < spec.start_lr < spec.end_lr:
             raise PlanError(f"{where}: need 0 < start_lr < end_lr")
         _check_choice(f"{where} snap", spec.snap, ("none", "decade"))
-        _check_choice(f"{where} optimizer", spec.range_optimizer, OPTIMIZERS)
+        _check_choice(f"{where} optimizer", spec.range_optimizer, tuple(optimizers.REGISTRY))
     _check_choice(f"{where} objective", spec.objective, OBJECTIVES)
     if spec.kind == "cv":
         if spec.folds < 2:

@@ -116,9 +116,11 @@ def scored_by(stage: Mapping[str, Any]) -> str:
     which = "peak" if stage.get("objective") == "peak" else "final"
     run = f"{which} validation accuracy over {ep}"
     if kind == "lr_range_test":
+        from tuner.train.options import optimizers  # here: the dashboard need not load torch
+
         cands = ", ".join(f"x{fmt_value(c)}" for c in stage.get("candidates", [1.0]))
         return (
-            f"LR range test ({stage.get('range_optimizer', 'adam')}, one epoch, "
+            f"LR range test ({stage.get('range_optimizer', optimizers.DEFAULT)}, one epoch, "
             f"{fmt_value(stage.get('start_lr'))} -> {fmt_value(stage.get('end_lr'))}), "
             f"suggestion at the steepest loss descent (snap: {stage.get('snap')}); the "
             f"candidates ({cands} the chosen LR) are verified by a run scored by {run}"
@@ -158,7 +160,7 @@ def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
 
 
 def winner_text(rows: list[dict[str, Any]]) -> str:
-    """``activation=gelu (0.6123), +0.0042 over activation=relu (0.6081)``, with a warning
+    """``hidden=256x256 (0.6123), +0.0042 over hidden=128x128 (0.6081)``, with a warning
     where a CV margin is smaller than the winner's std over folds."""
     best, second = winner(rows)
     if best is None:

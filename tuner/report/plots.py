@@ -65,7 +65,7 @@ def _epoch_axis(ax, epochs: Sequence[int]) -> None:
 
 
 def fmt_value(value: Any) -> str:
-    """A grid value for labels and tables: ``1e-05``, ``0.001``, ``gelu``, ``256x256``."""
+    """A grid value for labels and tables: ``1e-05``, ``0.001``, ``256x256``, a name as is."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -78,7 +78,7 @@ def fmt_value(value: Any) -> str:
 
 
 def point_label(params: Mapping[str, Any]) -> str:
-    """``activation=gelu``; a single-param point shows only its value."""
+    """``lr=0.001, hidden=256x256``; a single-param point shows only its value."""
     if len(params) == 1:
         return fmt_value(next(iter(params.values())))
     return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "final"

@@ -21,6 +21,7 @@ from torch import nn
 
 from tuner.plan import TrainConfig
 from tuner.train.model import build_model, class_weights, make_optimizer, make_scheduler
+from tuner.train.options import norms
 
 EVAL_BATCH = 16_384
 
@@ -107,7 +108,7 @@ def batch_indices(
     n: int, batch_size: int, generator: torch.Generator, min_size: int = 1
 ) -> Iterator[torch.Tensor]:
     """Yield the index slices of one epoch; a last batch smaller than ``min_size`` is dropped
-    (BatchNorm cannot train on a single row)."""
+    (a normalization over the batch cannot train on a single row)."""
     perm = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
@@ -156,7 +157,7 @@ def train(
         model = build_model(cfg, x.shape[1], n_classes)
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
-    min_batch = 2 if cfg.norm == "batch" else 1
+    min_batch = norms.get(cfg.norm).min_batch
     steps_per_epoch = len(batch_sizes(len(x), cfg.batch_size, min_batch))
     scheduler = make_scheduler(cfg, optimizer, max(epochs * steps_per_epoch, 1))
     criterion = nn.CrossEntropyLoss(

@@ -11,8 +11,8 @@ the training rows see the very same batches (common random numbers), and then th
 is gathered once for all of them.
 
 Members may also differ in dropout, label smoothing, class weights and learning-rate schedule
-(cosine or one-cycle over the member's planned steps: each optimizer call steps members at the
-same point of the same schedule). Dropout masks come from a generator per member, seeded from
+(over the member's planned steps: each optimizer call steps members at the same point of the
+same schedule). Dropout masks come from a generator per member, seeded from
 its seed, so a member draws the same masks in any group, and members that share a seed share
 their masks.
 
@@ -21,35 +21,40 @@ validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alo
 dropout: what the same member reports trained alone here, since ``engine.train`` draws its masks
 from torch's global generator), up to floating-point rounding (different GEMM blocking and a fused optimizer kernel: relative
 differences ~1e-7 after a few epochs; see ``tests/test_fused.py``). One case follows the
-rounding noise further: the Linear bias in front of a BatchNorm has a zero gradient up to
-noise, which Adam/AdamW/RMSprop without weight decay turn into steps of about ``lr``; the
-training loss does not see it, the running mean (hence the validation loss, ~1e-3 relative)
-does -- as much as ``engine.train`` itself differs between one and two threads.
+rounding noise further: the Linear bias in front of a normalization over the batch has a zero
+gradient up to noise, which an optimizer that divides by a running gradient scale turns, without
+weight decay, into steps of about ``lr``; the training loss does not see it, the running mean
+(hence the validation loss, ~1e-3 relative) does -- as much as ``engine.train`` itself differs
+between one and two threads.
 
-Where the time goes (a 256x256 GELU MLP at batch 128 on a 2-core CPU): alone, a step is three
-small GEMMs (~64 MFLOP) and ~290 ATen calls (autograd nodes, AccumulateGrad, dtype/scalar
-copies, and an Adam that loops over the six parameters in Python: ~1 ms of a ~3 ms step). In
-the stack the step is ~130 calls whatever ``K`` is (one optimizer call more per distinct
-learning rate), so the fixed cost is shared and the GEMMs are ``K`` times larger; from about
-six members on, GEMMs are 70-75% of the step, exact-erf GELU forward and backward ~15% and the
-fused Adam ~6%. To remove what is not arithmetic the module
+The activations, normalizations, optimizers and schedules themselves are entries of
+:mod:`tuner.train.options`: each carries its reference module or ``torch.optim`` form and the
+stacked forward/backward/step this module runs, so this module names none of them.
+
+Where the time goes (a 256x256 MLP with the seed plan's exact-erf activation and default
+optimizer, at batch 128 on a 2-core CPU): alone, a step is three small GEMMs (~64 MFLOP) and
+~290 ATen calls (autograd nodes, AccumulateGrad, dtype/scalar copies, and a ``torch.optim``
+optimizer that loops over the six parameters in Python: ~1 ms of a ~3 ms step). In the stack
+the step is ~130 calls whatever ``K`` is (one optimizer call more per distinct learning rate),
+so the fixed cost is shared and the GEMMs are ``K`` times larger; from about six members on,
+GEMMs are 70-75% of the step, the activation's forward and backward ~15% and the fused
+optimizer step ~6%. To remove what is not arithmetic the module
 
 * does the backward pass by hand (the network is fixed: ``Linear -> [norm] -> act``), with
   the same ATen backward kernels autograd would call, so no graph is recorded and every
   weight/bias gradient is written straight into a preallocated ``[K, ...]`` gradient buffer
   (``out=``); the input gradient of the first layer is never computed;
-* steps the optimizers with torch's fused multi-tensor kernels (``_fused_adam_``,
-  ``_fused_adamw_``, ``_fused_sgd_``: one pass over memory instead of ~8 elementwise passes),
-  one call for all members that share the optimizer and its hyperparameters, over slices of
-  the stacked buffers built once; RMSprop, which has no fused kernel, uses ``_foreach`` ops;
+* steps the optimizers with one call for all members that share the optimizer and its
+  hyperparameters, over slices of the stacked buffers built once: torch's fused multi-tensor
+  kernels where torch has one (one pass over memory instead of ~8 elementwise passes), its
+  ``_foreach`` ops otherwise (see :mod:`tuner.train.options.optimizers`);
 * computes the output layer as ``(W @ h^T)^T``: with 10 classes as the GEMM's columns MKL is
   3-4x slower than with them as its rows;
 * never synchronises per step (no ``.item()``): train losses accumulate in a ``[K]`` tensor;
 * evaluates in chunks under ``torch.inference_mode()``;
 * applies each normalisation to its run of members and each activation to its run, so that
-  members that differ only in their norm (the normalisation sweep) share one activation call;
-  BatchNorm's batch statistics take two passes (mean, then centred squares): ``var_mean``
-  over the middle (batch) axis is ~7x slower on the CPU.
+  members that differ only in their norm (the normalisation sweep) share one activation call,
+  and writes each run into its slice of one output (``out=`` kernels) when they differ.
 
 Matrix products at these shapes (``[K, 128, 256] x [K, 256, 256]``) run at ~100-110 GFLOP/s on
 the 2-core development machine, ~60% of a large square ``mm``, so from a few members on the
@@ -75,39 +80,31 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
 
 from tuner.plan import TrainConfig
 from tuner.train.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
-from tuner.train.model import build_model, class_weights, scheduled_lr
+from tuner.train.model import build_model, class_weights
+from tuner.train.options import activations, norms, optimizers, schedules
+from tuner.train.options.activations import Activation
+from tuner.train.options.norms import Norm
+from tuner.train.options.optimizers import Optimizer
+from tuner.train.options.schedules import Schedule
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
-_BN_EPS = 1e-5
-_BN_MOMENTUM = 0.1
-_LN_EPS = 1e-5
-_LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default
-_RMSPROP_ALPHA = 0.99
-_RMSPROP_EPS = 1e-8
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
-_STATE_NAMES = {
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adamw": ("exp_avg", "exp_avg_sq"),
-    "sgd": ("momentum",),
-    "rmsprop": ("square_avg",),
-}
 _DROPOUT_SEED = 0x5EED  # a member's dropout masks come from a generator seeded seed ^ this
 _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over members (16 MB fp32)
 
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
 
-_aten = torch.ops.aten
+_E = TypeVar("_E", Activation, Norm)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -149,58 +146,23 @@ class Compute:
 
 
 # --------------------------------------------------------------------------------------------
-# Activations and normalisation on a slice of the member axis
+# Normalisations and activations on runs of the member axis
 # --------------------------------------------------------------------------------------------
 
 
-def _act_forward(name: str, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The activation of ``u``; written into ``out`` when given (a slice of a mixed stack's
-    output, so that no concatenation follows)."""
-    if name == "relu":
-        return torch.clamp_min(u, 0, out=out)  # what torch.relu computes
-    if name == "leaky_relu":
-        return torch._C._nn.leaky_relu(u, _LEAKY_SLOPE, out=out)
-    if name == "gelu":
-        return torch._C._nn.gelu(u, out=out)
-    if name == "tanh":
-        return torch.tanh(u, out=out)
-    if name == "silu":
-        return torch._C._nn.silu(u, out=out)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-def _act_backward(
-    name: str, g: torch.Tensor, u: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Gradient w.r.t. the activation's input ``u`` given ``g`` w.r.t. its output ``a``; the
-    kernels autograd uses for these modules. Written into ``out`` when given."""
-    if name == "relu":
-        op, args = _aten.threshold_backward, (g, a, 0)
-    elif name == "leaky_relu":
-        op, args = _aten.leaky_relu_backward, (g, u, _LEAKY_SLOPE, False)
-    elif name == "gelu":
-        op, args = _aten.gelu_backward, (g, u)  # approximate="none", the default
-    elif name == "tanh":
-        op, args = _aten.tanh_backward, (g, a)
-    elif name == "silu":
-        op, args = _aten.silu_backward, (g, u)
-    else:
-        raise ValueError(f"unknown activation {name!r}")
-    return op(*args) if out is None else op.grad_input(*args, grad_input=out)
-
-
 @dataclass(frozen=True)
-class _Segment:
-    """Members ``start:stop`` of a (sub)stack share ``kind`` (a normalisation or an activation)."""
+class _Segment(Generic[_E]):
+    """Members ``start:stop`` of a (sub)stack share ``kind`` (a normalisation or an activation
+    entry of :mod:`tuner.train.options`)."""
 
     start: int
     stop: int
-    kind: str
+    kind: _E
 
 
-def _segments(kinds: Sequence[str]) -> list[_Segment]:
+def _segments(kinds: Sequence[_E]) -> list[_Segment[_E]]:
     """Runs of equal neighbours in ``kinds`` (one per member, stack order)."""
-    segs: list[_Segment] = []
+    segs: list[_Segment[_E]] = []
     for k, kind in enumerate(kinds):
         if segs and segs[-1].kind == kind:
             segs[-1] = _Segment(segs[-1].start, k + 1, kind)
@@ -215,95 +177,19 @@ class _Layout:
     (norm, activation), so both are runs; they are kept apart so that an activation shared by
     members with different norms (the normalisation sweep) is one call over all of them."""
 
-    norms: list[_Segment]
-    acts: list[_Segment]
+    norms: list[_Segment[Norm]]
+    acts: list[_Segment[Activation]]
 
     @classmethod
     def of(cls, cfgs: Sequence[TrainConfig]) -> _Layout:
-        return cls(_segments([c.norm for c in cfgs]), _segments([c.activation for c in cfgs]))
+        return cls(
+            _segments([norms.get(c.norm) for c in cfgs]),
+            _segments([activations.get(c.activation) for c in cfgs]),
+        )
 
 
-def _slices(segs: list[_Segment]) -> list[tuple[str, slice]]:
+def _slices(segs: list[_Segment[_E]]) -> list[tuple[_E, slice]]:
     return [(seg.kind, slice(seg.start, seg.stop)) for seg in segs]
-
-
-def _norm_train(
-    kind: str,
-    z: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    rmean: torch.Tensor,
-    rvar: torch.Tensor,
-    out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, tuple]:
-    """Training-mode normalisation of ``z`` [k, B, W] for members with ``gamma``/``beta`` [k, W];
-    BatchNorm also updates the running statistics [k, W] in place. Returns the output (written
-    into ``out`` when given) and what :func:`_norm_backward` needs."""
-    if kind == "none":
-        return (z if out is None else out.copy_(z)), ()
-    if kind == "layer":
-        xhat, mean, rstd = _aten.native_layer_norm(z, [z.shape[-1]], None, None, _LN_EPS)
-        return torch.addcmul(beta[:, None], xhat, gamma[:, None], out=out), (xhat, mean, rstd)
-    if kind == "batch":
-        # Two passes over the batch axis (mean, then the centred squares): torch.var_mean over
-        # a middle axis is several times slower on the CPU.
-        n_batch = z.shape[1]
-        mean = z.mean(1, keepdim=True)
-        xhat = z - mean
-        var = xhat.square().mean(1, keepdim=True)
-        rstd = (var + _BN_EPS).rsqrt_()
-        xhat.mul_(rstd)
-        rmean.mul_(1 - _BN_MOMENTUM).add_(mean.squeeze(1), alpha=_BN_MOMENTUM)
-        unbiased = var.squeeze(1).mul_(n_batch / (n_batch - 1))
-        rvar.mul_(1 - _BN_MOMENTUM).add_(unbiased, alpha=_BN_MOMENTUM)
-        return torch.addcmul(beta[:, None], xhat, gamma[:, None], out=out), (xhat, rstd)
-    raise ValueError(f"unknown norm {kind!r}")
-
-
-def _norm_backward(
-    kind: str,
-    g: torch.Tensor,
-    z: torch.Tensor,
-    gamma: torch.Tensor,
-    saved: tuple,
-    g_gamma: torch.Tensor,
-    g_beta: torch.Tensor,
-) -> torch.Tensor:
-    """Gradient w.r.t. the normalisation's input given ``g`` w.r.t. its output; writes the
-    gradients of ``gamma`` and ``beta`` into ``g_gamma``/``g_beta``. No norm and BatchNorm
-    return ``g`` itself, overwritten; LayerNorm a new tensor (``g`` is overwritten too)."""
-    if kind == "none":
-        return g
-    xhat = saved[0]
-    torch.sum(g * xhat, 1, out=g_gamma)
-    torch.sum(g, 1, out=g_beta)
-    g_xhat = g.mul_(gamma[:, None])
-    if kind == "layer":
-        _, mean, rstd = saved
-        return _aten.native_layer_norm_backward(
-            g_xhat, z, [z.shape[-1]], mean, rstd, None, None, [True, False, False]
-        )[0]
-    rstd = saved[1]  # batch
-    proj = (g_xhat * xhat).mean(1, keepdim=True)
-    g_xhat.sub_(g_xhat.mean(1, keepdim=True))
-    return g_xhat.sub_(xhat * proj).mul_(rstd)
-
-
-def _norm_eval(
-    kind: str,
-    z: torch.Tensor,
-    gamma: torch.Tensor,
-    beta: torch.Tensor,
-    rmean: torch.Tensor,
-    rvar: torch.Tensor,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Eval-mode normalisation: BatchNorm with its running statistics; no norm and LayerNorm
-    are the same in both modes."""
-    if kind != "batch":
-        return _norm_train(kind, z, gamma, beta, rmean, rvar, out)[0]
-    scale = (rvar + _BN_EPS).rsqrt_().mul_(gamma)
-    return torch.addcmul(beta[:, None], z - rmean[:, None], scale[:, None], out=out)
 
 
 # A layer of a stack whose members differ in normalisation or activation applies each run of
@@ -311,7 +197,7 @@ def _norm_eval(
 
 
 def _normalize(
-    segs: list[_Segment],
+    segs: list[_Segment[Norm]],
     z: torch.Tensor,
     gamma: torch.Tensor,
     beta: torch.Tensor,
@@ -323,22 +209,22 @@ def _normalize(
     pass needs, per run."""
     if len(segs) == 1:
         if not train:
-            return _norm_eval(segs[0].kind, z, gamma, beta, rmean, rvar), []
-        u, saved = _norm_train(segs[0].kind, z, gamma, beta, rmean, rvar)
+            return segs[0].kind.forward_eval(z, gamma, beta, rmean, rvar), []
+        u, saved = segs[0].kind.forward_train(z, gamma, beta, rmean, rvar)
         return u, [saved]
     u = torch.empty_like(z)
     runs = []
-    for kind, sl in _slices(segs):
-        args = (kind, z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
+    for norm, sl in _slices(segs):
+        args = (z[sl], gamma[sl], beta[sl], rmean[sl], rvar[sl])
         if train:
-            runs.append(_norm_train(*args, out=u[sl])[1])
+            runs.append(norm.forward_train(*args, out=u[sl])[1])
         else:
-            _norm_eval(*args, out=u[sl])
+            norm.forward_eval(*args, out=u[sl])
     return u, runs
 
 
 def _normalize_backward(
-    segs: list[_Segment],
+    segs: list[_Segment[Norm]],
     g: torch.Tensor,
     z: torch.Tensor,
     gamma: torch.Tensor,
@@ -348,34 +234,34 @@ def _normalize_backward(
 ) -> torch.Tensor:
     """Gradient w.r.t. ``z`` of :func:`_normalize` (``g`` is overwritten)."""
     if len(segs) == 1:
-        return _norm_backward(segs[0].kind, g, z, gamma, saved[0], g_gamma, g_beta)
-    for (kind, sl), run in zip(_slices(segs), saved, strict=True):
+        return segs[0].kind.backward(g, z, gamma, saved[0], g_gamma, g_beta)
+    for (norm, sl), run in zip(_slices(segs), saved, strict=True):
         part = g[sl]
-        got = _norm_backward(kind, part, z[sl], gamma[sl], run, g_gamma[sl], g_beta[sl])
+        got = norm.backward(part, z[sl], gamma[sl], run, g_gamma[sl], g_beta[sl])
         if got.data_ptr() != part.data_ptr():
             part.copy_(got)
     return g
 
 
-def _activate(segs: list[_Segment], u: torch.Tensor) -> torch.Tensor:
+def _activate(segs: list[_Segment[Activation]], u: torch.Tensor) -> torch.Tensor:
     """Each run's activation of ``u`` [K, B, W]."""
     if len(segs) == 1:
-        return _act_forward(segs[0].kind, u)
+        return segs[0].kind.forward(u)
     a = torch.empty_like(u)
-    for kind, sl in _slices(segs):
-        _act_forward(kind, u[sl], out=a[sl])
+    for act, sl in _slices(segs):
+        act.forward(u[sl], out=a[sl])
     return a
 
 
 def _activate_backward(
-    segs: list[_Segment], g: torch.Tensor, u: torch.Tensor, a: torch.Tensor
+    segs: list[_Segment[Activation]], g: torch.Tensor, u: torch.Tensor, a: torch.Tensor
 ) -> torch.Tensor:
     """Gradient w.r.t. ``u`` of :func:`_activate` given ``g`` w.r.t. its output ``a``."""
     if len(segs) == 1:
-        return _act_backward(segs[0].kind, g, u, a)
+        return segs[0].kind.backward(g, u, a)
     g_u = torch.empty_like(g)
-    for kind, sl in _slices(segs):
-        _act_backward(kind, g[sl], u[sl], a[sl], out=g_u[sl])
+    for act, sl in _slices(segs):
+        act.backward(g[sl], u[sl], a[sl], out=g_u[sl])
     return g_u
 
 
@@ -451,11 +337,11 @@ def _loss_and_grad(
 class _OptGroup:
     """Members trained by one optimizer call: same optimizer, lr, weight decay, momentum."""
 
-    kind: str
-    lr: float  # the base learning rate; the step's is scheduled_lr(schedule, lr, t, total)
+    optimizer: Optimizer
+    lr: float  # the base learning rate; the step's is schedule.lr_at(lr, t, total)
     weight_decay: float
     momentum: float
-    schedule: str
+    schedule: Schedule
     total: int  # planned optimizer steps (scheduled members only)
     first: int  # a member (position in cfgs) whose step count is the group's
     members: list[int]  # stack positions
@@ -513,7 +399,8 @@ class FusedGroup:
             None if w is None else w.to(self.device, torch.float32)
             for w in (weights or [None] * len(cfgs))
         ]
-        if any(c.schedule != "constant" for c in cfgs) and total_steps is None:
+        scheduled = any(schedules.get(c.schedule).depends_on_step for c in cfgs)
+        if scheduled and total_steps is None:
             raise ValueError("a learning-rate schedule needs total_steps")
         self._dropout_gens = [
             torch.Generator(device=self.device).manual_seed(s ^ _DROPOUT_SEED) for s in self.seeds
@@ -544,9 +431,8 @@ class FusedGroup:
     def _build_stack(self, models: list[nn.Sequential]) -> None:
         dev = self.device
         linears = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
-        norms = [
-            [m for m in model if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))] for model in models
-        ]
+        member_norms = [norms.get(self.cfgs[i].norm) for i in self.order]
+        norm_layers = [norm.layers(model) for norm, model in zip(member_norms, models, strict=True)]
         n_layers = len(self.hidden) + 1
         params: list[torch.Tensor] = []
         self._w_idx, self._b_idx = [], []
@@ -565,11 +451,11 @@ class FusedGroup:
             beta = torch.zeros(len(models), width)
             rmean = torch.zeros(len(models), width)
             rvar = torch.ones(len(models), width)
-            for k, ns in enumerate(norms):
+            for k, ns in enumerate(norm_layers):
                 if ns:
                     gamma[k] = ns[layer].weight.detach()
                     beta[k] = ns[layer].bias.detach()
-                    if isinstance(ns[layer], nn.BatchNorm1d):
+                    if member_norms[k].running_stats:
                         rmean[k] = ns[layer].running_mean
                         rvar[k] = ns[layer].running_var
             self._gamma_idx.append(len(params))
@@ -579,16 +465,17 @@ class FusedGroup:
             self.running.append((rmean.to(dev), rvar.to(dev)))
         self.params = params
         self.grads = [torch.zeros_like(p) for p in params]
-        kinds = {self.cfgs[i].optimizer for i in self.order}
+        # Every state buffer any member's optimizer keeps, zero, for all members (a member
+        # uses its slices of its optimizer's buffers); optimizers that share a state name share
+        # its buffers. Allocated in registry order.
+        used = {self.cfgs[i].optimizer for i in self.order}
         self.state: dict[str, list[torch.Tensor]] = {}
-        if kinds & {"adam", "adamw"}:
-            self.state["exp_avg"] = [torch.zeros_like(p) for p in params]
-            self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in params]
-        if "sgd" in kinds:
-            self.state["momentum"] = [torch.zeros_like(p) for p in params]
-        if "rmsprop" in kinds:
-            self.state["square_avg"] = [torch.zeros_like(p) for p in params]
-        self.steps = torch.zeros(len(models), device=dev)  # Adam's per-member step counts
+        for name, opt in optimizers.REGISTRY.items():
+            if name in used:
+                for state in opt.state_names:
+                    if state not in self.state:
+                        self.state[state] = [torch.zeros_like(p) for p in params]
+        self.steps = torch.zeros(len(models), device=dev)  # per-member optimizer step counts
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -621,9 +508,9 @@ class FusedGroup:
         on the step count and the planned steps, so those join the key."""
         i = self.order[pos]
         cfg = self.cfgs[i]
-        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+        momentum = cfg.momentum if optimizers.get(cfg.optimizer).uses_momentum else 0.0
         key = (cfg.optimizer, cfg.lr, cfg.weight_decay, momentum, cfg.schedule)
-        if cfg.schedule != "constant":
+        if schedules.get(cfg.schedule).depends_on_step:
             key += (self.n_steps[i], self.total_steps[i])
         return key
 
@@ -638,7 +525,7 @@ class FusedGroup:
         runs: dict[tuple, list[list]] = {}
         for pos in positions:
             i = self.order[pos]
-            sub = (self.n_steps[i], self.cfgs[i].norm != "none")
+            sub = (self.n_steps[i], norms.get(self.cfgs[i].norm).has_params)
             rs = runs.setdefault(self._opt_key(pos), [])
             if rs and rs[-1][1] == pos and rs[-1][2] == sub:
                 rs[-1][1] = pos + 1
@@ -647,7 +534,8 @@ class FusedGroup:
         groups = []
         for key, rs in runs.items():
             kind, lr, wd, mom, schedule = key[:5]
-            names = _STATE_NAMES[kind]
+            optimizer = optimizers.get(kind)
+            names = optimizer.state_names
             lists: dict[str, list[torch.Tensor]] = {n: [] for n in ("p", "g", "step", *names)}
             members = []
             for k0, k1, (_, has_norm) in rs:
@@ -664,7 +552,15 @@ class FusedGroup:
             first = self.order[members[0]]
             groups.append(
                 _OptGroup(
-                    kind, lr, wd, mom, schedule, self.total_steps[first], first, members, lists
+                    optimizer,
+                    lr,
+                    wd,
+                    mom,
+                    schedules.get(schedule),
+                    self.total_steps[first],
+                    first,
+                    members,
+                    lists,
                 )
             )
         return groups
@@ -704,15 +600,15 @@ class FusedGroup:
         cfg = self.cfgs[member]
         model = build_model(cfg, self.n_features, self.n_classes)
         linears = [m for m in model if isinstance(m, nn.Linear)]
-        norms = [m for m in model if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d))]
+        kind = norms.get(cfg.norm)
         with torch.no_grad():
             for layer, lin in enumerate(linears):
                 lin.weight.copy_(self.params[self._w_idx[layer]][pos])
                 lin.bias.copy_(self.params[self._b_idx[layer]][pos])
-            for layer, norm in enumerate(norms):
+            for layer, norm in enumerate(kind.layers(model)):
                 norm.weight.copy_(self.params[self._gamma_idx[layer]][pos])
                 norm.bias.copy_(self.params[self._beta_idx[layer]][pos])
-                if isinstance(norm, nn.BatchNorm1d):
+                if kind.running_stats:
                     norm.running_mean.copy_(self.running[layer][0][pos])
                     norm.running_var.copy_(self.running[layer][1][pos])
                     norm.num_batches_tracked.fill_(self.n_steps[member])
@@ -769,8 +665,9 @@ class FusedGroup:
         """One training step's forward and backward pass for a (sub)stack.
 
         ``xb`` [K, B, F] (may be a stride-0 expand), ``yb`` [K, B]. Writes every gradient into
-        ``grads``, updates BatchNorm running statistics in ``running``, returns the training
-        loss per member [K] (what ``nn.CrossEntropyLoss(weight, label_smoothing)`` gives)."""
+        ``grads``, updates the running statistics of norms that keep them in ``running``,
+        returns the training loss per member [K] (what ``nn.CrossEntropyLoss(weight,
+        label_smoothing)`` gives)."""
         n_batch = xb.shape[1]
         saved = []
         h = xb
@@ -820,52 +717,11 @@ class FusedGroup:
         return torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2)).transpose(1, 2)
 
     def _optimizer_step(self, groups: list[_OptGroup]) -> None:
-        b1, b2 = _ADAM_BETAS
         for grp in groups:
-            ls = grp.lists
-            lr = scheduled_lr(grp.schedule, grp.lr, self.n_steps[grp.first], grp.total)
-            if grp.kind in ("adam", "adamw"):
-                fn = torch._fused_adam_ if grp.kind == "adam" else torch._fused_adamw_
-                fn(
-                    ls["p"],
-                    ls["g"],
-                    ls["exp_avg"],
-                    ls["exp_avg_sq"],
-                    [],
-                    ls["step"],
-                    lr=lr,
-                    beta1=b1,
-                    beta2=b2,
-                    weight_decay=grp.weight_decay,
-                    eps=_ADAM_EPS,
-                    amsgrad=False,
-                    maximize=False,
-                )
-            elif grp.kind == "sgd":
-                # Zero-initialised buffers make the first step buf = 0 * m + g = g, exactly
-                # torch.optim.SGD's clone of the first gradient.
-                torch._fused_sgd_(
-                    ls["p"],
-                    ls["g"],
-                    ls["momentum"] if grp.momentum != 0 else [],
-                    weight_decay=grp.weight_decay,
-                    momentum=grp.momentum,
-                    lr=lr,
-                    dampening=0.0,
-                    nesterov=False,
-                    maximize=False,
-                    is_first_step=False,
-                )
-            else:  # rmsprop, as torch.optim.RMSprop's foreach implementation
-                grads = ls["g"]
-                if grp.weight_decay != 0:
-                    torch._foreach_add_(grads, ls["p"], alpha=grp.weight_decay)
-                sq = ls["square_avg"]
-                torch._foreach_mul_(sq, _RMSPROP_ALPHA)
-                torch._foreach_addcmul_(sq, grads, grads, value=1 - _RMSPROP_ALPHA)
-                avg = torch._foreach_sqrt(sq)
-                torch._foreach_add_(avg, _RMSPROP_EPS)
-                torch._foreach_addcdiv_(ls["p"], grads, avg, value=-lr)
+            lr = grp.schedule.lr_at(grp.lr, self.n_steps[grp.first], grp.total)
+            grp.optimizer.step(
+                grp.lists, lr=lr, weight_decay=grp.weight_decay, momentum=grp.momentum
+            )
 
     # ---------------------------------------------------------------- steps
 
@@ -930,7 +786,7 @@ class FusedGroup:
         self, positions: list[int], x: torch.Tensor, y: torch.Tensor
     ) -> tuple[list[float], list[float]]:
         """Mean cross-entropy and accuracy on ``(x, y)`` of the members at stack ``positions``
-        (all evaluated on the same rows), in eval mode (BatchNorm uses running statistics)."""
+        (all evaluated on the same rows), in eval mode (norms use their running statistics)."""
         k = len(positions)
         if k == len(self.order):
             params, running, layout = self.params, self.running, self.layout
@@ -1034,7 +890,7 @@ def train_group(
     dev = torch.device(device)
     tr_cpu = [None if train_idx is None else train_idx[i] for i in range(k_all)]
     n_rows = [len(x) if t is None else len(t) for t in tr_cpu]
-    min_size = [2 if c.norm == "batch" else 1 for c in cfgs]
+    min_size = [norms.get(c.norm).min_batch for c in cfgs]
     sizes = [batch_sizes(n_rows[i], cfgs[i].batch_size, min_size[i]) for i in range(k_all)]
     weights = [
         class_weights(c.class_weight, y if t is None else y[t], n_classes)

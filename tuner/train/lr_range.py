@@ -60,9 +60,9 @@ def steepest_lr(lrs: list[float], losses: list[float]) -> float:
     torch-lr-finder's "steepest gradient" suggestion takes the steepest point anywhere after
     ``skip_start`` and before the last ``skip_end`` points; past the minimum the loss of a
     diverging run jumps up and down, and a drop between two spikes can be the steepest point
-    of the whole curve (on MSD-shaped data it put the suggestion at 0.23, where Adam collapses
-    to the majority class). Like a reader of the plot, this looks only at the descending part:
-    from ``skip_start`` to the lowest loss.
+    of the whole curve (on MSD-shaped data it put the suggestion at 0.23, where the default
+    optimizer collapses to the majority class). Like a reader of the plot, this looks only at
+    the descending part: from ``skip_start`` to the lowest loss.
     """
     need = SKIP_START + SKIP_END + 2
     if len(lrs) < need:

@@ -158,8 +158,8 @@ def _fmt(params: Mapping[str, Any] | None) -> str:
 
 
 def decision_text(decision: Decision | None) -> str:
-    """One line for tables, notes and reports, e.g. ``activation=gelu over activation=relu by
-    +0.0042 (95% CI -0.0010..+0.0094, n=5): not significant; kept the incumbent relu``."""
+    """One line for tables, notes and reports, e.g. ``hidden=256x256 over hidden=128x128 by
+    +0.0042 (95% CI -0.0010..+0.0094, n=5): not significant; kept the incumbent 128x128``."""
     if decision is None:
         return "no complete point yet"
     text = f"{_fmt(decision.winner)}"
