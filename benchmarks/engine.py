@@ -49,8 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import synthetic  # noqa: E402
-from tuner.plan import TrainConfig  # noqa: E402
 from tuner.train.engine import as_tensors, train  # noqa: E402
 from tuner.train.fused import train_group, train_one  # noqa: E402
 from tuner.train.model import build_model, make_optimizer  # noqa: E402

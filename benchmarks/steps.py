@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuner.plan import TrainConfig  # noqa: E402
+from tuner.config import TrainConfig  # noqa: E402
 from tuner.train import fused  # noqa: E402
 from tuner.train.runtime import keep_freed_memory  # noqa: E402
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.plan import StageSpec, TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.engine import as_tensors, train
 from tuner.train.lr_range import range_test, snap, steepest_lr
 from tuner.train.model import build_model
@@ -88,8 +88,8 @@ def test_steepest_lr_ignores_drops_between_spikes_after_the_minimum():
 
 def test_range_test_records_an_increasing_lr_curve():
     data = _blobs(2000)
-    stage = StageSpec(name="lr", kind="lr_range_test", epochs=1, objective="final")
-    result = range_test(stage, TrainConfig(hidden=(16,), batch_size=32), data, n_classes=3, seed=0)
+    cfg = TrainConfig(hidden=(16,), batch_size=32)
+    result = range_test(cfg, data, n_classes=3, seed=0, optimizer=cfg.optimizer)
     assert result.lrs == sorted(result.lrs) and result.lrs[0] == pytest.approx(1e-7)
     assert len(result.losses) == len(result.lrs) >= 20
     assert result.lrs[0] <= result.suggestion <= result.lrs[-1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.plan import TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.engine import History, as_tensors, train
 from tuner.train.fused import train_group
 

@@ -4,17 +4,21 @@ engine.train's early stopping and best-weights contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import numpy as np
 import pytest
 import torch
 
-from tuner.plan import StageSpec, TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.engine import as_tensors, train
 from tuner.train.fused import Compute, train_one
 from tuner.train.tensors import TensorData
-from tuner.tune.objectives import cv_folds, evaluate_points, summarize
+from tuner.tune.kinds import stage_spec
+from tuner.tune.kinds.cv import cv_folds
+from tuner.tune.objectives import evaluate_points
+from tuner.tune.runs import summarize
 
 N_CLASSES = 10
 
@@ -75,7 +79,7 @@ class Recorder:
 
 
 def test_sweep_points_score_each_point_as_trained_alone():
-    stage = StageSpec(name="act", kind="sweep", epochs=3, objective="peak")
+    stage = stage_spec(name="act", kind="sweep", epochs=3, objective="peak")
     cfgs = _cfgs(activation=["relu", "gelu", "leaky_relu"])
     rec = Recorder()
     results = evaluate_points(stage, cfgs, DATA, seed=7, reporter=rec)
@@ -90,7 +94,7 @@ def test_sweep_points_score_each_point_as_trained_alone():
 
 
 def test_cv_points_are_the_mean_of_folds_trained_alone():
-    stage = StageSpec(name="wd", kind="cv", folds=3, epochs=2, objective="mean")
+    stage = stage_spec(name="wd", kind="cv", folds=3, epochs=2, objective="mean")
     cfgs = _cfgs(weight_decay=[0.0, 1e-2])
     results = evaluate_points(stage, cfgs, DATA, seed=3)
     x, y = DATA.train
@@ -108,7 +112,7 @@ def test_cv_points_are_the_mean_of_folds_trained_alone():
 
 
 def test_repeats_average_over_seeds_and_give_an_interval():
-    stage = StageSpec(name="act", kind="sweep", epochs=2, objective="final", repeats=3)
+    stage = stage_spec(name="act", kind="sweep", epochs=2, objective="final", repeats=3)
     cfgs = _cfgs(activation=["relu", "gelu"])
     results = evaluate_points(stage, cfgs, DATA, seed=10)
     for cfg, result in zip(cfgs, results, strict=True):
@@ -122,7 +126,7 @@ def test_repeats_average_over_seeds_and_give_an_interval():
 
 
 def test_a_pruned_point_stops_and_is_marked():
-    stage = StageSpec(name="act", kind="sweep", epochs=4, objective="peak")
+    stage = stage_spec(name="act", kind="sweep", epochs=4, objective="peak")
     cfgs = _cfgs(activation=["relu", "gelu"])
     rec = Recorder(prune=lambda i, step: i == 1 and step == 2)
     results = evaluate_points(stage, cfgs, DATA, seed=0, reporter=rec)
@@ -131,7 +135,7 @@ def test_a_pruned_point_stops_and_is_marked():
 
 
 def test_cv_by_fold_reports_blocks_and_skips_the_folds_of_a_pruned_point():
-    stage = StageSpec(
+    stage = stage_spec(
         name="wd", kind="cv", folds=3, epochs=2, objective="mean", pruner="wilcoxon", blocks=4
     )
     cfgs = _cfgs(weight_decay=[0.0, 1e-2, 1e-4])
@@ -142,7 +146,7 @@ def test_cv_by_fold_reports_blocks_and_skips_the_folds_of_a_pruned_point():
     assert results[1].pruned and results[1].attrs["folds_trained"] == 1
     assert results[1].attrs["member_epochs"] == 2 and results[0].attrs["member_epochs"] == 6
     # unpruned points score exactly as in the all-folds-at-once run
-    plain = evaluate_points(StageSpec(**{**stage.__dict__, "pruner": "none"}), cfgs, DATA, seed=3)
+    plain = evaluate_points(dataclasses.replace(stage, pruner="none"), cfgs, DATA, seed=3)
     for i in (0, 2):
         np.testing.assert_allclose(
             results[i].attrs["fold_values"], plain[i].attrs["fold_values"], atol=1 / 200
@@ -153,7 +157,7 @@ def test_cv_by_fold_reports_blocks_and_skips_the_folds_of_a_pruned_point():
 
 
 def test_points_of_other_widths_train_in_their_own_group():
-    stage = StageSpec(name="arch", kind="sweep", epochs=2, objective="final")
+    stage = stage_spec(name="arch", kind="sweep", epochs=2, objective="final")
     cfgs = _cfgs(hidden=[(32, 32), (16,), (32, 32)])
     results = evaluate_points(stage, cfgs, DATA, seed=1)
     for cfg, result in zip(cfgs, results, strict=True):

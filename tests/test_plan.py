@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tuner.config import TrainConfig
 from tuner.errors import PlanError
-from tuner.plan import TrainConfig, load_plan
+from tuner.plan import load_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,14 +36,20 @@ def test_seed_plan_is_the_published_sequence():
         batch_size=128,
     )
     lr, wd, init, act, norm, opt = plan.stages
-    assert (lr.kind, lr.range_optimizer, lr.start_lr, lr.end_lr, lr.epochs) == (
+    assert (
+        lr.kind,
+        lr.options.range_optimizer,
+        lr.options.start_lr,
+        lr.options.end_lr,
+        lr.epochs,
+    ) == (
         "lr_range_test",
         "adam",
         1e-7,
         1.0,
         5,
     )
-    assert (wd.kind, wd.folds, wd.epochs, wd.objective) == ("cv", 5, 10, "mean")
+    assert (wd.kind, wd.options.folds, wd.epochs, wd.objective) == ("cv", 5, 10, "mean")
     assert wd.grid == {"weight_decay": (0.0, 1e-5, 1e-4, 1e-3, 1e-2)}
     assert init.grid == {"init": ("default", "xavier_uniform", "kaiming_normal")}
     assert act.grid == {"activation": ("relu", "leaky_relu", "gelu")}
@@ -61,7 +68,9 @@ def test_extended_plan_searches_what_the_published_study_fixed():
     assert set(reg.space) == {"lr", "batch_size", "dropout", "weight_decay", "label_smoothing"}
     assert reg.space["lr"]["log"] and reg.space["batch_size"] == {"choices": [256, 512, 1024]}
     assert set(training.grid) == {"schedule", "class_weight"}
-    assert arch.patience and reg.patience  # epochs end early on a stalled validation loss
+    assert (
+        arch.options.patience and reg.options.patience
+    )  # epochs end early on a stalled validation loss
     assert plan.final.restore_best and plan.final.patience
     # the defaults sit inside the TPE space: round 0 starts from them
     d = plan.defaults
@@ -76,7 +85,7 @@ def test_quick_plan_has_the_same_stages_and_grids():
         (s.name, s.kind, s.grid, s.objective) for s in seed.stages
     ]
     assert quick.defaults == seed.defaults
-    assert sum(s.epochs * max(s.folds, 1) for s in quick.stages) < 20
+    assert sum(s.epochs * max(getattr(s.options, "folds", 1), 1) for s in quick.stages) < 20
 
 
 def test_plan_by_path(tmp_path):
@@ -282,7 +291,7 @@ def test_a_plan_file_that_is_not_utf8_is_one_line(tmp_path):
     ],
 )
 def test_bad_fix_values_are_refused(fixes, message):
-    from tuner.plan import coerce_params
+    from tuner.config import coerce_params
 
     with pytest.raises(PlanError, match=f"--fix: {message}"):
         coerce_params(fixes, where="--fix")

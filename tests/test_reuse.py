@@ -15,13 +15,15 @@ import torch
 from optuna.trial import TrialState
 
 from tests._util import popen_cli, run_cli, stage_trials
+from tuner.config import FinalSpec, TrainConfig
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
-from tuner.plan import FinalSpec, StageSpec, TrainConfig, load_plan, parse_plan
+from tuner.plan import load_plan, parse_plan
 from tuner.report.notes import DashboardNotes
 from tuner.train.fused import train_one
 from tuner.train.tensors import TensorData
 from tuner.tune.final import run_final
+from tuner.tune.kinds import stage_spec
 from tuner.tune.objectives import evaluate_points
 from tuner.tune.reuse import FinalRule
 from tuner.tune.stages import Session, Settings, incumbent, point_key
@@ -197,7 +199,7 @@ def test_kept_weights_are_what_the_final_job_trains(msd_file, tmp_path, restore_
     from tuner.data.prepare import prepare
 
     data = TensorData.from_prepared(prepare(DataSpec(source=str(msd_file)), tmp_path / "data"))
-    stage = StageSpec(name="s", kind="sweep", epochs=8, objective="peak")
+    stage = stage_spec(name="s", kind="sweep", epochs=8, objective="peak")
     cfgs = [TrainConfig(hidden=(16, 16), lr=0.05, activation=a) for a in ("relu", "gelu")]
     rule = FinalRule.of(FinalSpec(epochs=8, patience=1, restore_best=restore_best), cfgs[1], 1)
     results = evaluate_points(stage, cfgs, data, seed=3, keep={1: rule})
@@ -234,7 +236,7 @@ def test_plan_option_and_flag_turn_reuse_off(tmp_path, msd_file):
         assert s.reusing()
         s.settings = dataclasses.replace(s.settings, reuse=False)
         assert not s.reusing()
-        pruned = StageSpec(name="p", kind="sweep", pruner="median", grid={"lr": (0.1,)})
+        pruned = stage_spec(name="p", kind="sweep", pruner="median", grid={"lr": (0.1,)})
         s.settings = dataclasses.replace(s.settings, reuse=True)
         assert not s.reusing(pruned)  # pruning depends on the peers: never reused
     finally:

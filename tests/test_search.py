@@ -8,8 +8,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests._util import popen_cli, session, stage_trials
-from tuner.plan import PlanError, StageSpec, TrainConfig, load_plan
+from tuner.config import TrainConfig
+from tuner.errors import PlanError
+from tuner.plan import load_plan
 from tuner.tune import objectives
+from tuner.tune.kinds import stage_spec
 from tuner.tune.objectives import evaluate_points
 from tuner.tune.search import distributions, propose
 from tuner.tune.stages import point_key
@@ -37,7 +40,7 @@ weight_decay = { low = 1e-6, high = 1e-2, log = true }
 epochs = 1
 """
 
-SPACE = StageSpec(
+SPACE = stage_spec(
     name="reg",
     kind="sweep",
     sampler="tpe",
@@ -84,7 +87,7 @@ def test_later_rounds_use_the_results_and_never_repeat_a_point():
 
 
 def test_a_small_categorical_space_runs_out_instead_of_repeating():
-    spec = StageSpec(
+    spec = stage_spec(
         name="act", kind="sweep", sampler="tpe", trials=5, round_size=5,
         space={"activation": {"choices": ["relu", "gelu"]}},
     )  # fmt: skip
@@ -171,7 +174,7 @@ def test_two_workers_share_a_tpe_stage(tmp_path, msd_file):
 def test_sweep_runs_stop_early_when_validation_loss_stalls():
     from tests.test_objectives import DATA
 
-    stage = StageSpec(name="lr", kind="sweep", epochs=8, objective="peak", patience=1)
+    stage = stage_spec(name="lr", kind="sweep", epochs=8, objective="peak", patience=1)
     base = TrainConfig(hidden=(32, 32), batch_size=64)
     cfgs = [base.with_params({"lr": lr}) for lr in (3e-1, 1e-4)]
     results = evaluate_points(stage, cfgs, DATA, seed=0)
@@ -212,13 +215,13 @@ def test_bad_search_stages_are_rejected(tmp_path, extra, message):
 
 def test_min_steps_trains_more_epochs_on_small_data_only():
     from tests.test_objectives import DATA
-    from tuner.plan import planned_epochs
+    from tuner.config import planned_epochs
 
     assert planned_epochs(5, 1500, 360_741, 256) == 5  # full size: 1,410 steps an epoch
     assert planned_epochs(5, 1500, 823, 256) == 375  # 1,176 rows: 4 steps an epoch
     assert planned_epochs(5, 0, 823, 256) == 5
     # 600 rows at batch 64: 10 steps an epoch, so 25 steps take 3 epochs
-    stage = StageSpec(name="a", kind="sweep", epochs=1, objective="final", min_steps=25)
+    stage = stage_spec(name="a", kind="sweep", epochs=1, objective="final", min_steps=25)
     cfg = TrainConfig(hidden=(16,), batch_size=64)
     (result,) = evaluate_points(stage, [cfg], DATA, seed=0)
     assert result.attrs["epochs_trained"] == 3

@@ -6,7 +6,7 @@ that would lie outside its root (the workdir, or an explicit ``report --out``). 
 lexical (``..`` and absolute parts are resolved away, symbolic links are not followed): a link
 the user made inside the workdir, say ``models -> /mnt/big/models``, is theirs to make.
 
-A plan is identified by its content (:meth:`tuner.plan.Plan.content`), but ``models/<plan>/``
+A plan is identified by its content (:meth:`tuner.config.Plan.content`), but ``models/<plan>/``
 and ``reports/<plan>/`` are named after the plan: :func:`record_plan` keeps a small
 ``.plan.json`` beside the files saying which plan content wrote them, and warns before an
 edited plan under the same name overwrites another's.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.errors import PlanError
 
 if TYPE_CHECKING:
-    from tuner.plan import Plan
+    from tuner.config import Plan
 
 logger = logging.getLogger(__name__)
 

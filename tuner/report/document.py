@@ -5,7 +5,8 @@ the prepared data's manifest and ``models/<plan>/``; it trains nothing and needs
 It writes under ``WORKDIR/reports/<plan>/``:
 
 - ``decades.png``: the decade distribution of the prepared data, stacked by split;
-- ``lr_range_test.png``: the LR range test's loss curve with the suggestion and choice marked;
+- what a stage's kind draws (an LR range test's loss curve with the suggestion and choice
+  marked);
 - ``<stage>_cv.png``: a CV stage's mean validation accuracy +- std over folds per grid point;
 - ``<stage>_curves.png``: validation accuracy (and loss) per epoch, one line per grid point,
   for every other stage (the ``lr`` stage's verification runs included);
@@ -36,15 +37,18 @@ from tuner.report import notes, plots
 from tuner.report.notes import (
     fmt_params,
     grid_text,
+    kind_facts,
+    kind_figures,
+    kind_seconds,
     points_table,
     scored_by,
     search_label,
     stage_plot,
     stage_rows,
+    summary_plot_name,
     tuned_params,
     winner_text,
 )
-from tuner.report.plots import fmt_value
 from tuner.tune.decide import decision_text
 from tuner.tune.stages import FINAL, Session, StageState
 
@@ -187,7 +191,8 @@ def _elapsed(state: StageState) -> float | None:
     if not times:
         return None
     span = (max(e for _, e in times) - min(s for s, _ in times)).total_seconds()
-    return span + float((state.user_attrs.get("lr_range_test") or {}).get("seconds", 0.0))
+    attrs = state.user_attrs
+    return span + kind_seconds(attrs.get("stage") or {}, attrs)
 
 
 def _read_json(path: Path) -> Any:
@@ -332,12 +337,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             f"**Scored by:** {scored_by(stage)}",
             f"**Fixed params:** {fmt_params(state.fixed_params)}",
         ]
-        curve = state.user_attrs.get("lr_range_test")
-        if curve:
-            items.append(
-                f"**Range test:** steepest descent at {curve['suggestion']:.3g}, "
-                f"chosen {fmt_value(curve['chosen'])}"
-            )
+        items += [f"**{label}:** {text}" for label, text in kind_facts(stage, state.user_attrs)]
         items.append(f"**Winner:** {winner_text(rows)}")
         items.append(f"**Decision:** {decision_text(state.decision)}")
         if state.best_params is not None:
@@ -348,13 +348,13 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         if rows:
             header, cells = points_table(rows, params)
             doc.table(header, cells)
-        if curve:
-            path = draw("lr_range_test", plots.lr_range_test, curve, out / "lr_range_test.png")
-            doc.img(path, "LR range test")
-        suffix = "cv" if stage.get("kind") == "cv" else "curves"
+        for figure in kind_figures(stage, state.user_attrs):
+            png = paths.inside(out, figure.file)
+            doc.img(draw(png.stem, lambda f, p: f.draw(p), figure, png), figure.caption)
+        suffix, caption = summary_plot_name(stage)
         png = paths.inside(out, f"{spec.name}_{suffix}.png")
         path = draw(f"{spec.name}_{suffix}", stage_plot, state, png)
-        doc.img(path, f"{spec.name}: " + ("CV mean +- std" if suffix == "cv" else "curves"))
+        doc.img(path, f"{spec.name}: {caption}")
 
     # final
     doc.h(2, "Final model")

@@ -33,11 +33,13 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import paths
-from tuner.plan import FINAL_STAGE
+from tuner.config import FINAL_STAGE
 from tuner.report import plots
-from tuner.report.plots import fmt_value, point_label
+from tuner.report.plots import fmt_value
 from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
+from tuner.tune.kinds import KINDS, spec_from_dict
+from tuner.tune.kinds.base import Figure
 
 if TYPE_CHECKING:
     from tuner.tune.stages import Session, StageState
@@ -95,37 +97,25 @@ def winner(rows: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
     return (ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None)
 
 
+def _kind_and_spec(stage: Mapping[str, Any]):
+    """The kind of a recorded stage (user attr ``stage``) and the stage rebuilt from it; both
+    ``None`` for a kind this version does not know."""
+    spec = spec_from_dict(stage) if stage else None
+    return (KINDS[spec.kind], spec) if spec is not None else (None, None)
+
+
 def tuned_params(stage: Mapping[str, Any]) -> list[str]:
-    if stage.get("kind") == "lr_range_test":
-        return [stage.get("param", "lr")]
-    if stage.get("sampler") == "tpe":
-        return list(stage.get("space", {}))
-    return list(stage.get("grid", {}))
+    """The fields a recorded stage chooses for later stages."""
+    _, spec = _kind_and_spec(stage)
+    if spec is not None:
+        return list(spec.params)
+    return list(stage.get("space", {}) if stage.get("sampler") == "tpe" else stage.get("grid", {}))
 
 
 def scored_by(stage: Mapping[str, Any]) -> str:
-    """How a grid point of the stage is scored, in words."""
-    epochs = stage.get("epochs", 1)
-    ep = f"{epochs} epoch{'s' if epochs != 1 else ''}"
-    kind = stage.get("kind")
-    if kind == "cv":
-        return (
-            f"mean over {stage.get('folds')} stratified folds of the train split of the final "
-            f"validation accuracy ({ep} per fold); per-fold values and std kept"
-        )
-    which = "peak" if stage.get("objective") == "peak" else "final"
-    run = f"{which} validation accuracy over {ep}"
-    if kind == "lr_range_test":
-        from tuner.train.options import optimizers  # here: the dashboard need not load torch
-
-        cands = ", ".join(f"x{fmt_value(c)}" for c in stage.get("candidates", [1.0]))
-        return (
-            f"LR range test ({stage.get('range_optimizer', optimizers.DEFAULT)}, one epoch, "
-            f"{fmt_value(stage.get('start_lr'))} -> {fmt_value(stage.get('end_lr'))}), "
-            f"suggestion at the steepest loss descent (snap: {stage.get('snap')}); the "
-            f"candidates ({cands} the chosen LR) are verified by a run scored by {run}"
-        )
-    return run
+    """How a point of the stage is scored, in words (its kind says)."""
+    kind, spec = _kind_and_spec(stage)
+    return kind.scored_by(spec) if kind is not None else "?"
 
 
 def fmt_params(params: Mapping[str, Any] | None) -> str:
@@ -138,10 +128,10 @@ def search_label(stage: Mapping[str, Any]) -> str:
 
 
 def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
-    if stage.get("kind") == "lr_range_test":
-        if points:
-            return ", ".join(point_label(p) for p in points)
-        return "decided by the range test"
+    kind, spec = _kind_and_spec(stage)
+    own = kind.points_text(spec, points) if kind is not None else None
+    if own is not None:
+        return own
     if stage.get("sampler") == "tpe":
         ranges = "; ".join(
             f"{k}: {', '.join(fmt_value(v) for v in r['choices'])}"
@@ -157,6 +147,30 @@ def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
     return "; ".join(
         f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in stage.get("grid", {}).items()
     )
+
+
+def kind_facts(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the stage's kind adds to its note and report section (an LR range test's pick)."""
+    kind, _ = _kind_and_spec(stage)
+    return kind.facts(attrs) if kind is not None else []
+
+
+def kind_figures(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[Figure]:
+    """The plots the stage's kind adds (an LR range test's curve)."""
+    kind, _ = _kind_and_spec(stage)
+    return kind.figures(attrs) if kind is not None else []
+
+
+def kind_seconds(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> float:
+    """Seconds the stage's kind spent outside its trials (an LR range test)."""
+    kind, _ = _kind_and_spec(stage)
+    return kind.extra_seconds(attrs) if kind is not None else 0.0
+
+
+def summary_plot_name(stage: Mapping[str, Any]) -> tuple[str, str]:
+    """The file suffix and caption of the stage's summary plot."""
+    kind, _ = _kind_and_spec(stage)
+    return kind.summary_plot() if kind is not None else ("curves", "curves")
 
 
 def winner_text(rows: list[dict[str, Any]]) -> str:
@@ -242,12 +256,8 @@ def stage_note(state: StageState) -> str:
         f"- **Scored by:** {scored_by(stage)}",
         f"- **Fixed from earlier stages:** {fmt_params(attrs.get('fixed_params'))}",
     ]
-    curve = attrs.get("lr_range_test")
-    if curve:
-        lines.append(
-            f"- **Range test:** steepest descent at {curve['suggestion']:.3g}, "
-            f"chosen {fmt_value(curve['chosen'])} (plot: artifact `lr_range_test.png`)"
-        )
+    for label, text in kind_facts(stage, attrs):
+        lines.append(f"- **{label}:** {text}")
     data = attrs.get("data") or {}
     if data:
         lines.append(
@@ -365,7 +375,7 @@ def stage_plot(state: StageState, path: Path) -> Path | None:
     param = ", ".join(tuned_params(stage)) or None
     if not rows:
         return None
-    if stage.get("kind") == "cv" or all(r.get("fold_values") for r in rows):
+    if all(r.get("fold_values") for r in rows):  # mean and std over folds
         return plots.cv_errorbars(state.name, rows, path, param=param)
     curves = [r for r in rows if isinstance(r.get("history"), dict)]
     return plots.stage_curves(state.name, curves, path, param=param) if curves else None
@@ -375,9 +385,8 @@ def objective_name(stage: Mapping[str, Any]) -> str:
     """What a stage study's value is, for the dashboard's axis labels."""
     if stage.get("final"):
         return "test accuracy"
-    if stage.get("kind") == "cv":
-        return "validation accuracy (mean over folds)"
-    return f"{'peak' if stage.get('objective') == 'peak' else 'final'} validation accuracy"
+    kind, spec = _kind_and_spec(stage)
+    return kind.objective_name(spec) if kind is not None else "validation accuracy"
 
 
 def _name_objective(study: optuna.Study, stage: Mapping[str, Any]) -> None:
@@ -397,10 +406,14 @@ def on_stage_started(session: Session, study: optuna.Study, stage: str) -> None:
 
 
 @_best_effort
-def on_range_test(session: Session, study: optuna.Study, curve: Mapping[str, Any]) -> None:
+def on_stage_attrs(session: Session, study: optuna.Study, stage: str) -> None:
+    """The plots the stage's kind draws from what it recorded (an LR range test's curve)."""
+    attrs = study.user_attrs
     with tempfile.TemporaryDirectory() as tmp:
-        path = plots.lr_range_test(curve, Path(tmp) / "lr_range_test.png")
-        put_study_artifact(_store(session), session.storage, study, path)
+        for figure in kind_figures(attrs.get("stage") or {}, attrs):
+            path = figure.draw(paths.inside(Path(tmp), figure.file))
+            if path is not None:
+                put_study_artifact(_store(session), session.storage, study, path)
 
 
 @_best_effort
@@ -481,10 +494,8 @@ class DashboardNotes(StageObserver):
     def stage_started(self, session: Session, study: optuna.Study, stage: str) -> None:
         on_stage_started(session, study, stage)
 
-    def range_test_done(
-        self, session: Session, study: optuna.Study, curve: Mapping[str, Any]
-    ) -> None:
-        on_range_test(session, study, curve)
+    def stage_attrs(self, session: Session, study: optuna.Study, stage: str) -> None:
+        on_stage_attrs(session, study, stage)
 
     def trial_done(
         self,

@@ -119,7 +119,7 @@ def class_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
 
 
 # -- stages -------------------------------------------------------------------------------------
-def lr_range_test(curve: Mapping[str, Any], path: Path, *, skip: tuple[int, int] = (10, 5)) -> Path:
+def loss_vs_lr(curve: Mapping[str, Any], path: Path, *, skip: tuple[int, int] = (10, 5)) -> Path:
     """Loss against learning rate (log scale), the steepest-descent suggestion and the chosen
     (snapped) learning rate marked."""
     lrs, losses = list(curve["lrs"]), list(curve["losses"])

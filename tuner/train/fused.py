@@ -53,7 +53,7 @@ optimizer step ~6%. To remove what is not arithmetic the module
 * never synchronises per step (no ``.item()``): train losses accumulate in a ``[K]`` tensor;
 * evaluates in chunks under ``torch.inference_mode()``;
 * applies each normalisation to its run of members and each activation to its run, so that
-  members that differ only in their norm (the normalisation sweep) share one activation call,
+  members that differ only in their norm (the normalisation stage) share one activation call,
   and writes each run into its slice of one output (``out=`` kernels) when they differ.
 
 Matrix products at these shapes (``[K, 128, 256] x [K, 256, 256]``) run at ~100-110 GFLOP/s on
@@ -85,7 +85,7 @@ from typing import Generic, TypeVar
 import torch
 from torch import nn
 
-from tuner.plan import TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
 from tuner.train.model import build_model, class_weights
 from tuner.train.options import activations, norms, optimizers, schedules
@@ -175,7 +175,7 @@ def _segments(kinds: Sequence[_E]) -> list[_Segment[_E]]:
 class _Layout:
     """The normalisation runs and the activation runs of a (sub)stack. Members are sorted by
     (norm, activation), so both are runs; they are kept apart so that an activation shared by
-    members with different norms (the normalisation sweep) is one call over all of them."""
+    members with different norms (the normalisation stage) is one call over all of them."""
 
     norms: list[_Segment[Norm]]
     acts: list[_Segment[Activation]]

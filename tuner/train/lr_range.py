@@ -1,4 +1,4 @@
-"""The LR range test of the ``lr`` stage, run with torch-lr-finder.
+"""The LR range test, run with torch-lr-finder.
 
 One epoch of training (at least 100 steps, repeating the data when an epoch is shorter) with
 the learning rate growing exponentially from ``start_lr`` to ``end_lr``; the suggestion is torch-lr-finder's "steepest gradient" rule (the smoothed loss's
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torch_lr_finder import LRFinder
 
-from tuner.plan import StageSpec, TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.engine import batch_indices, seeded
 from tuner.train.model import build_model, make_optimizer
 
@@ -81,22 +81,27 @@ def snap(lr: float, how: str) -> float:
 
 
 def range_test(
-    stage: StageSpec,
     cfg: TrainConfig,
     train_xy: tuple[torch.Tensor, torch.Tensor],
     *,
     n_classes: int,
     seed: int,
+    optimizer: str,
+    start_lr: float = 1e-7,
+    end_lr: float = 1.0,
+    snap_to: str = "decade",
 ) -> RangeTestResult:
-    """Run the range test for one epoch of ``train_xy`` and return the curve and suggestion."""
+    """Run the range test for one epoch of ``train_xy`` with ``cfg``'s model and the
+    ``optimizer`` named, the learning rate growing from ``start_lr`` to ``end_lr``; return the
+    curve and the suggestion (snapped as ``snap_to`` says, see :func:`snap`)."""
     x, y = train_xy
-    range_cfg = cfg.with_params({"optimizer": stage.range_optimizer})
+    range_cfg = cfg.with_params({"optimizer": optimizer})
     with seeded(seed):
         model = build_model(range_cfg, x.shape[1], n_classes)
-    optimizer = make_optimizer(range_cfg, model.parameters(), lr=stage.start_lr)
+    opt = make_optimizer(range_cfg, model.parameters(), lr=start_lr)
     loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
     num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)
-    finder = LRFinder(model, optimizer, nn.CrossEntropyLoss(), device="cpu")
+    finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device="cpu")
     # torch-lr-finder prints its progress notes; keep stdout for our own output. Its progress
     # bar (tqdm on stderr, which it offers no way to turn off) is shown only when INFO is.
     bar = (
@@ -105,12 +110,12 @@ def range_test(
         else contextlib.redirect_stderr(io.StringIO())
     )
     with contextlib.redirect_stdout(io.StringIO()) as notes, bar:
-        finder.range_test(loader, end_lr=stage.end_lr, num_iter=num_iter, step_mode="exp")
+        finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
     for line in notes.getvalue().splitlines():
         logger.info("torch-lr-finder: %s", line)
     lrs = [float(v) for v in finder.history["lr"]]
     losses = [float(v) for v in finder.history["loss"]]
     suggestion = steepest_lr(lrs, losses)
-    chosen = snap(suggestion, stage.snap)
+    chosen = snap(suggestion, snap_to)
     logger.info("LR range test: steepest descent at %.3g, chosen %.3g", suggestion, chosen)
     return RangeTestResult(lrs, losses, suggestion, chosen)

@@ -1,4 +1,4 @@
-"""The MLP that every stage trains, built from a :class:`~tuner.plan.TrainConfig`, and how it
+"""The MLP that every stage trains, built from a :class:`~tuner.config.TrainConfig`, and how it
 is optimised: optimizer, learning-rate schedule and training-loss class weights.
 
 ``Linear(in, h1) -> [norm] -> act -> [dropout] -> ... -> Linear(hk, classes)``; the published
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tuner.plan import TrainConfig
+from tuner.config import TrainConfig
 from tuner.train.options import activations, inits, losses, norms, optimizers, schedules
 
 

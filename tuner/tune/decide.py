@@ -6,7 +6,7 @@ points' per-run values pair up: run ``i`` of the winner and run ``i`` of the run
 same initial-weight seed, the same batch order and the same fold. The paired differences cancel
 the part of the noise the two runs share; their mean and a 95% t-interval say how much better
 the winner is and how sure that is. A win is *significant* when the interval's lower end is
-above zero. With one run per point (``repeats = 1`` in a sweep) there is no interval: the win
+above zero. With one run per point (``repeats = 1`` in a stage) there is no interval: the win
 is reported as not significant, because nothing measured says it is.
 
 ``keep_incumbent_unless_significant``: the point equal to the configuration the stage started

@@ -1,9 +1,9 @@
 """Observers of a running plan: what happens beside training, subscribed, not called by name.
 
 A :class:`StageObserver` is told when a stage's study starts, when a trial is done (before it
-is told to Optuna: a finished trial's attrs are frozen), when the LR range test has its curve,
-when a stage is done and when the final job has written its metrics -- the way Optuna's
-``callbacks`` watch ``study.optimize``. The dashboard's notes and plot artifacts
+is told to Optuna: a finished trial's attrs are frozen), when a stage's kind has recorded
+results of its own (an LR range test's curve), when a stage is done and when the final job
+has written its metrics -- the way Optuna's ``callbacks`` watch ``study.optimize``. The dashboard's notes and plot artifacts
 (:class:`tuner.report.notes.DashboardNotes`) are one observer; the command line subscribes it.
 Tuning code never imports what observes it.
 
@@ -34,10 +34,9 @@ class StageObserver:
     def stage_started(self, session: Session, study: optuna.Study, stage: str) -> None:
         """A stage's study is open and about to train (its points may be partly done)."""
 
-    def range_test_done(
-        self, session: Session, study: optuna.Study, curve: Mapping[str, Any]
-    ) -> None:
-        """The LR range test of ``study`` ran (``curve``: lrs, losses, suggestion, seconds)."""
+    def stage_attrs(self, session: Session, study: optuna.Study, stage: str) -> None:
+        """The stage's kind recorded results of its own in the study's user attrs (an LR range
+        test's curve): what it draws of them is :meth:`StageKind.figures`."""
 
     def trial_done(
         self,

@@ -21,7 +21,7 @@ from optuna.pruners import BasePruner, MedianPruner, NopPruner, WilcoxonPruner
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.plan import StageSpec
+from tuner.config import StageSpec
 
 
 class _PeerView:

@@ -6,16 +6,16 @@ job often retrains the last stage's winner with the same seed for the same epoch
 
 A trial's *training fingerprint* (user attr ``fingerprint``, :func:`fingerprint`) hashes all that
 its numbers depend on: every :class:`TrainConfig` field (after fixes), the seeds of its repeats,
-the planned epochs (``min_steps`` included), folds, objective and early-stopping patience, how
-the stage kind trains a point (a sweep point and a CV point train differently), the device and
-precision, and the prepared data's key. Before training a claimed point a worker looks for a
+the objective, what the stage's kind says its training depends on (its procedure, planned
+epochs, folds, early-stopping patience), the device and precision, and the prepared data's key. Before training a claimed point a worker looks for a
 COMPLETE trial with the same fingerprint in the latest matching studies of the plan's earlier
 stages (:func:`sources`); if there is one, the point's trial is recorded from it (same value,
 intermediate values and user attrs, plus ``reused_from = "<study>#<trial number>"``) without
 training. Stages with a pruner neither record a fingerprint nor reuse: whether a point is
 pruned depends on its peers.
 
-The final job: each sweep point whose training equals the final's (same configuration and seed,
+The final job: each point trained on the train split (a kind that ``keeps_final``) whose
+training equals the final's (same configuration and seed,
 the same planned epochs on the same train split) keeps the weights the final job's rule would
 keep -- the final's early stopping on validation loss replayed on the point's per-epoch
 validation losses (:class:`FinalRule`) -- under ``WORKDIR/weights/<study>/trial-<n>.pt``; its
@@ -36,8 +36,8 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.config import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
 from tuner.paths import inside
-from tuner.plan import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
 from tuner.train.engine import EarlyStopping
 
 if TYPE_CHECKING:
@@ -49,12 +49,6 @@ logger = logging.getLogger(__name__)
 NOT_COPIED = ("worker", "reused_from", "seconds")  # per-trial bookkeeping, not results
 
 
-def procedure(spec: StageSpec) -> str:
-    """How a stage trains a point: the verification runs of an LR range test train like a
-    sweep point (see :func:`tuner.tune.objectives.evaluate_points`)."""
-    return "cv" if spec.kind == "cv" else "sweep"
-
-
 def reusable(spec: StageSpec) -> bool:
     """Whether a stage's trials take part in reuse (a pruned stage's do not)."""
     return spec.pruner == "none"
@@ -64,37 +58,32 @@ def _compute(compute: Compute) -> dict[str, str]:
     return {"device": compute.device, "precision": compute.precision}
 
 
-def sweep_epochs(spec: StageSpec, cfg: TrainConfig, n_train: int) -> int:
-    """The epochs a sweep point of ``spec`` is planned to train on ``n_train`` rows."""
-    return planned_epochs(spec.epochs, spec.min_steps, n_train, cfg.batch_size)
-
-
 def fingerprint(
-    spec: StageSpec, cfg: TrainConfig, *, seed: int, data: TensorData, compute: Compute
+    spec: StageSpec,
+    cfg: TrainConfig,
+    identity: Mapping[str, Any],
+    *,
+    seed: int,
+    data: TensorData,
+    compute: Compute,
 ) -> str | None:
     """The training fingerprint of a point of ``spec`` trained as ``cfg`` (``None``: the stage
-    does not take part in reuse)."""
+    does not take part in reuse). ``identity``: what the stage's kind says the point's numbers
+    depend on beyond these (its procedure, planned epochs, folds, early stopping; see
+    :meth:`tuner.tune.kinds.base.StageKind.training_identity`)."""
     if not reusable(spec):
         return None
     from tuner.train.engine import repeat_seeds
 
-    kind = procedure(spec)
-    n_train = len(data.train[1])
-    if kind == "cv":  # fold sizes differ by a row: min_steps counts as given
-        epochs: Any = {"epochs": spec.epochs, "min_steps": spec.min_steps, "folds": spec.folds}
-    else:
-        epochs = {"epochs": sweep_epochs(spec, cfg, n_train)}
     return content_hash(
         {
             "config": cfg.to_dict(),
-            "procedure": kind,
             "seeds": repeat_seeds(seed, spec.repeats),
-            **epochs,
+            **identity,
             "objective": spec.objective,
-            "patience": spec.patience if kind == "sweep" else 0,
             "compute": _compute(compute),
             "data": data.key,
-            "n_train": n_train,
+            "n_train": len(data.train[1]),
         }
     )
 
@@ -137,7 +126,7 @@ def final_key(
 
 
 class Keeper:
-    """Replays a :class:`FinalRule` on one run during a sweep and keeps the weights the final
+    """Replays a :class:`FinalRule` on one run during a stage and keeps the weights the final
     job would keep: ``update(epoch, val_loss, export)`` after every epoch; :attr:`kept` is
     ``(state_dict, epochs_trained, stopped_early)`` once the rule has stopped or run out."""
 

@@ -29,7 +29,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.plan import StageSpec
+from tuner.config import StageSpec
 
 logger = logging.getLogger(__name__)
 

@@ -36,23 +36,18 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from tuner.config import Plan, StageSpec, TrainConfig, coerce_params, content_hash, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.errors import PlanError, StageError, TunerError
 from tuner.paths import model_dir
-from tuner.plan import (
-    Plan,
-    StageSpec,
-    TrainConfig,
-    coerce_params,
-    content_hash,
-    planned_epochs,
-)
 from tuner.train.fused import Compute
 from tuner.train.tensors import TensorData
 from tuner.tune import reuse
 from tuner.tune.claims import Claim, ClaimTable, new_owner_id
 from tuner.tune.decide import Decision, PointStats, decide
 from tuner.tune.hooks import Observers, StageObserver
+from tuner.tune.kinds import get_kind, stage_spec
+from tuner.tune.kinds.base import PointSource
 from tuner.tune.objectives import PointResult, Reporter, evaluate_points
 from tuner.tune.pruners import for_stage
 from tuner.tune.search import distributions, propose
@@ -69,7 +64,6 @@ from tuner.tune.storage import (
 logger = logging.getLogger(__name__)
 
 FINAL = "final"
-RANGE_TEST_CLAIM = "__range_test__"
 REPORT_CLAIM = "__report__"  # the one worker writing run-all's report
 CREATE_CLAIM = "__create__"  # the one worker calling Optuna's create_study for a study
 STUDY_CLAIM = "__study__"  # held by the identity (plan content, data, fixed params) of a study
@@ -397,7 +391,8 @@ class Session:
                     f"stage {needed!r} needs stage {spec.name!r} first (its study is "
                     f"{state.state}): run `python -m tuner run-stage {spec.name}` or pass {hint}"
                 )
-            if state.best_params is not None and not spec.contains(state.best_params):
+            kind = get_kind(spec.kind)
+            if state.best_params is not None and not kind.contains(spec, state.best_params):
                 raise StageError(
                     f"study {state.study} carries forward {state.best_params}, which is not in "
                     f"stage {spec.name!r}'s grid in plan {self.plan.name!r}: run `python -m "
@@ -420,28 +415,24 @@ class Session:
         fixed = self.resolve_fixed(index)
         base = self.plan.defaults.with_params(fixed)
         data = self.data()
-        if spec.kind == "cv":
-            _check_folds(spec, len(data.train[1]))
+        kind = get_kind(spec.kind)
+        n_train = len(data.train[1])
+        kind.check_data(spec, n_train)
         tpe = spec.sampler == "tpe"
+        grid = not tpe and kind.needs_grid
         # set by the study's creator, with its other attrs (no two workers insert one attr)
-        first = (
-            {"planned": spec.trials}
-            if tpe
-            else {}
-            if spec.kind == "lr_range_test"
-            else {"points": grid_points(spec)}
-        )
+        first = {"planned": spec.trials} if tpe else {"points": grid_points(spec)} if grid else {}
         study = self._open_study(
             spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict(), first=first
         )
         if study is None:
             return self.stage_state(spec.name)
-        if spec.kind == "lr_range_test":
-            points = self._range_test_points(study, spec, base, data)
-        elif not tpe:
+        if grid:
             points = grid_points(spec)
             if study.user_attrs.get("points") != points:
                 study.set_user_attr("points", points)
+        elif not tpe:  # the kind finds its points (an LR range test's candidates)
+            points = kind.points(_PointSource(self), study, spec, base, data) or []
         if tpe:
             if "planned" not in study.user_attrs:
                 study.set_user_attr("planned", spec.trials)  # before any round: not "done"
@@ -460,15 +451,13 @@ class Session:
             keep: dict[int, reuse.FinalRule] = {}
             for i, (trial, cfg) in enumerate(zip(trials, cfgs, strict=True)):
                 trial.set_user_attr("config", cfg.to_dict())
-                fp = reuse.fingerprint(spec, cfg, seed=seed, data=data, compute=compute)
+                identity = kind.training_identity(spec, cfg, n_train)
+                fp = reuse.fingerprint(spec, cfg, identity, seed=seed, data=data, compute=compute)
                 if fp is not None:
                     trial.set_user_attr("fingerprint", fp)
-                rule = reuse.FinalRule.of(self.plan.final, cfg, len(data.train[1]))
-                if (
-                    reusing
-                    and reuse.procedure(spec) == "sweep"
-                    and reuse.sweep_epochs(spec, cfg, len(data.train[1])) == rule.epochs
-                ):
+                rule = reuse.FinalRule.of(self.plan.final, cfg, n_train)
+                epochs = planned_epochs(spec.epochs, spec.min_steps, n_train, cfg.batch_size)
+                if reusing and kind.keeps_final and epochs == rule.epochs:
                     keep[i] = rule
             results = evaluate_points(
                 spec, cfgs, data, seed=seed, reporter=reporter, compute=compute, keep=keep
@@ -486,14 +475,9 @@ class Session:
         find = self._reuse_lookup(spec, index, base, data) if reusing else None
 
         study.pruner = for_stage(spec)
-        by_fold = spec.kind == "cv" and spec.pruner == "wilcoxon"
-        n_rows = (
-            len(data.train[1]) * (spec.folds - 1) // spec.folds
-            if spec.folds
-            else len(data.train[1])
-        )
+        n_rows = kind.rows_per_run(spec, n_train)
         per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, base.batch_size)
-        epochs = per_run * (spec.folds if by_fold else 1)  # the progress bar's length
+        epochs = per_run * kind.runs_in_sequence(spec)  # the progress bar's length
         protect = (
             {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
         )
@@ -529,8 +513,14 @@ class Session:
         def find(point: dict[str, Any]) -> tuple[str, FrozenTrial] | None:
             nonlocal table
             cfg = base.with_params(point)
+            identity = get_kind(spec.kind).training_identity(spec, cfg, len(data.train[1]))
             fp = reuse.fingerprint(
-                spec, cfg, seed=self.settings.seed, data=data, compute=self.settings.compute
+                spec,
+                cfg,
+                identity,
+                seed=self.settings.seed,
+                data=data,
+                compute=self.settings.compute,
             )
             if fp is None:
                 return None
@@ -718,35 +708,28 @@ class Session:
                 )
                 floor, version = version, 0
 
-    def _range_test_points(
-        self, study: optuna.Study, spec: StageSpec, base: TrainConfig, data: TensorData
-    ) -> list[dict[str, Any]]:
-        """Run the LR range test once per study (one worker does it, others wait for it) and
-        return the candidate learning rates to verify."""
+    def once(
+        self, study_name: str, key: str, what: str, done: Callable[[], bool], do: Callable[[], None]
+    ) -> None:
+        """Claim, else wait and log once: until ``done()``, the one worker that holds claim
+        ``key`` on the study runs ``do`` (with its claim's heartbeat running) while the others
+        poll. A holder that dies leaves a stale claim the next worker takes over. Used for the
+        LR range test and TPE rounds; grid points are claimed the same way, many at once
+        (:meth:`_work`)."""
         waiting = False
-        while "points" not in study.user_attrs:
+        while not done():
             got, _ = self.claims.try_claim(
-                study.study_name, RANGE_TEST_CLAIM, self.owner, is_free=self.claims.is_stale
+                study_name, key, self.owner, is_free=self.claims.is_stale
             )
             if got:
-                from tuner.train.lr_range import range_test  # torch-lr-finder pulls in matplotlib
-
-                t0 = time.perf_counter()
-                with self._heartbeat([study.study_name], []):
-                    result = range_test(
-                        spec, base, data.train, n_classes=data.n_classes, seed=self.settings.seed
-                    )
-                curve = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
-                study.set_user_attr("lr_range_test", curve)
-                self.observers.notify("range_test_done", self, study, curve)
-                points = [{spec.param: float(f"{result.chosen * c:.6g}")} for c in spec.candidates]
-                study.set_user_attr("points", points)
-                break
+                if not done():  # else: done by a worker that finished between read and claim
+                    with self._heartbeat([study_name], []):
+                        do()
+                continue
             if not waiting:
-                logger.info("waiting for another worker's LR range test on %s", study.study_name)
+                logger.info("waiting for another worker's %s on %s", what, study_name)
                 waiting = True
             time.sleep(self.settings.poll_interval)
-        return list(study.user_attrs["points"])
 
     def _round_points(
         self, study: optuna.Study, spec: StageSpec, r: int, first: dict[str, Any]
@@ -754,42 +737,36 @@ class Session:
         """The points of a TPE stage's rounds ``0..r`` (round ``r`` proposed now, by one worker,
         from the settled trials of the earlier rounds), or ``None`` when no round ``r`` is
         planned. Every worker reads the same rounds from the study."""
-        waiting = False
-        while True:
-            attrs = study.user_attrs
-            rounds: list[list[dict[str, Any]]] = attrs.get("rounds", [])
-            if len(rounds) > r:
-                return [p for rnd in rounds[: r + 1] for p in rnd]
-            proposed = sum(len(rnd) for rnd in rounds)
-            if proposed >= attrs.get("planned", spec.trials):
-                return None
-            got, _ = self.claims.try_claim(
-                study.study_name, ROUND_CLAIM.format(r), self.owner, is_free=self.claims.is_stale
+
+        def rounds() -> list[list[dict[str, Any]]]:
+            return study.user_attrs.get("rounds", [])
+
+        def proposed() -> int:
+            return sum(len(rnd) for rnd in rounds())
+
+        def done() -> bool:
+            return len(rounds()) > r or proposed() >= study.user_attrs.get("planned", spec.trials)
+
+        def propose_round() -> None:
+            before, count = rounds(), proposed()
+            history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            n = min(spec.round_size, spec.trials - count)
+            new = propose(
+                spec,
+                history,
+                n,
+                seed=self.settings.seed + r,
+                first=normalize(first) if r == 0 else None,
             )
-            if got and len(study.user_attrs.get("rounds", [])) > r:
-                continue  # proposed by a worker that finished between our read and our claim
-            if got:
-                history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                n = min(spec.round_size, spec.trials - proposed)
-                new = propose(
-                    spec,
-                    history,
-                    n,
-                    seed=self.settings.seed + r,
-                    first=normalize(first) if r == 0 else None,
-                )
-                logger.info("%s round %d: TPE proposes %d point(s)", study.study_name, r, len(new))
-                if len(new) < n:  # the space is exhausted: plan what there is
-                    study.set_user_attr("planned", proposed + len(new))
-                study.set_user_attr("rounds", [*rounds, new])
-                study.set_user_attr("points", [p for rnd in [*rounds, new] for p in rnd])
-                continue
-            if not waiting:
-                logger.info(
-                    "waiting for another worker to propose round %d of %s", r, study.study_name
-                )
-                waiting = True
-            time.sleep(self.settings.poll_interval)
+            logger.info("%s round %d: TPE proposes %d point(s)", study.study_name, r, len(new))
+            if len(new) < n:  # the space is exhausted: plan what there is
+                study.set_user_attr("planned", count + len(new))
+            study.set_user_attr("rounds", [*before, new])
+            study.set_user_attr("points", [p for rnd in [*before, new] for p in rnd])
+
+        self.once(study.study_name, ROUND_CLAIM.format(r), f"TPE round {r}", done, propose_round)
+        have = rounds()
+        return [p for rnd in have[: r + 1] for p in rnd] if len(have) > r else None
 
     def _work(
         self,
@@ -923,9 +900,7 @@ class Session:
                 raise failure from None
             raise
         with self._storage_errors(f"telling {study.study_name} trial(s) {numbers}"):
-            for point, trial, label, result in zip(
-                group, trials, labels, results, strict=True
-            ):
+            for point, trial, label, result in zip(group, trials, labels, results, strict=True):
                 for name, value in result.attrs.items():
                     trial.set_user_attr(name, value)
                 self.observers.notify("trial_done", self, study, trial, point, result.attrs)
@@ -1046,6 +1021,21 @@ class Session:
             thread.join(timeout=self.settings.heartbeat_interval + 5)
 
 
+class _PointSource(PointSource):
+    """What a kind that finds its own points (:meth:`StageKind.points`) may use of a session."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.seed = session.settings.seed
+
+    def once(self, study: Any, what: str, done: Callable[[], bool], do: Callable[[], None]) -> None:
+        key = "__" + "_".join(what.lower().split()) + "__"  # one claim per thing done once
+        self.session.once(study.study_name, key, what, done, do)
+
+    def notify(self, hook: str, *args: Any) -> None:
+        self.session.observers.notify(hook, self.session, *args)
+
+
 class _TrialReporter:
     """A group's :class:`~tuner.tune.objectives.Reporter`: intermediate values go to the points'
     trials, pruning is the study's pruner, progress a tqdm bar."""
@@ -1162,24 +1152,12 @@ def _legacy_spec_matches(stored: Any, spec: StageSpec) -> bool:
     if not isinstance(stored, Mapping):
         return True
     current = json.loads(json.dumps(spec.to_dict()))
-    default = json.loads(json.dumps(StageSpec(name=spec.name, kind=spec.kind).to_dict()))
+    default = json.loads(json.dumps(stage_spec(name=spec.name, kind=spec.kind).to_dict()))
     return all(
         stored.get(key, default[key]) == value
         for key, value in current.items()
         if key != "description"
     )
-
-
-def _check_folds(spec: StageSpec, n_train: int) -> None:
-    """A cv stage needs at least one validation row per fold (``blocks`` with the Wilcoxon
-    pruner): say so before anything is written, rather than fail inside the split."""
-    need = spec.blocks if spec.pruner == "wilcoxon" else 1
-    if n_train // spec.folds < need:
-        raise StageError(
-            f"stage {spec.name!r}: {spec.folds} folds of {n_train} train rows leave "
-            f"{n_train // spec.folds} validation rows per fold; it needs at least {need}: "
-            "lower `folds` in the plan or use more rows"
-        )
 
 
 def plan_states(session: Session) -> list[StageState]:

@@ -1,0 +1,209 @@
+"""The interface of a stage kind: how a stage is planned, trained, identified and described.
+
+A kind is one object (see :mod:`tuner.tune.kinds` for the registry). The plan loader asks it to
+parse and check its own keys of a ``[[stages]]`` entry (:attr:`StageKind.Options`, a frozen
+dataclass whose defaults are the plan's defaults); the stage runner asks it for the points to
+train (:meth:`StageKind.points`) and to train a claimed group (:meth:`StageKind.train`); reuse
+asks it what its training depends on (:meth:`StageKind.training_identity`); notes, the report
+and the terminal tables ask it to describe itself (:meth:`StageKind.scored_by`,
+:meth:`StageKind.facts`, :meth:`StageKind.figures`). Everything else about a stage -- its grid
+or TPE space, epochs, repeats, pruner, the keep-incumbent rule -- is shared by every kind and
+lives in :class:`tuner.config.StageSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tuner.config import Invalid, StageSpec, TrainConfig, message
+from tuner.errors import PlanError
+from tuner.tune.runs import PointResult, Run
+
+if TYPE_CHECKING:
+    from tuner.train.tensors import TensorData
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A kind without keys of its own."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A plot a kind adds to the report and the study's artifacts: ``draw(path)`` writes a PNG
+    named ``file`` (``None`` when there is nothing to draw)."""
+
+    file: str
+    caption: str
+    draw: Callable[[Path], Path | None]
+
+
+class PointSource:
+    """What :meth:`StageKind.points` may use of the stage runner: the study, the starting
+    configuration, the data, one worker doing a thing while the others wait, and the
+    session's observers. Implemented by :class:`tuner.tune.stages.Session`'s stage runs."""
+
+    seed: int  # the run's seed (``--seed``)
+
+    def once(self, study: Any, what: str, done: Callable[[], bool], do: Callable[[], None]) -> None:
+        """Run ``do`` in exactly one worker until ``done()`` (the others wait for it)."""
+        raise NotImplementedError
+
+    def notify(self, hook: str, *args: Any) -> None:
+        """Tell the session's observers (``hook`` as in :class:`tuner.tune.hooks.StageObserver`)."""
+        raise NotImplementedError
+
+
+class StageKind:
+    """Base class of stage kinds. Subclasses set :attr:`name`, :attr:`summary`, their
+    :attr:`Options`, the :attr:`pruners` and :attr:`objectives` they accept, and implement
+    :meth:`train`, :meth:`training_identity` and :meth:`scored_by`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for the README and ``--help``
+    Options: ClassVar[type] = NoOptions  # the kind's own plan keys, with their defaults
+    schema: ClassVar[Mapping[str, Any]] = {}  # what each of those keys accepts (tuner.config)
+    pruners: ClassVar[tuple[str, ...]] = ("none",)
+    objectives: ClassVar[tuple[str, ...]] = ("peak", "final")
+    samplers: ClassVar[tuple[str, ...]] = ("grid", "tpe")
+    needs_grid: ClassVar[bool] = True  # a grid (or a TPE space) says which points to train
+    keeps_final: ClassVar[bool] = False  # a point trains on the train split as the final does
+
+    # -- the plan ------------------------------------------------------------------------------
+    def option_errors(self, raw: Mapping[str, Any], where: str) -> list[str]:
+        """One line per bad value of the kind's own keys in a raw ``[[stages]]`` entry."""
+        errors = []
+        for key, rule in self.schema.items():
+            if key in raw:
+                try:
+                    rule.parse(raw[key], strict=True)
+                except Invalid as err:
+                    errors.append(f"{where}: {message(key, raw[key], err)}")
+        return errors
+
+    def parse_options(self, raw: Mapping[str, Any], where: str) -> Any:
+        """The kind's options from its keys of a ``[[stages]]`` entry (defaults elsewhere)."""
+        errors = self.option_errors(raw, where)
+        if errors:
+            raise PlanError("\n".join(errors))
+        fields = {f.name for f in dataclasses.fields(self.Options)}
+        return self.Options(**{k: self.convert(k, v) for k, v in raw.items() if k in fields})
+
+    def convert(self, key: str, value: Any) -> Any:
+        """A TOML value of option ``key`` as the options dataclass holds it."""
+        return value
+
+    @property
+    def option_keys(self) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(self.Options))
+
+    def validate(self, spec: StageSpec, where: str) -> None:
+        """Checks across keys, once the stage is parsed (raise :class:`PlanError`)."""
+        if spec.objective not in self.objectives:
+            raise PlanError(
+                f"{where}: objective {spec.objective!r} is not for a {self.name} stage; "
+                f"choose one of: {', '.join(self.objectives)}"
+            )
+        if spec.pruner not in self.pruners:
+            raise PlanError(
+                f"unknown {where} pruner (for a {self.name} stage) {spec.pruner!r}; "
+                f"choose one of: {', '.join(self.pruners)}"
+            )
+        if spec.sampler not in self.samplers:
+            raise PlanError(f"{where}: a {self.name} stage takes no sampler = {spec.sampler!r}")
+        if self.needs_grid and spec.sampler == "grid" and not spec.grid:
+            raise PlanError(f"{where}: a {self.name} stage needs a non-empty [grid]")
+
+    def params(self, spec: StageSpec) -> tuple[str, ...]:
+        """The :class:`TrainConfig` fields the stage chooses for later stages."""
+        return tuple(spec.space) if spec.sampler == "tpe" else tuple(spec.grid)
+
+    def n_points(self, spec: StageSpec) -> int:
+        """Points the stage trains in all."""
+        if spec.sampler == "tpe":
+            return spec.trials
+        return math.prod(len(v) for v in spec.grid.values())
+
+    def contains(self, spec: StageSpec, params: Mapping[str, Any]) -> bool:
+        """Whether ``params`` (a point as stored in the stage's study) lies in the stage's grid
+        or space: what a finished study carries forward must."""
+        if set(params) != set(self.params(spec)):
+            return False
+        if spec.sampler == "tpe":
+            for key, rng in spec.space.items():
+                value = params[key]
+                if "choices" in rng:
+                    if value not in rng["choices"]:
+                        return False
+                elif not (isinstance(value, (int, float)) and rng["low"] <= value <= rng["high"]):
+                    return False
+            return True
+        return all(params[key] in values for key, values in spec.grid.items())
+
+    # -- running -------------------------------------------------------------------------------
+    def check_data(self, spec: StageSpec, n_train: int) -> None:
+        """Refuse (:class:`tuner.errors.StageError`) data the stage cannot train on, before
+        anything is written."""
+
+    def points(
+        self, source: PointSource, study: Any, spec: StageSpec, base: TrainConfig, data: TensorData
+    ) -> list[dict[str, Any]] | None:
+        """The points to train when the stage finds them as it runs (``None``: its grid, or
+        TPE's rounds, say which)."""
+        return None
+
+    def train(
+        self, run: Run, cfgs: Sequence[TrainConfig], points: list[int]
+    ) -> dict[int, PointResult]:
+        """Train and score ``points`` (indices into ``cfgs``) of one fused group."""
+        raise NotImplementedError
+
+    def rows_per_run(self, spec: StageSpec, n_train: int) -> int:
+        """Rows a run of a point trains on (what the planned epochs count steps over)."""
+        return n_train
+
+    def runs_in_sequence(self, spec: StageSpec) -> int:
+        """How many times the planned epochs run one after the other (the progress bar)."""
+        return 1
+
+    def training_identity(self, spec: StageSpec, cfg: TrainConfig, n_train: int) -> dict[str, Any]:
+        """What a point's numbers depend on beyond its configuration, seeds, compute and data
+        (part of its training fingerprint, :func:`tuner.tune.reuse.fingerprint`)."""
+        raise NotImplementedError
+
+    # -- describing ----------------------------------------------------------------------------
+    def scored_by(self, spec: StageSpec) -> str:
+        """How a point of the stage is scored, in words."""
+        raise NotImplementedError
+
+    def objective_name(self, spec: StageSpec) -> str:
+        """What the stage study's value is, for the dashboard's axis labels."""
+        return f"{'peak' if spec.objective == 'peak' else 'final'} validation accuracy"
+
+    def points_text(
+        self, spec: StageSpec, points: Sequence[Mapping[str, Any]] | None
+    ) -> str | None:
+        """The stage's points in words, when the kind finds them itself (``None``: the grid)."""
+        return None
+
+    def facts(self, attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Extra ``(label, text)`` lines for notes and the report, from the study's attrs."""
+        return []
+
+    def figures(self, attrs: Mapping[str, Any]) -> list[Figure]:
+        """Extra plots of the stage, from the study's attrs."""
+        return []
+
+    def extra_seconds(self, attrs: Mapping[str, Any]) -> float:
+        """Seconds the stage spent outside its trials (counted in its elapsed time)."""
+        return 0.0
+
+    def summary_plot(self) -> tuple[str, str]:
+        """The stage's summary plot: ``(file suffix, caption)``; ``"curves"`` is validation
+        curves per point, ``"errorbars"`` the mean and std over folds."""
+        return "curves", "curves"
