@@ -9,10 +9,13 @@ backward, optimizer), as in a stage of the seed plan (256x256 MLP, lr 1e-4):
 * ``optimizer``: GELU + LayerNorm with SGD, Adam, RMSprop, AdamW;
 * ``weight_decay``: 5 weight decays x 5 folds (25 members, each fold its own rows).
 
-Timing on a shared machine moves by a third between runs, so ``--against REV`` loads
-``tuner/train/fused.py`` of that git revision next to the working tree's and times both in the same
+Timing on a shared machine moves by a third between runs, so ``--against REV`` loads the
+fused engine of that git revision next to the working tree's and times both in the same
 process, in interleaved blocks, and reports medians: differences of a few percent then show.
-Only ``tuner/train/fused.py`` comes from ``REV``; what it imports is the working tree's package.
+``REV``'s whole ``tuner/`` package is extracted (``git archive``) into a temporary directory
+under the name ``tuner_rev`` (its imports of ``tuner`` rewritten), so its fused engine runs
+with its own model, options and ``TrainConfig``; both layouts work (``tuner_rev.train.fused``,
+or ``tuner_rev.fused`` before fb77cc7).
 
     python benchmarks/steps.py                          # the working tree only
     python benchmarks/steps.py --against HEAD~1         # and the previous commit, interleaved
@@ -22,8 +25,11 @@ Only ``tuner/train/fused.py`` comes from ``REV``; what it imports is the working
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import atexit
+import importlib
 import json
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,19 +61,30 @@ GROUPS: dict[str, list[dict]] = {
 }
 
 
-def fused_at(rev: str) -> ModuleType:
-    """``tuner/train/fused.py`` as it was at git revision ``rev``, imported as its own module."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:tuner/train/fused.py"], cwd=REPO, check=True, capture_output=True
+REV_PACKAGE = "tuner_rev"
+# ``from tuner.x import``, ``from tuner import``, ``import tuner.x``, ``import tuner``, at any indent
+_TUNER_IMPORT = re.compile(r"^(\s*(?:from|import))\s+tuner\b", re.MULTILINE)
+
+
+def package_at(rev: str) -> tuple[ModuleType, type]:
+    """The fused engine and ``TrainConfig`` of git revision ``rev``: its whole ``tuner/``
+    package extracted into a temporary directory as ``tuner_rev`` and imported from there."""
+    root = Path(tempfile.mkdtemp(prefix="tuner-steps-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    archive = subprocess.run(
+        ["git", "archive", rev, "tuner"], cwd=REPO, check=True, capture_output=True
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="tuner-steps-")) / "fused_at_rev.py"
-    path.write_bytes(source)
-    name = "tuner_fused_at_rev"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    package = root / REV_PACKAGE
+    (root / "tuner").rename(package)
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        path.write_text(_TUNER_IMPORT.sub(rf"\1 {REV_PACKAGE}", text), encoding="utf-8")
+    sys.path.insert(0, str(root))
+    layout = "train.fused" if (package / "train" / "fused.py").is_file() else "fused"
+    fused_rev = importlib.import_module(f"{REV_PACKAGE}.{layout}")
+    plan_rev = importlib.import_module(f"{REV_PACKAGE}.plan")
+    return fused_rev, plan_rev.TrainConfig
 
 
 def batches(k: int, shared: bool, n: int, gen: torch.Generator):
@@ -88,15 +105,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=240, help="member-steps per block (/ members)")
     args = ap.parse_args()
     keep_freed_memory()
-    versions = {"worktree": fused}
+    versions: dict[str, tuple[ModuleType, type]] = {"worktree": (fused, TrainConfig)}
     if args.against:
-        versions[args.against] = fused_at(args.against)
+        versions[args.against] = package_at(args.against)
     gen = torch.Generator().manual_seed(0)
     for name in args.groups:
-        cfgs = [TrainConfig(**{**BASE, **d}) for d in GROUPS[name]]
-        k = len(cfgs)
+        k = len(GROUPS[name])
         data = batches(k, name != "weight_decay", max(10, args.steps // k), gen)
-        groups = {v: m.FusedGroup(cfgs, 90, 10, seeds=list(range(k))) for v, m in versions.items()}
+        groups = {
+            v: module.FusedGroup(
+                [config(**{**BASE, **d}) for d in GROUPS[name]], 90, 10, seeds=list(range(k))
+            )
+            for v, (module, config) in versions.items()
+        }
         times: dict[str, list[float]] = {v: [] for v in versions}
         with torch.inference_mode():
             for group in groups.values():

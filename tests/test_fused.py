@@ -9,6 +9,7 @@ import torch
 from tuner.config import TrainConfig
 from tuner.train.engine import History, as_tensors, train
 from tuner.train.fused import train_group
+from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
 
 N_CLASSES = 10
 RTOL = 1e-4  # on train and validation losses
@@ -64,23 +65,20 @@ def _check_group(cfgs, seeds, *, epochs=3, data=DATA):
 
 
 def test_optimizers_with_their_own_lr_and_weight_decay():
-    cfgs = [
-        _cfg(optimizer="adam", lr=1e-3),
-        _cfg(optimizer="adam", lr=3e-3, weight_decay=1e-3),
-        _cfg(optimizer="sgd", lr=1e-2, weight_decay=1e-4),
-        _cfg(optimizer="sgd", lr=5e-2, momentum=0.0),
-        _cfg(optimizer="sgd", lr=2e-2, momentum=0.5),
-        _cfg(optimizer="rmsprop", lr=1e-3),
-        _cfg(optimizer="rmsprop", lr=5e-4, weight_decay=1e-3),
-        _cfg(optimizer="adamw", lr=2e-3, weight_decay=1e-2),
-        _cfg(optimizer="adamw", lr=1e-3),
+    """Every registered optimizer, three members each (its own lr, weight decay, momentum),
+    in one stack: one optimizer call per distinct setting."""
+    settings = [
+        {"lr": 1e-3},
+        {"lr": 3e-3, "weight_decay": 1e-3, "momentum": 0.5},
+        {"lr": 2e-2, "weight_decay": 1e-4, "momentum": 0.0},
     ]
+    cfgs = [_cfg(optimizer=o, **kw) for o in optimizers.REGISTRY for kw in settings]
     hists = _check_group(cfgs, [0] * len(cfgs))
     assert max(h.final_acc for h in hists) > 0.3  # they learn
 
 
 def test_activations():
-    acts = ["relu", "leaky_relu", "gelu", "tanh", "silu"]
+    acts = list(activations.REGISTRY)
     _check_group([_cfg(activation=a, lr=3e-3) for a in acts], [1] * len(acts))
 
 
@@ -90,8 +88,8 @@ def test_norms_with_a_last_partial_batch():
     # 577 = 9 * 64 + 1: BatchNorm drops the last single-row batch, the others train on it.
     data = (x[:577], y[:577], vx, vy)
     cfgs = [
-        _cfg(norm=n, activation=a, weight_decay=1e-3 if n == "batch" else wd)
-        for n in ("none", "batch", "layer")
+        _cfg(norm=n, activation=a, weight_decay=1e-3 if norms.get(n).running_stats else wd)
+        for n in norms.REGISTRY
         for a, wd in (("relu", 0.0), ("gelu", 1e-3))
     ]
     cfgs.append(_cfg(norm="batch", optimizer="sgd", lr=3e-2))  # SGD: the noise stays noise
@@ -116,8 +114,8 @@ def test_batchnorm_with_adam_and_no_weight_decay():
 
 
 def test_inits():
-    cfgs = [_cfg(init=i) for i in ("default", "xavier_uniform", "kaiming_normal")]
-    _check_group(cfgs, [3, 3, 3])
+    cfgs = [_cfg(init=i) for i in inits.REGISTRY]
+    _check_group(cfgs, [3] * len(cfgs))
 
 
 def test_three_layers_of_different_widths_and_a_group_of_one():
@@ -171,13 +169,14 @@ def test_cv_folds_of_unequal_sizes():
 
 def test_schedules_label_smoothing_and_class_weights():
     """Each member's scheduled learning rate, smoothed and class-weighted training loss match
-    torch's CosineAnnealingLR / OneCycleLR and nn.CrossEntropyLoss(weight, label_smoothing)."""
+    torch's schedulers and nn.CrossEntropyLoss(weight, label_smoothing), for every registered
+    schedule and class weighting."""
     cfgs = [
-        _cfg(schedule="cosine", lr=3e-3),
+        *(_cfg(schedule=s, lr=3e-3) for s in schedules.REGISTRY),
         _cfg(schedule="onecycle", optimizer="sgd", lr=5e-2),
         _cfg(schedule="onecycle", optimizer="rmsprop", lr=1e-3, norm="layer"),
         _cfg(label_smoothing=0.1),
-        _cfg(class_weight="balanced", optimizer="adamw", weight_decay=1e-2),
+        *(_cfg(class_weight=w, optimizer="adamw", weight_decay=1e-2) for w in losses.REGISTRY),
         _cfg(class_weight="sqrt_balanced", label_smoothing=0.05, schedule="cosine"),
         _cfg(),
     ]
@@ -187,6 +186,41 @@ def test_schedules_label_smoothing_and_class_weights():
     # the settings change what is trained: no two members end alike
     finals = [h.epochs[-1].train_loss for h in hists]
     assert len({round(v, 6) for v in finals}) == len(cfgs)
+
+
+# What each family's entries are compared under, where the tolerances above hold: norms with
+# some weight decay (see test_batchnorm_with_adam_and_no_weight_decay), class weightings on
+# imbalanced labels. A new family needs its line here.
+FAMILY_SETTINGS: dict[str, dict] = {
+    "activation": {"lr": 3e-3},
+    "norm": {"weight_decay": 1e-3},
+    "init": {},
+    "optimizer": {"lr": 3e-3, "weight_decay": 1e-3, "momentum": 0.5},
+    "schedule": {"lr": 3e-3},
+    "class_weight": {"label_smoothing": 0.05},
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [pytest.param(f, n, id=f"{f}={n}") for f, entries in FIELDS.items() for n in entries],
+)
+def test_every_registered_option_trains_as_in_the_reference_engine(field, name):
+    """Every entry of every registry in tuner.train.options, alone in a stack and in a mixed
+    stack (itself at a second learning rate, and another entry of its family), trains as
+    engine.train trains it alone. An entry without its fused half cannot be instantiated
+    (abstract methods); one whose fused half differs from its reference form fails here."""
+    names = list(FIELDS[field])
+    other = names[(names.index(name) + 1) % len(names)]
+    settings = FAMILY_SETTINGS[field]
+    x, y, vx, vy = DATA
+    if field == "class_weight":
+        y = torch.where(y < 3, y, torch.where(y % 2 == 0, 3, 4))
+    data = (x[:577], y[:577], vx, vy)  # 577 = 9 * 64 + 1: a last batch of one row
+    cfg = _cfg(**settings, **{field: name})
+    _check_group([cfg], [8], epochs=2, data=data)
+    mixed = [cfg, cfg.with_params({"lr": cfg.lr / 2}), _cfg(**settings, **{field: other})]
+    _check_group(mixed, [8, 8, 9], epochs=2, data=data)
 
 
 def test_class_weights_follow_each_members_training_rows():

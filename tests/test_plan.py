@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from tuner.config import TrainConfig
 from tuner.errors import PlanError
 from tuner.plan import load_plan
+from tuner.train.options import FIELDS, optimizers
+from tuner.tune.kinds import stage_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,3 +331,33 @@ def test_more_folds_than_the_data_allows_is_one_clear_error(tmp_path, uci_file):
         assert s.storage.get_all_studies() == []
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+def test_option_fields_accept_exactly_the_registered_names(tmp_path, field):
+    """Each option field takes the names registered in tuner.train.options, in [defaults], in
+    a grid and in --fix, and refuses any other with the registered list."""
+    from tuner.plan import coerce_params
+
+    names = list(FIELDS[field])
+    assert getattr(TrainConfig(), field) in names  # the default is registered
+    for name in names:
+        assert getattr(TrainConfig(**{field: name}), field) == name
+        assert coerce_params({field: name}) == {field: name}
+    values = ", ".join(f'"{n}"' for n in names)
+    plan = _load(tmp_path, _plan(SWEEP.replace("lr = [0.1]", f"{field} = [{values}]")))
+    assert plan.stages[0].grid == {field: tuple(names)}
+    listed = re.escape(f"unknown {field} \"no_such_choice\"; choose one of: {', '.join(names)}")
+    with pytest.raises(PlanError, match=listed + "$"):
+        _load(tmp_path, _plan(defaults=f'{field} = "no_such_choice"\n'))
+    with pytest.raises(PlanError, match=listed):
+        TrainConfig(**{field: "no_such_choice"})
+
+
+def test_a_range_test_takes_exactly_the_registered_optimizers(tmp_path):
+    for name in optimizers.REGISTRY:
+        plan = _load(tmp_path, _plan(RANGE + f'optimizer = "{name}"\n'))
+        assert plan.stages[0].options.range_optimizer == name
+    assert stage_spec(name="lr", kind="lr_range_test").options.range_optimizer == optimizers.DEFAULT
+    with pytest.raises(PlanError, match=re.escape(", ".join(optimizers.REGISTRY))):
+        _load(tmp_path, _plan(RANGE + 'optimizer = "no_such_choice"\n'))
