@@ -594,21 +594,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _write_output(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole (a temporary file renamed into place), or exit 2 with
     one line when the path cannot be written."""
-    import tempfile
+    from tuner.paths import write_text
 
     if path.is_dir():
         raise TunerError(f"{path}: is a directory; give a file name for --output")
     if not path.parent.is_dir():
         raise TunerError(f"{path}: no such directory {str(path.parent)!r}")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text(path, text)
     except OSError as err:
         raise TunerError(f"{path}: cannot write ({err.strerror or err})") from None
 

@@ -514,5 +514,3 @@ def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) ->
     if min_steps <= 0 or n_rows <= 0:
         return epochs
     return max(epochs, math.ceil(min_steps / math.ceil(n_rows / batch_size)))
-
-

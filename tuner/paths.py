@@ -88,16 +88,7 @@ def record_plan(directory: Path, plan: Plan, what: str) -> None:
         )
     if old == marker:
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f"{MARKER}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(marker, indent=2) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / MARKER)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(directory / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def atomic_write(path: Path, write) -> None:
@@ -117,6 +108,18 @@ def atomic_write(path: Path, write) -> None:
         if isinstance(err, OSError) and err.errno is not None:
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
+
+
+def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Write ``text`` whole through :func:`atomic_write`, readable by anyone (``mode``: the
+    temp file's 0600 would otherwise carry over to a report or a predictions file)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+
+    atomic_write(Path(path), write)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:

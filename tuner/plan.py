@@ -250,9 +250,7 @@ def _stage_schema_errors(raw: Any, where: str) -> list[str]:
                 except Invalid as err:
                     errors.append(f"{where}: space.{key}.{bound}: {message(key, rng[bound], err)}")
         if "log" in rng and not isinstance(rng["log"], bool):
-            errors.append(
-                f"{where}: space.{key}.log must be true or false, got {show(rng['log'])}"
-            )
+            errors.append(f"{where}: space.{key}.log must be true or false, got {show(rng['log'])}")
         if "choices" in rng:
             what = f"space.{key}.choices"
             values_errors(key, rng["choices"], where, what, parse, errors, MAX_GRID_VALUES)

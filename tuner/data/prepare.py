@@ -630,8 +630,7 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
         absent = [c for c in needed if c not in test.frame.columns]
         if absent:
             raise DataError(
-                f"{test.display}: the test file lacks column(s) {column_list(absent)} "
-                f"of {display}"
+                f"{test.display}: the test file lacks column(s) {column_list(absent)} of {display}"
             )
         part = test.frame[[c for c in frame.columns if c in test.frame.columns]]
         frame = pd.concat([frame, part], ignore_index=True)

@@ -23,28 +23,23 @@ import datetime as dt
 import html
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.trial import TrialState
-
 from tuner import paths
 from tuner.data.target import class_word
-from tuner.report import notes, plots
+from tuner.report import notes, plots, tables
 from tuner.report.notes import (
     fmt_params,
     grid_text,
     kind_facts,
     kind_figures,
-    kind_seconds,
     points_table,
     scored_by,
     search_label,
     stage_plot,
-    stage_rows,
     summary_plot_name,
     tuned_params,
     winner_text,
@@ -93,15 +88,7 @@ class Doc:
             elif kind == "ul":
                 out.append("\n".join(f"- {item}" for item in b[1]))
             elif kind == "table":
-                header, rows = b[1], b[2]
-
-                def cell(c: object) -> str:
-                    return str(c).replace("|", "\\|")
-
-                lines = ["| " + " | ".join(cell(h) for h in header) + " |"]
-                lines.append("|" + "---|" * len(header))
-                lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
-                out.append("\n".join(lines))
+                out.append(tables.markdown(b[1], b[2]))
             elif kind == "img":
                 out.append(f"![{b[2]}]({b[1].name})")
         return "\n\n".join(out) + "\n"
@@ -118,12 +105,7 @@ class Doc:
             elif kind == "ul":
                 body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
             elif kind == "table":
-                head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-                rows = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>"
-                    for r in b[2]
-                )
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                body.append(tables.to_html(b[1], b[2], _inline))
             elif kind == "img":
                 data = base64.b64encode(b[1].read_bytes()).decode("ascii")
                 body.append(
@@ -162,7 +144,7 @@ def _inline(text: str) -> str:
 def _manifest(session: Session, states: list[StageState]) -> dict[str, Any] | None:
     """The prepared data's manifest: from the session if it has the data, else from the cache
     directory named by the studies' ``data_key``."""
-    prepared = getattr(session, "_prepared", None)
+    prepared = session.loaded()
     if prepared is not None:
         return prepared.manifest
     for state in states:
@@ -179,20 +161,6 @@ def _data_attrs(states: list[StageState]) -> dict[str, Any]:
         if state.user_attrs.get("data"):
             return state.user_attrs["data"]
     return {}
-
-
-def _elapsed(state: StageState) -> float | None:
-    """Seconds from the first trial's start to the last trial's end (plus the range test)."""
-    times = [
-        (t.datetime_start, t.datetime_complete)
-        for t in state.trials
-        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete
-    ]
-    if not times:
-        return None
-    span = (max(e for _, e in times) - min(s for s, _ in times)).total_seconds()
-    attrs = state.user_attrs
-    return span + kind_seconds(attrs.get("stage") or {}, attrs)
 
 
 def _read_json(path: Path) -> Any:
@@ -327,7 +295,6 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         if state.study is None:
             doc.p("Not run yet.")
             continue
-        rows = stage_rows(state)
         params = tuned_params(stage)
         items = [
             f"**Study:** `{state.study}`, {state.state}, {state.n_complete}/{state.n_total} "
@@ -338,15 +305,15 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             f"**Fixed params:** {fmt_params(state.fixed_params)}",
         ]
         items += [f"**{label}:** {text}" for label, text in kind_facts(stage, state.user_attrs)]
-        items.append(f"**Winner:** {winner_text(rows)}")
+        items.append(f"**Winner:** {winner_text(state)}")
         items.append(f"**Decision:** {decision_text(state.decision)}")
         if state.best_params is not None:
             items.append(f"**Carried forward:** {fmt_params(state.best_params)}")
         if state.reused:
             items.append(f"**Reused:** {notes.reused_text(state)}")
         doc.ul(items)
-        if rows:
-            header, cells = points_table(rows, params)
+        if state.rows:
+            header, cells = points_table(state, params)
             doc.table(header, cells)
         for figure in kind_figures(stage, state.user_attrs):
             png = paths.inside(out, figure.file)
@@ -395,14 +362,14 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     doc.h(2, "Wall times")
     rows, total_train, total_elapsed = [], 0.0, 0.0
     for state in states:
-        trained = sum(r["seconds"] or 0.0 for r in stage_rows(state))
-        elapsed = _elapsed(state)
+        trained = state.trained_seconds
+        elapsed = state.wall_seconds
         total_train += trained
         total_elapsed += elapsed or 0.0
-        rows.append([state.name, str(len(stage_rows(state))), _secs(trained), _secs(elapsed)])
+        rows.append([state.name, str(len(state.rows)), _secs(trained), _secs(elapsed)])
     if metrics:
         final_s = (metrics.get("wall_times") or {}).get("final_train_s")
-        elapsed = _elapsed(final)
+        elapsed = final.wall_seconds
         total_train += final_s or 0.0
         total_elapsed += elapsed or 0.0
         rows.append(["final", "1", _secs(final_s), _secs(elapsed)])
@@ -410,12 +377,14 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     doc.table(["stage", "trials", "training s (sum of trials)", "elapsed s"], rows)
     doc.p(
         "Training seconds are summed over a stage's trials (several workers overlap them); "
-        "elapsed is from the first trial's start to the last trial's end, plus the LR range test."
+        "elapsed is the time during which some trial of the stage was training (the union of "
+        "its trials' start-to-end spans), plus what its kind did outside trials (an LR range "
+        "test): the same figure as metrics.json's wall_times."
     )
 
     md_path, html_path = out / "report.md", out / "report.html"
-    _atomic_text(md_path, doc.to_markdown())
-    _atomic_text(html_path, doc.to_html(f"tuner report: {plan.name}"))
+    paths.write_text(md_path, doc.to_markdown())
+    paths.write_text(html_path, doc.to_html(f"tuner report: {plan.name}"))
     logger.info("wrote %s, %s and %d plots", md_path, html_path, len(figures))
     return ReportPaths(md_path, html_path, figures)
 
@@ -449,13 +418,3 @@ def _table_lines(m: dict[str, Any]) -> list[str]:
             + ", ".join(m["lumped_classes"])
         )
     return lines
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from tuner.paths import atomic_write
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)
-
-    atomic_write(path, write)

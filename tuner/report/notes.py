@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from tuner import paths
 from tuner.config import FINAL_STAGE
-from tuner.report import plots
+from tuner.report import plots, tables
 from tuner.report.plots import fmt_value
 from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
@@ -62,39 +62,9 @@ def artifact_store(workdir: Path) -> optuna.artifacts.FileSystemArtifactStore:
 
 # -- reading a stage ---------------------------------------------------------------------------
 def stage_rows(state: StageState) -> list[dict[str, Any]]:
-    """The complete grid points of a stage in grid order (plan order), one dict each:
-    ``params, value, std, fold_values, history, seconds, trial, peak_epoch``."""
-    points = state.user_attrs.get("points")
-    order = {json.dumps(p, sort_keys=True): i for i, p in enumerate(points or [])}
-    latest: dict[str, optuna.trial.FrozenTrial] = {}
-    for t in state.trials:
-        if t.state == TrialState.COMPLETE:
-            latest[json.dumps(t.params, sort_keys=True)] = t
-    rows = [
-        {
-            "params": dict(t.params),
-            "value": t.value,
-            "std": t.user_attrs.get("std"),
-            "ci95": t.user_attrs.get("ci95"),
-            "n": t.user_attrs.get("n"),
-            "fold_values": t.user_attrs.get("fold_values"),
-            "history": t.user_attrs.get("history"),
-            "seconds": t.user_attrs.get("seconds"),
-            "peak_epoch": t.user_attrs.get("peak_epoch"),
-            "trial": t.number,
-            "reused_from": t.user_attrs.get("reused_from"),
-        }
-        for key, t in latest.items()
-        if points is None or key in order
-    ]
-    rows.sort(key=lambda r: order.get(json.dumps(r["params"], sort_keys=True), r["trial"]))
-    return rows
-
-
-def winner(rows: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
-    """The best row and the runner-up (``None`` where there are too few)."""
-    ranked = sorted(rows, key=lambda r: r["value"], reverse=True)
-    return (ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None)
+    """The complete points of a stage in plan order (the read model's rows,
+    :attr:`tuner.tune.state.StageState.rows`)."""
+    return state.rows
 
 
 def _kind_and_spec(stage: Mapping[str, Any]):
@@ -173,32 +143,25 @@ def summary_plot_name(stage: Mapping[str, Any]) -> tuple[str, str]:
     return kind.summary_plot() if kind is not None else ("curves", "curves")
 
 
-def winner_text(rows: list[dict[str, Any]]) -> str:
-    """``hidden=256x256 (0.6123), +0.0042 over hidden=128x128 (0.6081)``, with a warning
-    where a CV margin is smaller than the winner's std over folds."""
-    best, second = winner(rows)
+def winner_text(state: StageState) -> str:
+    """``hidden=256x256 (0.6123), +0.0042 over hidden=128x128 (0.6081)``: the point the stage
+    carries forward (its decision's choice, which may be a kept incumbent) against the best
+    other point, with a warning where the margin is smaller than the winner's std."""
+    best, second = state.winner, state.runner_up
     if best is None:
         return "none yet"
     text = f"**{fmt_params(best['params'])}** ({best['value']:.4f})"
     if second is not None:
         margin = best["value"] - second["value"]
-        text += f", +{margin:.4f} over {fmt_params(second['params'])} ({second['value']:.4f})"
-        if best.get("std") and margin < best["std"]:
-            text += f"; the margin is within one std over folds ({best['std']:.4f})"
+        text += f", {margin:+.4f} over {fmt_params(second['params'])} ({second['value']:.4f})"
+        if best.get("std") and abs(margin) < best["std"]:
+            text += f"; the margin is within one std ({best['std']:.4f})"
     return text
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def points_table(
-    rows: list[dict[str, Any]], params: list[str]
-) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of a stage's grid-point table (grid order, the winner marked)."""
-    best, _ = winner(rows)
+def points_table(state: StageState, params: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of a stage's point table (plan order, the winner marked)."""
+    rows, best = state.rows, state.winner
     has_std = any(r.get("fold_values") or (r.get("n") or 1) > 1 for r in rows)
     header = [*params, "value"] + (["std", "95% CI", "n", "folds"] if has_std else [])
     header += ["seconds", "trial"]
@@ -241,8 +204,7 @@ def stage_note(state: StageState) -> str:
     """The Markdown note of a stage study, from what the storage holds."""
     attrs = state.user_attrs
     stage = attrs.get("stage") or {}
-    params = tuned_params(stage) or sorted({k for r in stage_rows(state) for k in r["params"]})
-    rows = stage_rows(state)
+    params = tuned_params(stage) or sorted({k for r in state.rows for k in r["params"]})
     lines = [
         f"## Stage `{state.name}` ({stage.get('kind', '?')}): {state.state}, "
         f"{state.n_complete}/{state.n_total} points complete",
@@ -264,7 +226,7 @@ def stage_note(state: StageState) -> str:
             f"- **Data:** {data.get('source')} ({data.get('split')} split, key "
             f"`{data.get('key')}`): train {data.get('n_train')}, val {data.get('n_val')}"
         )
-    lines.append(f"- **Winner:** {winner_text(rows)}")
+    lines.append(f"- **Winner:** {winner_text(state)}")
     lines.append(f"- **Decision:** {decision_text(state.decision)}")
     if state.best_params is not None:
         lines.append(f"- **Carried forward:** {fmt_params(state.best_params)}")
@@ -272,9 +234,9 @@ def stage_note(state: StageState) -> str:
         lines.append(f"- **Pruned:** {state.n_pruned} point(s) stopped early")
     if state.reused:
         lines.append(f"- **Reused:** {reused_text(state)}")
-    if rows:
-        header, cells = points_table(rows, params)
-        lines += ["", _table(header, cells)]
+    if state.rows:
+        header, cells = points_table(state, params)
+        lines += ["", tables.markdown(header, cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -303,7 +265,9 @@ def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
             "",
         ]
         lines.append(
-            _table(per_class_header(metrics), per_class_rows(metrics.get("per_class") or {}))
+            tables.markdown(
+                per_class_header(metrics), per_class_rows(metrics.get("per_class") or {})
+            )
         )
     return "\n".join(lines) + "\n"
 
@@ -370,7 +334,7 @@ def _store(session: Session) -> optuna.artifacts.FileSystemArtifactStore:
 
 def stage_plot(state: StageState, path: Path) -> Path | None:
     """The summary plot of a stage: CV error bars, or validation curves per grid point."""
-    rows = stage_rows(state)
+    rows = state.rows
     stage = state.user_attrs.get("stage") or {}
     param = ", ".join(tuned_params(stage)) or None
     if not rows:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,16 @@ def _figure(width: float = 6.0, height: float = 3.4, ncols: int = 1):
 
 def _save(fig, path: Path, *, left=0.1, right=0.97, bottom=0.16, top=0.88, wspace=0.3) -> Path:
     """Lay out and write ``fig`` to ``path`` atomically (a dashboard may be reading it)."""
+    from tuner.paths import atomic_write
+
     fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         fig.savefig(tmp, format="png")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for anyone who reads reports
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna.trial import TrialState
-
+from tuner.report import tables
 from tuner.tune.decide import decision_text
-from tuner.tune.stages import StageState
+from tuner.tune.state import StageState
 
 
 def _fmt(value: Any) -> str:
@@ -16,44 +15,39 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
 def stage_table(state: StageState) -> str:
-    """The grid points of a stage with their values (best mean marked ``*``), the decision
+    """The points of a stage by value (the point carried forward marked ``*``), the decision
     with its paired difference, and what is carried forward."""
-    complete = [t for t in state.trials if t.state == TrialState.COMPLETE]
-    complete.sort(key=lambda t: t.value, reverse=True)
-    params = sorted({k for t in complete for k in t.params})
-    has_std = any(t.user_attrs.get("n", 1) > 1 or "fold_values" in t.user_attrs for t in complete)
+    rows = sorted(state.rows, key=lambda r: r["value"], reverse=True)
+    winner = state.winner
+    params = sorted({k for r in rows for k in r["params"]})
+    has_std = any((r.get("n") or 1) > 1 or r.get("fold_values") for r in rows)
     header = ["best", *params, "value"]
     header += ["std", "95% CI", "n"] if has_std else []
     header += ["seconds", "trial"]
-    reused = any(t.user_attrs.get("reused_from") for t in complete)
+    reused = any(r.get("reused_from") for r in rows)
     header += ["reused from"] if reused else []
-    rows = []
-    for i, t in enumerate(complete):
-        row = ["*" if i == 0 else "", *(_fmt(t.params.get(p)) for p in params), f"{t.value:.4f}"]
+    cells = []
+    for r in rows:
+        row = ["*" if r is winner else "", *(_fmt(r["params"].get(p)) for p in params)]
+        row.append(f"{r['value']:.4f}")
         if has_std:
-            ci = t.user_attrs.get("ci95")
+            ci = r.get("ci95")
+            std = r.get("std")
             row += [
-                f"{t.user_attrs.get('std', float('nan')):.4f}",
+                f"{std:.4f}" if std is not None else "",
                 f"{ci[0]:.4f}..{ci[1]:.4f}" if ci else "",
-                str(t.user_attrs.get("n", "")),
+                str(r.get("n") or ""),
             ]
-        row += [f"{t.user_attrs.get('seconds', 0.0):.1f}", str(t.number)]
-        row += [t.user_attrs.get("reused_from") or ""] if reused else []
-        rows.append(row)
+        row += [f"{r.get('seconds') or 0.0:.1f}", str(r["trial"])]
+        row += [r.get("reused_from") or ""] if reused else []
+        cells.append(row)
     fixed = ", ".join(f"{k}={_fmt(v)}" for k, v in (state.fixed_params or {}).items()) or "none"
-    title = f"stage {state.name} (study {state.study}, {state.n_complete}/{state.n_total} complete; fixed: {fixed})"
-    out = [title, _table(header, rows)]
+    title = (
+        f"stage {state.name} (study {state.study}, {state.n_complete}/{state.n_total} "
+        f"complete; fixed: {fixed})"
+    )
+    out = [title, tables.text(header, cells)]
     if state.decision is not None:
         out.append(f"decision: {decision_text(state.decision)}")
         out.append(f"carried forward: {_fmt(state.best_params)}")
@@ -84,7 +78,7 @@ def status_table(status: dict[str, Any]) -> str:
             ]
         )
     text = f"plan {status['plan']} on {status['storage']}\n"
-    text += _table(["stage", "state", "done", "best", "value", "study"], rows)
+    text += tables.text(["stage", "state", "done", "best", "value", "study"], rows)
     final = status["final"]
     if final:
         text += (

@@ -80,29 +80,12 @@ def test_metrics(
 
 
 def stage_wall_times(session: Session) -> dict[str, float]:
-    """Seconds during which some trial of each stage was training (from the storage).
-
-    Trials trained together overlap, so this is the length of the union of the settled trials'
-    start-to-end intervals, not their sum: one worker's wall time for the stage.
-    """
-    settled = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    times: dict[str, float] = {}
-    for spec in session.plan.stages:
-        spans = sorted(
-            (t.datetime_start, t.datetime_complete)
-            for t in session.stage_state(spec.name).trials
-            if t.state in settled and t.datetime_start and t.datetime_complete
-        )
-        total, end = 0.0, None
-        for start, stop in spans:
-            if end is None or start > end:
-                total += (stop - start).total_seconds()
-                end = stop
-            elif stop > end:
-                total += (stop - end).total_seconds()
-                end = stop
-        times[spec.name] = total
-    return times
+    """Each stage's wall time from the storage (:attr:`StageState.wall_seconds`: the union of
+    its trials' training spans plus what its kind did outside trials)."""
+    return {
+        spec.name: session.stage_state(spec.name).wall_seconds or 0.0
+        for spec in session.plan.stages
+    }
 
 
 def run_final(session: Session, *, force: bool = False) -> StageState:
@@ -121,7 +104,7 @@ def run_final(session: Session, *, force: bool = False) -> StageState:
             key = reuse.final_key(
                 cfg, rule, seed=session.settings.seed, data=data, compute=session.settings.compute
             )
-            studies = session._earlier_studies(len(plan.stages))
+            studies = session.studies.earlier_studies(len(plan.stages))
             kept = reuse.find_kept(
                 session.storage, studies, data.key, key, session.settings.workdir
             )

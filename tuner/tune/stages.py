@@ -18,11 +18,8 @@ that off.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import itertools
-import json
 import logging
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,40 +33,35 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from tuner.config import Plan, StageSpec, TrainConfig, coerce_params, content_hash, planned_epochs
+from tuner.config import Plan, StageSpec, TrainConfig, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.errors import PlanError, StageError, TunerError
 from tuner.paths import model_dir
 from tuner.train.fused import Compute
 from tuner.train.tensors import TensorData
 from tuner.tune import reuse
-from tuner.tune.claims import Claim, ClaimTable, new_owner_id
-from tuner.tune.decide import Decision, PointStats, decide
+from tuner.tune.claims import ClaimTable, new_owner_id
+from tuner.tune.coordination import Coordinator
 from tuner.tune.hooks import Observers, StageObserver
-from tuner.tune.kinds import get_kind, stage_spec
+from tuner.tune.kinds import get_kind
 from tuner.tune.kinds.base import PointSource
 from tuner.tune.objectives import PointResult, Reporter, evaluate_points
 from tuner.tune.pruners import for_stage
 from tuner.tune.search import distributions, propose
+from tuner.tune.state import SETTLED, StageState, incumbent, normalize, point_key
 from tuner.tune.storage import (
     environment_failure,
     error_line,
     lost_storage,
     open_storage,
     storage_failure,
-    study_name,
-    study_version,
 )
+from tuner.tune.studies import FINAL, StudyStore, create_trial
 
 logger = logging.getLogger(__name__)
 
-FINAL = "final"
 REPORT_CLAIM = "__report__"  # the one worker writing run-all's report
-CREATE_CLAIM = "__create__"  # the one worker calling Optuna's create_study for a study
-STUDY_CLAIM = "__study__"  # held by the identity (plan content, data, fixed params) of a study
 ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
-SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried
-MAX_FAILURES = 3  # a point whose training raised this often stops the stage
 
 Evaluate = Callable[[list[dict[str, Any]], list[optuna.Trial], Reporter], list[PointResult]]
 """Trains a group of claimed points: ``(points, trials, reporter) -> results``."""
@@ -102,60 +94,6 @@ class Settings:
         return self.workdir / "models"
 
 
-def point_key(params: Mapping[str, Any]) -> str:
-    """A grid point's identity: canonical JSON of its params."""
-    return json.dumps(dict(params), sort_keys=True)
-
-
-def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Params as stored in studies: typed like TrainConfig, widths as ``"256x256"``."""
-    out = coerce_params(params)
-    if "hidden" in out:
-        out["hidden"] = "x".join(str(w) for w in out["hidden"])
-    return out
-
-
-@dataclass
-class StageState:
-    """What the storage says about one stage (the ``status`` view)."""
-
-    name: str
-    study: str | None
-    state: str  # pending | running | done
-    n_complete: int
-    n_total: int
-    best_params: dict[str, Any] | None
-    best_value: float | None
-    fixed_params: dict[str, Any] | None
-    user_attrs: dict[str, Any] = field(default_factory=dict, repr=False)
-    trials: list[FrozenTrial] = field(default_factory=list, repr=False)
-    points: list[PointStats] = field(default_factory=list, repr=False)
-    decision: Decision | None = None
-    n_pruned: int = 0
-    reused: dict[str, str] = field(default_factory=dict)  # point key -> "<study>#<trial>"
-
-    def reused_from(self, params: Mapping[str, Any]) -> str | None:
-        """Where a point's trial was reused from (``None``: it was trained here)."""
-        return self.reused.get(point_key(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "study": self.study,
-            "state": self.state,
-            "n_complete": self.n_complete,
-            "n_pruned": self.n_pruned,
-            "n_total": self.n_total,
-            "best_params": self.best_params,
-            "best_value": self.best_value,
-            "fixed_params": self.fixed_params,
-            "points": [
-                {**p.summary(), "reused_from": self.reused_from(p.params)} for p in self.points
-            ],
-            "decision": self.decision.to_dict() if self.decision else None,
-        }
-
-
 class Session:
     """A plan opened on a storage: studies, claims and (lazily) the prepared data."""
 
@@ -178,62 +116,33 @@ class Session:
         self.owner = new_owner_id()
         self._prepared = prepared
         self._data: TensorData | None = None
-        self._presence: tuple[threading.Event, threading.Thread] | None = None
+        # reading and writing studies; presence, claims and heartbeats
+        self.studies = StudyStore(
+            plan, self.storage, self.claims, self.owner, settings, self.prepared
+        )
+        self.workers = Coordinator(plan.name, self.storage, self.claims, self.owner, settings)
 
     def close(self) -> None:
-        self.withdraw()
+        self.workers.withdraw()
         self.claims.close()
         self.storage.remove_session()
         self.storage.engine.dispose()
 
-    # -- presence: how many workers share the plan's stages ------------------------------------
+    # -- what other parts ask of a session ------------------------------------------------------
     def announce(self) -> None:
-        """Count this session as a worker of the plan until :meth:`withdraw` (or its death):
-        a presence row in ``tuner_claims``, refreshed every heartbeat interval. With
-        ``group_size`` 0 each worker claims its share of a stage's points (:meth:`_share`)."""
-        if self._presence is not None:
-            return
-        self.claims.announce(self.plan.name, self.owner)
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.settings.heartbeat_interval):
-                try:
-                    self.claims.refresh_presence(self.plan.name, self.owner)
-                except Exception as err:  # noqa: BLE001 - an outage shows up in the main thread
-                    logger.warning("presence heartbeat failed: %s", error_line(err))
-
-        thread = threading.Thread(target=beat, name="tuner-presence", daemon=True)
-        thread.start()
-        self._presence = (stop, thread)
+        """Count this session as one of the plan's workers (:meth:`Coordinator.announce`)."""
+        self.workers.announce()
 
     def withdraw(self) -> None:
-        """Stop counting as a worker (best effort: a dead worker's row goes stale anyway)."""
-        if self._presence is None:
-            return
-        stop, thread = self._presence
-        self._presence = None
-        stop.set()
-        thread.join(timeout=self.settings.heartbeat_interval + 5)
-        try:
-            self.claims.withdraw(self.plan.name, self.owner)
-        except Exception as err:  # noqa: BLE001 - the storage may be what failed
-            logger.debug("could not withdraw presence: %s", error_line(err))
+        self.workers.withdraw()
 
-    def _share(self, pending: int) -> int:
-        """How many of a stage's ``pending`` points this worker claims at once: ``group_size``
-        when set, else its share among the plan's live workers, ceil(pending / workers) (all
-        of them for a single worker, which trains the stage as one fused group)."""
-        if self.settings.group_size:
-            return self.settings.group_size
-        if self._presence is None:
-            return pending
-        try:
-            workers = len(set(self.claims.live_workers(self.plan.name)) | {self.owner})
-        except Exception as err:  # noqa: BLE001 - the claims below report a lost storage
-            logger.debug("could not count live workers: %s", error_line(err))
-            workers = 1
-        return max(1, -(-pending // workers))
+    def latest_study(self, stage: str) -> optuna.Study | None:
+        """The newest study of the stage run with this plan's content."""
+        return self.studies.latest_study(stage)
+
+    def stage_state(self, stage: str, study: optuna.Study | None = None) -> StageState:
+        """The read model of a stage (:mod:`tuner.tune.state`)."""
+        return self.studies.stage_state(stage, study)
 
     # -- data ---------------------------------------------------------------------------------
     def prepared(self) -> Prepared:
@@ -241,139 +150,26 @@ class Session:
             self._prepared = prepare(self.settings.data, self.settings.data_dir)
         return self._prepared
 
+    def loaded(self) -> Prepared | None:
+        """The prepared data when this session has read it, else ``None`` (nothing is read)."""
+        return self._prepared
+
     def data(self) -> TensorData:
         if self._data is None:
             self._data = TensorData.from_prepared(self.prepared())
         return self._data
 
-    # -- reading the storage --------------------------------------------------------------------
-    def _stage_studies(self, stage: str) -> list[tuple[int, Any]]:
-        """Every study of the stage in the storage (any plan content), newest version first."""
-        found = [
-            (v, s)
-            for s in self.storage.get_all_studies()
-            if (v := study_version(s.study_name, self.plan.name, stage))
-        ]
-        return sorted(found, key=lambda vs: -vs[0])
-
-    def _same_content(self, stage: str, attrs: Mapping[str, Any]) -> bool:
-        """Whether a study of the stage was run with this plan's content for it (see
-        :meth:`Plan.stage_content`). A study from before plan identity (no ``plan_content``
-        attr) matches when the stage settings it recorded agree with this plan's."""
-        recorded = attrs.get("plan_content")
-        if recorded is not None:
-            return recorded == self.plan.content_key(stage)
-        return stage == FINAL or _legacy_spec_matches(attrs.get("stage"), self.plan.stage(stage))
-
-    def _matching_study(self, stage: str) -> tuple[int, str] | None:
-        """``(version, name)`` of the newest study of the stage with this plan's content."""
-        for version, summary in self._stage_studies(stage):
-            if self._same_content(stage, summary.user_attrs):
-                return version, summary.study_name
-        return None
-
-    def _study_being_created(self, stage: str, identity: str) -> tuple[int, str] | None:
-        """``(version, name)`` of the stage's newest study when another worker with this
-        ``identity`` is creating it right now (it holds its STUDY_CLAIM, and the study has no
-        plan content yet): join it rather than start the next version."""
-        studies = self._stage_studies(stage)
-        if not studies:
-            return None
-        version, summary = studies[0]
-        if "plan_content" in summary.user_attrs:
-            return None
-        claim = self.claims.get(summary.study_name, STUDY_CLAIM)
-        if claim is not None and claim.owner == identity:
-            return version, summary.study_name
-        return None
-
     def claim_report(self) -> bool:
         """Whether this worker writes run-all's report: the first of the workers finishing
         together claims REPORT_CLAIM on the final study (a claim whose owner has gone, or that
         is older than the grace period, can be taken again: a later run writes it anew)."""
-        found = self._matching_study(FINAL)
+        found = self.studies.matching_study(FINAL)
         if found is None:
             return True
         got, _ = self.claims.try_claim(
             found[1], REPORT_CLAIM, self.owner, is_free=self.claims.is_stale
         )
         return got
-
-    def latest_study(self, stage: str) -> optuna.Study | None:
-        """The newest study of the stage run with this plan's content: a study of an edited
-        plan under the same name is never read as this plan's."""
-        found = self._matching_study(stage)
-        if found is None:
-            return None
-        return optuna.load_study(study_name=found[1], storage=self.storage)
-
-    def stage_state(self, stage: str, study: optuna.Study | None = None) -> StageState:
-        """Read a stage's latest study (or ``study``): its state, progress and winner."""
-        if study is None:
-            study = self.latest_study(stage)
-        n_total = self._planned_points(stage)
-        if study is None:
-            return StageState(stage, None, "pending", 0, n_total, None, None, None)
-        attrs = study.user_attrs
-        points = attrs.get("points")
-        keys = {point_key(p) for p in points} if points is not None else None
-        trials = study.get_trials(deepcopy=False)
-        settled = [
-            t
-            for t in trials
-            if t.state in SETTLED and (keys is None or point_key(t.params) in keys)
-        ]
-        complete = [t for t in settled if t.state == TrialState.COMPLETE]
-        n_complete = len({point_key(t.params) for t in settled})  # pruned points count as done
-        if points is not None:  # a TPE stage plans more points than it has proposed so far
-            n_total = attrs.get("planned", len(points))
-        latest = {point_key(t.params): t for t in sorted(complete, key=lambda t: t.number)}
-        order = {point_key(p): i for i, p in enumerate(points or [])}
-        stats = [
-            PointStats(dict(t.params), tuple(t.user_attrs.get("values") or [t.value]))
-            for k, t in sorted(latest.items(), key=lambda kt: order.get(kt[0], kt[1].number))
-        ]
-        decision = self._decide(stage, attrs.get("fixed_params") or {}, stats)
-        chosen = next((p for p in stats if decision and p.params == decision.chosen), None)
-        state = (
-            "done"
-            if points is not None and len(points) >= n_total and n_complete == n_total
-            else "running"
-        )
-        return StageState(
-            name=stage,
-            study=study.study_name,
-            state=state,
-            n_complete=n_complete,
-            n_total=n_total,
-            best_params=dict(chosen.params) if chosen else None,
-            best_value=chosen.mean if chosen else None,
-            fixed_params=attrs.get("fixed_params"),
-            user_attrs=attrs,
-            trials=trials,
-            points=stats,
-            decision=decision,
-            n_pruned=len({point_key(t.params) for t in settled if t.state == TrialState.PRUNED}),
-            reused={
-                k: t.user_attrs["reused_from"]
-                for k, t in latest.items()
-                if t.user_attrs.get("reused_from")
-            },
-        )
-
-    def _decide(
-        self, stage: str, fixed: dict[str, Any], stats: list[PointStats]
-    ) -> Decision | None:
-        if stage == FINAL:
-            return decide(stats)
-        spec = self.plan.stage(stage)
-        inc = incumbent(spec, self.plan.defaults.with_params(fixed))
-        return decide(stats, incumbent=inc, keep_incumbent=spec.keep_incumbent_unless_significant)
-
-    def _planned_points(self, stage: str) -> int:
-        if stage == FINAL:
-            return 1
-        return self.plan.stage(stage).n_points
 
     def resolve_fixed(self, upto: int) -> dict[str, Any]:
         """The params fixed for stage number ``upto``: every earlier stage's winner, read from
@@ -422,7 +218,7 @@ class Session:
         grid = not tpe and kind.needs_grid
         # set by the study's creator, with its other attrs (no two workers insert one attr)
         first = {"planned": spec.trials} if tpe else {"points": grid_points(spec)} if grid else {}
-        study = self._open_study(
+        study = self.studies.open_study(
             spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict(), first=first
         )
         if study is None:
@@ -496,14 +292,6 @@ class Session:
         on = self.settings.reuse and self.plan.reuse
         return on and (spec is None or reuse.reusable(spec))
 
-    def _earlier_studies(self, index: int) -> list[str]:
-        """The latest matching studies of the plan's stages before ``index``, nearest first."""
-        return [
-            found[1]
-            for s in reversed(self.plan.stages[:index])
-            if (found := self._matching_study(s.name)) is not None
-        ]
-
     def _reuse_lookup(
         self, spec: StageSpec, index: int, base: TrainConfig, data: TensorData
     ) -> Find:
@@ -525,7 +313,7 @@ class Session:
             if fp is None:
                 return None
             if table is None:
-                table = reuse.sources(self.storage, self._earlier_studies(index), data.key)
+                table = reuse.sources(self.storage, self.studies.earlier_studies(index), data.key)
             return table.get(fp)
 
         return find
@@ -538,7 +326,7 @@ class Session:
         cfg = self.plan.defaults.with_params(fixed)
         data = self.data()
         attrs = {"final": True, **dataclasses.asdict(self.plan.final)}
-        study = self._open_study(
+        study = self.studies.open_study(
             FINAL, fixed, data.key, force=force, stage_attrs=attrs, first={"points": [{}]}
         )
         if study is None:
@@ -558,178 +346,6 @@ class Session:
         metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
         self.observers.notify("final_done", self, study, metrics)
         return self.stage_state(FINAL)
-
-    def _open_study(
-        self,
-        stage: str,
-        fixed: dict[str, Any],
-        data_key: str,
-        *,
-        force: bool,
-        stage_attrs: dict[str, Any],
-        first: dict[str, Any] | None = None,
-    ) -> optuna.Study | None:
-        """The study to work on, or ``None`` when the stage is already complete.
-
-        The newest study of the stage with this plan's content for it (user attr
-        ``plan_content``, see :meth:`Plan.stage_content`) is reused, resumed or joined when it
-        ran on the same data with the same fixed params. A new version is started when
-        ``force`` is set, when no study of the stage has this content (the plan was edited
-        under the same name), or when that study ran on other data or with other fixed params
-        (a predecessor was redone).
-        """
-        content = self.plan.content_key(stage)
-        identity = "content:" + content_hash({"plan": content, "fixed": fixed, "data": data_key})
-        version = 0  # 0: start a new version
-        match = None if force else self._matching_study(stage)
-        if match is None and not force:
-            match = self._study_being_created(stage, identity)
-        if match is not None:
-            study = optuna.load_study(study_name=match[1], storage=self.storage)
-            current = self.stage_state(stage, study)
-            attrs = current.user_attrs
-            # A study without attrs is being created by another worker right now: join it (its
-            # STUDY_CLAIM says whether it is being created for this plan content, data, params).
-            same_data = attrs.get("data_key", data_key) == data_key
-            if same_data and attrs.get("fixed_params", fixed) == fixed:
-                if current.state == "done":
-                    logger.info(
-                        "stage %s is already complete in study %s: nothing to do "
-                        "(pass --force to redo it as a new study)",
-                        stage,
-                        current.study,
-                    )
-                    return None
-                version = match[0]
-            else:
-                why = "other fixed params" if same_data else "other data"
-                logger.info("study %s was run with %s: starting a new study", current.study, why)
-        elif not force and (others := self._stage_studies(stage)):
-            logger.info(
-                "stage %s: plan content changed since study %s (the stage's settings, or the "
-                "defaults it starts from, differ in plan %s): starting a new study",
-                stage,
-                others[0][1].study_name,
-                self.plan.path or self.plan.name,
-            )
-        name = self._claim_study(stage, version, identity, join=not force)
-
-        def init(study: optuna.Study) -> None:
-            prepared = self.prepared()
-            study.set_user_attr("plan_content", content)  # first: which plan this study is of
-            study.set_user_attr("plan", self.plan.name)
-            study.set_user_attr("stage", stage_attrs)
-            study.set_user_attr("fixed_params", fixed)
-            study.set_user_attr("data", _data_summary(prepared))
-            study.set_user_attr("seed", self.settings.seed)
-            for key, value in (first or {}).items():
-                study.set_user_attr(key, value)
-            # last: a worker that died before this line left a study the next one completes
-            study.set_user_attr("data_key", data_key)
-
-        study = self._create_study(name, init)
-        logger.info("stage %s: study %s, fixed params %s", stage, name, fixed or "none")
-        return study
-
-    def _create_study(self, name: str, init: Callable[[optuna.Study], None]) -> optuna.Study:
-        """Create (or load) study ``name`` and set its attrs (``init``, ending with
-        ``data_key``): one worker at a time does it, behind the study's CREATE_CLAIM, so that
-        racing workers never make the database log a unique violation (Optuna inserts a study,
-        or an attr, after looking for it); the others wait and load the finished study."""
-        waiting = False
-        while True:
-            study = self._initialised_study(name)
-            if study is not None:
-                return study
-            got, _ = self.claims.try_claim(
-                name, CREATE_CLAIM, self.owner, is_free=self.claims.is_stale
-            )
-            if got:
-                try:
-                    try:  # created by a worker that held the claim before us (or died)?
-                        self.storage.get_study_id_from_name(name)
-                    except KeyError:
-                        optuna.create_study(
-                            study_name=name,
-                            storage=self.storage,
-                            direction="maximize",
-                            pruner=optuna.pruners.NopPruner(),
-                        )
-                    study = optuna.load_study(study_name=name, storage=self.storage)
-                    if "data_key" not in study.user_attrs:
-                        init(study)
-                    return study
-                finally:
-                    self.claims.release(name, CREATE_CLAIM, self.owner)
-            if not waiting:
-                logger.info("waiting for another worker to create study %s", name)
-                waiting = True
-            time.sleep(min(self.settings.poll_interval, 0.2))
-
-    def _initialised_study(self, name: str) -> optuna.Study | None:
-        """Study ``name`` once it exists with its attrs set (``data_key``, the last), else None."""
-        try:
-            study_id = self.storage.get_study_id_from_name(name)
-        except KeyError:
-            return None
-        if "data_key" not in self.storage.get_study_user_attrs(study_id):
-            return None
-        return optuna.load_study(study_name=name, storage=self.storage)
-
-    def _claim_study(self, stage: str, version: int, identity: str, *, join: bool = False) -> str:
-        """The name of the stage's study ``version`` (0: the next new version) once this worker
-        may work on it: the study's STUDY_CLAIM, an atomic insert, holds ``identity`` (plan
-        content, fixed params, data). A version claimed for another identity (a worker of an
-        edited plan, or on other data, creating it at the same moment) is skipped, so two
-        plans never share a study, however their workers race. With ``join`` (no --force), the
-        newest version, when claimed for this same identity, is joined: workers of one plan
-        that race to start a stage share one study."""
-        floor = 0
-        while True:
-            if not version:
-                top = max((v for v, _ in self._stage_studies(stage)), default=0)
-                if join and top > floor:  # a worker with this identity just created it: join
-                    newest = study_name(self.plan.name, stage, top)
-                    holder = self.claims.get(newest, STUDY_CLAIM)
-                    if holder is not None and holder.owner == identity:
-                        return newest
-                version = max(top, floor) + 1
-            name = study_name(self.plan.name, stage, version)
-            got, holder = self.claims.try_claim(
-                name, STUDY_CLAIM, identity, is_free=lambda claim: False
-            )
-            if got or (holder is not None and holder.owner == identity):
-                return name
-            if holder is not None:
-                logger.info(
-                    "study %s is another plan content's, or ran on other data or with other "
-                    "fixed params: starting a new study",
-                    name,
-                )
-                floor, version = version, 0
-
-    def once(
-        self, study_name: str, key: str, what: str, done: Callable[[], bool], do: Callable[[], None]
-    ) -> None:
-        """Claim, else wait and log once: until ``done()``, the one worker that holds claim
-        ``key`` on the study runs ``do`` (with its claim's heartbeat running) while the others
-        poll. A holder that dies leaves a stale claim the next worker takes over. Used for the
-        LR range test and TPE rounds; grid points are claimed the same way, many at once
-        (:meth:`_work`)."""
-        waiting = False
-        while not done():
-            got, _ = self.claims.try_claim(
-                study_name, key, self.owner, is_free=self.claims.is_stale
-            )
-            if got:
-                if not done():  # else: done by a worker that finished between read and claim
-                    with self._heartbeat([study_name], []):
-                        do()
-                continue
-            if not waiting:
-                logger.info("waiting for another worker's %s on %s", what, study_name)
-                waiting = True
-            time.sleep(self.settings.poll_interval)
 
     def _round_points(
         self, study: optuna.Study, spec: StageSpec, r: int, first: dict[str, Any]
@@ -764,7 +380,9 @@ class Session:
             study.set_user_attr("rounds", [*before, new])
             study.set_user_attr("points", [p for rnd in [*before, new] for p in rnd])
 
-        self.once(study.study_name, ROUND_CLAIM.format(r), f"TPE round {r}", done, propose_round)
+        self.workers.once(
+            study.study_name, ROUND_CLAIM.format(r), f"TPE round {r}", done, propose_round
+        )
         have = rounds()
         return [p for rnd in have[: r + 1] for p in rnd] if len(have) > r else None
 
@@ -796,19 +414,7 @@ class Session:
             pending = [k for k in keys if k not in done]
             if not pending:
                 return
-            limit = self._share(len(pending))
-            claimed: list[str] = []
-            for key in pending:
-                self._check_failures(study, trials, key)
-                got, previous = self.claims.try_claim(
-                    study.study_name, key, self.owner, is_free=self._claim_is_free
-                )
-                if got:
-                    claimed.append(key)
-                    if previous is not None and previous.trial_id is not None:
-                        self._fail_if_running(previous.trial_id)
-                    if len(claimed) >= limit:
-                        break
+            claimed = self.workers.claim_points(study, trials, pending)
             if not claimed:
                 if not waited:
                     logger.info(
@@ -846,7 +452,7 @@ class Session:
         trial_ids: dict[int, int] = {}  # trial number -> storage id (heartbeats, claims)
         with self._storage_errors(f"starting {study.study_name} trials"):
             for point in group:
-                trial, trial_id = _create_trial(self.storage, study, point, dists)
+                trial, trial_id = create_trial(self.storage, study, point, dists)
                 # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
                 self.storage.record_heartbeat(trial_id)
                 self.claims.set_trial(study.study_name, point_key(point), self.owner, trial_id)
@@ -873,7 +479,7 @@ class Session:
         reporter = _TrialReporter(trials, bar, [point_key(p) in protect for p in group])
         ids = [trial_ids[t.number] for t in trials]
         try:
-            with self._heartbeat([study.study_name], ids), bar:
+            with self.workers.heartbeat([study.study_name], ids), bar:
                 results = evaluate(group, trials, reporter)
         except BaseException as err:
             lost = lost_storage(
@@ -964,62 +570,6 @@ class Session:
                 raise lost from None
             raise
 
-    def _claim_is_free(self, claim: Claim) -> bool:
-        if claim.trial_id is not None:
-            state = self.storage.get_trial(claim.trial_id).state
-            if state in SETTLED:
-                return False
-            if state.is_finished():
-                return True
-        return self.claims.is_stale(claim)
-
-    def _fail_if_running(self, trial_id: int) -> None:
-        """Fail the trial of a dead worker whose claim we took over (no trial stays RUNNING)."""
-        try:
-            if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
-                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                logger.info("trial id %d was left running by a dead worker: failed it", trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-
-    @staticmethod
-    def _check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
-        errors = [
-            t
-            for t in trials
-            if t.state == TrialState.FAIL and "error" in t.user_attrs and point_key(t.params) == key
-        ]
-        if len(errors) >= MAX_FAILURES:
-            raise StageError(
-                f"{study.study_name}: point {key} failed {len(errors)} times; last error "
-                f"(trial {errors[-1].number}): {errors[-1].user_attrs['error']}"
-            )
-
-    @contextmanager
-    def _heartbeat(self, studies: list[str], trial_ids: list[int]) -> Iterator[None]:
-        """Keep this worker's claims (and Optuna trial heartbeats) fresh while training."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.settings.heartbeat_interval):
-                try:
-                    for trial_id in trial_ids:
-                        self.storage.record_heartbeat(trial_id)
-                    self.claims.refresh(self.owner, studies)
-                except Exception as err:  # keep beating; an outage shows up in the main thread
-                    logger.warning("heartbeat failed: %s", error_line(err))
-
-        for trial_id in trial_ids:
-            self.storage.record_heartbeat(trial_id)
-        thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            # a beat stuck on a busy storage must not hold up a worker that is stopping
-            thread.join(timeout=self.settings.heartbeat_interval + 5)
-
 
 class _PointSource(PointSource):
     """What a kind that finds its own points (:meth:`StageKind.points`) may use of a session."""
@@ -1030,7 +580,7 @@ class _PointSource(PointSource):
 
     def once(self, study: Any, what: str, done: Callable[[], bool], do: Callable[[], None]) -> None:
         key = "__" + "_".join(what.lower().split()) + "__"  # one claim per thing done once
-        self.session.once(study.study_name, key, what, done, do)
+        self.session.workers.once(study.study_name, key, what, done, do)
 
     def notify(self, hook: str, *args: Any) -> None:
         self.session.observers.notify(hook, self.session, *args)
@@ -1056,12 +606,6 @@ class _TrialReporter:
         self.bar.update(1)
 
 
-def incumbent(spec: StageSpec, base: TrainConfig) -> dict[str, Any]:
-    """The grid point equal to the configuration the stage starts from."""
-    current = normalize(base.to_dict())
-    return {p: current[p] for p in spec.params}
-
-
 def grid_points(spec: StageSpec) -> list[dict[str, Any]]:
     """The stage's grid in plan order (first key slowest)."""
     names = list(spec.grid)
@@ -1079,36 +623,6 @@ def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return space
 
 
-def _create_trial(
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    point: dict[str, Any],
-    dists: dict[str, BaseDistribution],
-) -> tuple[optuna.Trial, int]:
-    """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed)
-    in ``study`` on ``storage`` (the session's); return it and its storage id.
-
-    tuner picks the points (grid order, claims, TPE rounds): no Optuna sampler is asked, so
-    the trial is created from a template, as ``study.add_trial`` does for finished trials.
-    """
-    study_id = storage.get_study_id_from_name(study.study_name)
-    template = FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=dt.datetime.now(),
-        datetime_complete=None,
-        params=point,
-        distributions={k: dists[k] for k in point},
-        user_attrs={},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=-1,
-    )
-    trial_id = storage.create_new_trial(study_id, template_trial=template)
-    return optuna.Trial(study, trial_id), trial_id
-
-
 def _failure_kind(err: BaseException) -> str:
     """The user attr a failed trial gets: ``interrupted`` (Ctrl-C, SIGTERM), ``environment``
     (a full disk, a path or storage that cannot be written), else ``error`` (its training
@@ -1118,46 +632,6 @@ def _failure_kind(err: BaseException) -> str:
     if isinstance(err, (TunerError, OSError)) or environment_failure(err, None) is not None:
         return "environment"
     return "error"
-
-
-def _data_summary(prepared: Prepared) -> dict[str, Any]:
-    m = prepared.manifest
-    keys = (
-        "key",
-        "source",
-        "source_sha256",
-        "split",
-        "rows",
-        "seed",
-        "n_rows_total",
-        "n_train",
-        "n_val",
-        "n_test",
-        "target",
-        "n_features",
-    )
-    summary = {k: m.get(k) for k in keys}
-    summary["n_classes"] = prepared.n_classes
-    if m.get("spec"):
-        summary["spec"] = m["spec"]
-    return summary
-
-
-def _legacy_spec_matches(stored: Any, spec: StageSpec) -> bool:
-    """Whether a study from before plan identity by content ran ``spec``: the stage settings
-    it recorded (user attr ``stage``) agree with ``spec``'s on everything but the description,
-    and a setting it did not record (a newer one) has its default in ``spec``. The defaults the
-    stage started from were not recorded then: they are not compared. A study without the
-    attr (being created right now) matches."""
-    if not isinstance(stored, Mapping):
-        return True
-    current = json.loads(json.dumps(spec.to_dict()))
-    default = json.loads(json.dumps(stage_spec(name=spec.name, kind=spec.kind).to_dict()))
-    return all(
-        stored.get(key, default[key]) == value
-        for key, value in current.items()
-        if key != "description"
-    )
 
 
 def plan_states(session: Session) -> list[StageState]:

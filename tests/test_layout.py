@@ -1,0 +1,122 @@
+"""The package's shape: no import cycle, each option and stage kind named in one place, and a
+README whose layout lists the tree as it is."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from tuner.train.options import FIELDS
+from tuner.tune.kinds import KINDS
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "tuner"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = path
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Every tuner module ``name`` imports, at any level (functions and TYPE_CHECKING too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                out.add(target if target in mods else base)
+        elif isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+    return {m for m in out if m in mods and m != name}
+
+
+def test_the_import_graph_has_no_cycle():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods) for m, p in mods.items()}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycle = path[path.index(n) :] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert "tuner.tune.stages" in graph and graph["tuner.tune.stages"]  # the walk saw imports
+
+
+def _files_naming(word: str) -> list[str]:
+    pattern = re.compile(rf"(?<![\w]){re.escape(word)}(?![\w])")
+    return sorted(
+        str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text())
+    )
+
+
+# names that are also ordinary words or other things' names: a family's default, and "tanh",
+# which the MSD-shaped generator (tuner/data/synthetic.py) uses as numpy's function
+_GENERIC = {"none", "default", "constant", "batch", "layer", "balanced", "tanh"}
+OPTION_NAMES = sorted(
+    {name for registry in FIELDS.values() for name in registry} - _GENERIC
+)
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_each_option_is_named_in_one_module(name):
+    files = _files_naming(name)
+    assert len(files) == 1 and files[0].startswith("tuner/train/options/"), files
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_stage_kind_is_named_in_its_module_and_the_registry(kind):
+    files = _files_naming(kind)
+    assert set(files) <= {"tuner/tune/kinds/__init__.py", f"tuner/tune/kinds/{kind}.py"}, files
+
+
+def _layout_block() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")[1::2]  # the fenced blocks: the flow diagram, then the tree
+    return next(b for b in blocks if b.lstrip().startswith("studies/"))
+
+
+def test_the_readme_layout_lists_every_module_of_the_package():
+    listed: set[str] = set()
+    stack: list[tuple[int, str]] = []  # (indent, directory)
+    for line in _layout_block().splitlines():
+        m = re.match(r"^( *)(\S+)", line)
+        if not m:
+            continue
+        indent, entry = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = "/".join([d for _, d in stack] + [entry.rstrip("/")])
+        if entry.endswith("/"):
+            stack.append((indent, entry.rstrip("/")))
+        elif entry.endswith(".py"):
+            listed.add(path)
+    actual = {
+        str(p.relative_to(REPO))
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert listed - actual == set(), "the README lists modules that do not exist"
+    assert actual - listed == set(), "modules missing from the README's layout"

@@ -1,0 +1,195 @@
+"""Coordination: how workers share a plan through the storage alone.
+
+A :class:`Coordinator` is one worker's side of it: its presence (how many workers share the
+plan's stages, hence how many points each claims at once), its claims on grid points with
+their heartbeats, and :meth:`Coordinator.once` -- claim, else wait and log once -- for a thing
+exactly one worker does while the others wait (an LR range test, a TPE round). Claims live in
+``tuner_claims`` (:mod:`tuner.tune.claims`); a worker that dies stops beating, its claims go
+stale and the next worker takes its points over (failing the trial it left running).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.errors import StageError
+from tuner.tune.claims import Claim, ClaimTable
+from tuner.tune.state import SETTLED, point_key
+from tuner.tune.storage import error_line
+
+logger = logging.getLogger(__name__)
+
+MAX_FAILURES = 3  # a point whose training raised this often stops the stage
+
+
+class Coordinator:
+    """One worker's presence, claims and heartbeats on a plan (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan_name: str,
+        storage: optuna.storages.BaseStorage,
+        claims: ClaimTable,
+        owner: str,
+        settings: Any,
+    ) -> None:
+        self.plan_name, self.storage, self.claims, self.owner = plan_name, storage, claims, owner
+        self.settings = settings  # heartbeat_interval, poll_interval, group_size
+        self._presence: tuple[threading.Event, threading.Thread] | None = None
+
+    def announce(self) -> None:
+        """Count this session as a worker of the plan until :meth:`withdraw` (or its death):
+        a presence row in ``tuner_claims``, refreshed every heartbeat interval. With
+        ``group_size`` 0 each worker claims its share of a stage's points (:meth:`share`)."""
+        if self._presence is not None:
+            return
+        self.claims.announce(self.plan_name, self.owner)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_interval):
+                try:
+                    self.claims.refresh_presence(self.plan_name, self.owner)
+                except Exception as err:  # noqa: BLE001 - an outage shows up in the main thread
+                    logger.warning("presence heartbeat failed: %s", error_line(err))
+
+        thread = threading.Thread(target=beat, name="tuner-presence", daemon=True)
+        thread.start()
+        self._presence = (stop, thread)
+
+    def withdraw(self) -> None:
+        """Stop counting as a worker (best effort: a dead worker's row goes stale anyway)."""
+        if self._presence is None:
+            return
+        stop, thread = self._presence
+        self._presence = None
+        stop.set()
+        thread.join(timeout=self.settings.heartbeat_interval + 5)
+        try:
+            self.claims.withdraw(self.plan_name, self.owner)
+        except Exception as err:  # noqa: BLE001 - the storage may be what failed
+            logger.debug("could not withdraw presence: %s", error_line(err))
+
+    def share(self, pending: int) -> int:
+        """How many of a stage's ``pending`` points this worker claims at once: ``group_size``
+        when set, else its share among the plan's live workers, ceil(pending / workers) (all
+        of them for a single worker, which trains the stage as one fused group)."""
+        if self.settings.group_size:
+            return self.settings.group_size
+        if self._presence is None:
+            return pending
+        try:
+            workers = len(set(self.claims.live_workers(self.plan_name)) | {self.owner})
+        except Exception as err:  # noqa: BLE001 - the claims below report a lost storage
+            logger.debug("could not count live workers: %s", error_line(err))
+            workers = 1
+        return max(1, -(-pending // workers))
+
+    def once(
+        self, study_name: str, key: str, what: str, done: Callable[[], bool], do: Callable[[], None]
+    ) -> None:
+        """Claim, else wait and log once: until ``done()``, the one worker that holds claim
+        ``key`` on the study runs ``do`` (with its claim's heartbeat running) while the others
+        poll. A holder that dies leaves a stale claim the next worker takes over. Used for the
+        LR range test and TPE rounds; grid points are claimed the same way, many at once
+        (:meth:`claim_points`)."""
+        waiting = False
+        while not done():
+            got, _ = self.claims.try_claim(
+                study_name, key, self.owner, is_free=self.claims.is_stale
+            )
+            if got:
+                if not done():  # else: done by a worker that finished between read and claim
+                    with self.heartbeat([study_name], []):
+                        do()
+                continue
+            if not waiting:
+                logger.info("waiting for another worker's %s on %s", what, study_name)
+                waiting = True
+            time.sleep(self.settings.poll_interval)
+
+    @contextmanager
+    def heartbeat(self, studies: list[str], trial_ids: list[int]) -> Iterator[None]:
+        """Keep this worker's claims (and Optuna trial heartbeats) fresh while training."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.settings.heartbeat_interval):
+                try:
+                    for trial_id in trial_ids:
+                        self.storage.record_heartbeat(trial_id)
+                    self.claims.refresh(self.owner, studies)
+                except Exception as err:  # keep beating; an outage shows up in the main thread
+                    logger.warning("heartbeat failed: %s", error_line(err))
+
+        for trial_id in trial_ids:
+            self.storage.record_heartbeat(trial_id)
+        thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            # a beat stuck on a busy storage must not hold up a worker that is stopping
+            thread.join(timeout=self.settings.heartbeat_interval + 5)
+
+    def claim_is_free(self, claim: Claim) -> bool:
+        if claim.trial_id is not None:
+            state = self.storage.get_trial(claim.trial_id).state
+            if state in SETTLED:
+                return False
+            if state.is_finished():
+                return True
+        return self.claims.is_stale(claim)
+
+    def fail_if_running(self, trial_id: int) -> None:
+        """Fail the trial of a dead worker whose claim we took over (no trial stays RUNNING)."""
+        try:
+            if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
+                self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                logger.info("trial id %d was left running by a dead worker: failed it", trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    @staticmethod
+    def check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
+        errors = [
+            t
+            for t in trials
+            if t.state == TrialState.FAIL and "error" in t.user_attrs and point_key(t.params) == key
+        ]
+        if len(errors) >= MAX_FAILURES:
+            raise StageError(
+                f"{study.study_name}: point {key} failed {len(errors)} times; last error "
+                f"(trial {errors[-1].number}): {errors[-1].user_attrs['error']}"
+            )
+
+    def claim_points(
+        self, study: optuna.Study, trials: list[FrozenTrial], pending: list[str]
+    ) -> list[str]:
+        """Claim up to :meth:`share` of the ``pending`` point keys of ``study`` (its ``trials``
+        as read now): a point whose claim is held by a live worker is skipped, one whose worker
+        died (its claim stale, its trial finished) is taken over and its trial failed. A point
+        that failed :data:`MAX_FAILURES` times stops the stage (:class:`StageError`)."""
+        limit = self.share(len(pending))
+        claimed: list[str] = []
+        for key in pending:
+            self.check_failures(study, trials, key)
+            got, previous = self.claims.try_claim(
+                study.study_name, key, self.owner, is_free=self.claim_is_free
+            )
+            if got:
+                claimed.append(key)
+                if previous is not None and previous.trial_id is not None:
+                    self.fail_if_running(previous.trial_id)
+                if len(claimed) >= limit:
+                    break
+        return claimed
