@@ -361,12 +361,19 @@ def _name_objective(study: optuna.Study, stage: Mapping[str, Any]) -> None:
             study.set_metric_names([name])
 
 
+NOTE_CLAIM = "__note__"  # the one worker writing a study's note at a time
+
+
 @_best_effort
 def on_stage_started(session: Session, study: optuna.Study, stage: str) -> None:
-    """Write the stage's note before training: what it tunes, grid, fixed params."""
-    state = session.stage_state(stage)
-    _name_objective(study, state.user_attrs.get("stage") or {})
-    save_note(study, stage_note(state))
+    """Write the stage's note before training: what it tunes, grid, fixed params. Workers
+    that start the stage together write the same note: one of them does (the others would
+    collide with its first insert of the note's attrs)."""
+    with session.workers.exclusive(study.study_name, NOTE_CLAIM) as mine:
+        if mine:
+            state = session.stage_state(stage)
+            _name_objective(study, state.user_attrs.get("stage") or {})
+            save_note(study, stage_note(state))
 
 
 @_best_effort
@@ -407,13 +414,17 @@ def on_trial_done(
 
 @_best_effort
 def on_stage_done(session: Session, study: optuna.Study, stage: str) -> None:
-    """The finished stage: its note with the winner, and its summary plot."""
-    state = session.stage_state(stage)
-    save_note(study, stage_note(state))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = stage_plot(state, paths.inside(Path(tmp), f"{stage}_summary.png"))
-        if path is not None:
-            put_study_artifact(_store(session), session.storage, study, path)
+    """The finished stage: its note with the winner, and its summary plot (written by one of
+    the workers that finish together; a later one rewrites the same)."""
+    with session.workers.exclusive(study.study_name, NOTE_CLAIM) as mine:
+        if not mine:
+            return
+        state = session.stage_state(stage)
+        save_note(study, stage_note(state))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = stage_plot(state, paths.inside(Path(tmp), f"{stage}_summary.png"))
+            if path is not None:
+                put_study_artifact(_store(session), session.storage, study, path)
 
 
 @_best_effort
@@ -426,17 +437,20 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
     if not metrics_path.is_file():
         return
     metrics = json.loads(metrics_path.read_text())
-    _name_objective(study, {"final": True})
-    save_note(study, final_note(session.stage_state(FINAL_STAGE), metrics))
-    with tempfile.TemporaryDirectory() as tmp:
-        history_path = metrics_path.parent / "history.json"
-        if history_path.is_file():
-            history = json.loads(history_path.read_text())
-            path = plots.final_history(history, Path(tmp) / "final_history.png")
-            put_study_artifact(_store(session), session.storage, study, path)
-        if metrics:
-            path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")
-            put_study_artifact(_store(session), session.storage, study, path)
+    with session.workers.exclusive(study.study_name, NOTE_CLAIM) as mine:
+        if not mine:
+            return
+        _name_objective(study, {"final": True})
+        save_note(study, final_note(session.stage_state(FINAL_STAGE), metrics))
+        with tempfile.TemporaryDirectory() as tmp:
+            history_path = metrics_path.parent / "history.json"
+            if history_path.is_file():
+                history = json.loads(history_path.read_text())
+                path = plots.final_history(history, Path(tmp) / "final_history.png")
+                put_study_artifact(_store(session), session.storage, study, path)
+            if metrics:
+                path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")
+                put_study_artifact(_store(session), session.storage, study, path)
 
 
 def per_class_header(metrics: dict[str, Any]) -> list[str]:

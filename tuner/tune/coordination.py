@@ -172,6 +172,19 @@ class Coordinator:
                 f"(trial {errors[-1].number}): {errors[-1].user_attrs['error']}"
             )
 
+    @contextmanager
+    def exclusive(self, study_name: str, key: str) -> Iterator[bool]:
+        """Yield whether this worker holds claim ``key`` on the study for the ``with`` block
+        (released after it): for writes that two workers must not make at the same moment
+        and that need only one writer (a study's note: Optuna inserts a study attr after
+        looking for it, so two first writers collide in the database)."""
+        got, _ = self.claims.try_claim(study_name, key, self.owner, is_free=self.claims.is_stale)
+        try:
+            yield got
+        finally:
+            if got:
+                self.claims.release(study_name, key, self.owner)
+
     def claim_points(
         self, study: optuna.Study, trials: list[FrozenTrial], pending: list[str]
     ) -> list[str]:
