@@ -1,9 +1,14 @@
-"""The training loop: in-memory tensors, index-sliced batches, large-batch evaluation.
+"""The reference training loop: in-memory tensors, index-sliced batches, autograd.
 
-Every trial of every stage goes through :func:`train`. Batches are slices of a per-epoch random
-permutation drawn from a generator seeded by the run's seed, so two runs with the same seed see
-the same batches in the same order (common random numbers: grid points of one stage differ only
-in what the stage varies). Evaluation runs in large batches under ``torch.inference_mode()``.
+:func:`train` is the loop a reader holds in their head (build the model, then per epoch: a
+seeded permutation, batches, forward, loss, backward, optimizer and scheduler steps, one
+evaluation). Trials do not run through it: they run on the fused engine
+(:mod:`tuner.train.fused`), which is tested against it and must reproduce what it reports.
+Batches are slices of a per-epoch random permutation drawn from a generator seeded by the
+run's seed, so two runs with the same seed see the same batches in the same order (common
+random numbers: the points of one stage differ only in what the stage varies). Evaluation
+runs in large batches under ``torch.inference_mode()``. The pieces both engines share live
+here too: the batch sizes, the seeded context, early stopping, per-epoch histories.
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
 """Tuning: stages as Optuna studies, chained through the storage, and the final job.
 
+* :mod:`tuner.tune.kinds`: stage kinds (sweep, cross-validation, LR range test), by name;
+* :mod:`tuner.tune.runs`: what kinds train with (fused runs of a group, results, reporters);
+* :mod:`tuner.tune.objectives`: a stage's claimed points trained and scored by its kind;
+* :mod:`tuner.tune.stages`: running a stage (points, claims, trials, reuse, observers);
+* :mod:`tuner.tune.studies`: reading and writing stage studies (versions, plan identity);
+* :mod:`tuner.tune.state`: the read model of a stage;
+* :mod:`tuner.tune.coordination`: presence, claims, heartbeats, claim-or-wait;
+* :mod:`tuner.tune.claims`: the claims table;
 * :mod:`tuner.tune.storage`: storage URLs, connections, study names;
-* :mod:`tuner.tune.claims`: exactly-once claims on grid points between workers;
-* :mod:`tuner.tune.stages`: a plan's stages run as studies (chaining, resume, workers);
-* :mod:`tuner.tune.objectives`: how the claimed points of a stage are trained and scored;
+* :mod:`tuner.tune.hooks`: observers of a running plan;
 * :mod:`tuner.tune.decide`: noise-aware stage decisions;
 * :mod:`tuner.tune.search`: TPE proposals for model-based stages;
 * :mod:`tuner.tune.pruners`: Optuna's pruners against peers trained side by side;

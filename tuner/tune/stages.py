@@ -1,8 +1,14 @@
 """Running a plan's stages as Optuna studies, chained through the storage.
 
-One study per stage, named ``<plan>.<stage>`` (``.v2``, ``.v3``... when a stage is redone). A
-stage's objective fixes the winners of every earlier stage, read from those stages' studies in
-the storage (or given by ``--fix``), and records them in its study's ``fixed_params`` user attr.
+A :class:`Session` is a plan opened on a storage. It is made of parts with one job each: its
+:class:`~tuner.tune.studies.StudyStore` reads and writes the stage studies (one per stage,
+``<plan>.<stage>``, versions, plan identity), its :class:`~tuner.tune.coordination.Coordinator`
+claims points and keeps heartbeats, its observers (:mod:`tuner.tune.hooks`) write notes and
+plots, and the stage's kind (:mod:`tuner.tune.kinds`) finds and trains the points. What this
+module does is run a stage: a stage's objective fixes the winners of every earlier stage, read
+from those stages' studies (or given by ``--fix``) and recorded in its study's
+``fixed_params`` user attr; then points are claimed, their trials created, trained together
+and told, until every point is settled.
 
 Workers cooperate through the storage only: a worker claims a grid point
 (:mod:`tuner.tune.claims`), creates its trial, trains it with heartbeats running, and tells the
