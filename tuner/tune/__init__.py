@@ -1,6 +1,6 @@
 """Tuning: stages as Optuna studies, chained through the storage, and the final job.
 
-* :mod:`tuner.tune.kinds`: stage kinds (sweep, cross-validation, LR range test), by name;
+* :mod:`tuner.tune.kinds`: the stage kinds, registered by name;
 * :mod:`tuner.tune.runs`: what kinds train with (fused runs of a group, results, reporters);
 * :mod:`tuner.tune.objectives`: a stage's claimed points trained and scored by its kind;
 * :mod:`tuner.tune.stages`: running a stage (points, claims, trials, reuse, observers);
