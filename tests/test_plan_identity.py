@@ -45,7 +45,7 @@ def test_an_edited_plan_under_the_same_name_gets_new_studies_and_an_unchanged_on
     _edit(workdir, ACTIVATION, ACTIVATION.replace('["relu", "gelu"]', '["tanh", "silu"]'))
     s = session(workdir, str(msd_file), fixes=FIXES)
     assert s.stage_state("activation").state == "pending"  # the other plan's study is not its
-    with caplog.at_level("INFO", logger="tuner.tune.stages"):
+    with caplog.at_level("INFO", logger="tuner.tune"):
         edited = s.run_stage("activation")
     assert "plan content changed since study tiny.activation" in caplog.text
     assert edited.study == "tiny.activation.v2" and edited.state == "done"
@@ -68,7 +68,7 @@ def test_an_edited_plan_under_the_same_name_gets_new_studies_and_an_unchanged_on
     s = session(workdir, str(msd_file), fixes=FIXES)
     assert s.stage_state("activation").study == "tiny.activation"
     caplog.clear()
-    with caplog.at_level("INFO", logger="tuner.tune.stages"):
+    with caplog.at_level("INFO", logger="tuner.tune"):
         again = s.run_stage("activation")
     s.close()
     assert "already complete in study tiny.activation" in caplog.text
@@ -110,11 +110,11 @@ def test_two_plan_contents_never_share_a_study_however_their_workers_race(workdi
     exists: the study's claim goes to one content; the other takes the next version."""
     a, b = session(workdir, str(msd_file)), session(workdir, str(msd_file))
     try:
-        assert a._claim_study("activation", 0, "content:a") == "tiny.activation"
-        assert b._claim_study("activation", 0, "content:b") == "tiny.activation.v2"
-        assert b._claim_study("activation", 1, "content:b") == "tiny.activation.v2"
-        assert a._claim_study("activation", 1, "content:a") == "tiny.activation"  # a's workers join
-        assert b._claim_study("activation", 0, "content:b") == "tiny.activation.v2"
+        assert a.studies.claim_study("activation", 0, "content:a") == "tiny.activation"
+        assert b.studies.claim_study("activation", 0, "content:b") == "tiny.activation.v2"
+        assert b.studies.claim_study("activation", 1, "content:b") == "tiny.activation.v2"
+        assert a.studies.claim_study("activation", 1, "content:a") == "tiny.activation"  # a's workers join
+        assert b.studies.claim_study("activation", 0, "content:b") == "tiny.activation.v2"
     finally:
         a.close()
         b.close()
