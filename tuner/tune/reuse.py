@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,20 +178,28 @@ def origin(study: str, trial: FrozenTrial) -> str:
     return trial.user_attrs.get("reused_from") or f"{study}#{trial.number}"
 
 
+def _complete_trials(
+    storage: optuna.storages.BaseStorage, studies: list[str], data_key: str
+) -> Iterator[tuple[str, FrozenTrial]]:
+    """``(study, trial)`` for the COMPLETE trials of ``studies`` that ran on ``data_key``, in
+    the order the studies are given."""
+    for name in studies:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.user_attrs.get("data_key") == data_key:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                yield name, t
+
+
 def sources(
     storage: optuna.storages.BaseStorage, studies: list[str], data_key: str
 ) -> dict[str, tuple[str, FrozenTrial]]:
     """Fingerprint -> ``(study, trial)``: COMPLETE trials of ``studies`` (on ``data_key``)
     that recorded a fingerprint; the first study given wins a tie."""
     found: dict[str, tuple[str, FrozenTrial]] = {}
-    for name in studies:
-        study = optuna.load_study(study_name=name, storage=storage)
-        if study.user_attrs.get("data_key") != data_key:
-            continue
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            fp = t.user_attrs.get("fingerprint")
-            if fp and fp not in found:
-                found[fp] = (name, t)
+    for name, t in _complete_trials(storage, studies, data_key):
+        fp = t.user_attrs.get("fingerprint")
+        if fp and fp not in found:
+            found[fp] = (name, t)
     return found
 
 
@@ -247,19 +255,15 @@ def find_kept(
 ) -> Kept | None:
     """The first COMPLETE trial of ``studies`` whose kept weights have ``key`` (see
     :func:`final_key`) and whose weights file is still there."""
-    for name in studies:
-        study = optuna.load_study(study_name=name, storage=storage)
-        if study.user_attrs.get("data_key") != data_key:
+    for name, t in _complete_trials(storage, studies, data_key):
+        attr = t.user_attrs.get("final_weights")
+        if t.user_attrs.get("final_key") != key or not isinstance(attr, Mapping):
             continue
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            attr = t.user_attrs.get("final_weights")
-            if t.user_attrs.get("final_key") != key or not isinstance(attr, Mapping):
-                continue
-            if not isinstance(t.user_attrs.get("history"), Mapping):
-                continue
-            state = load_weights(workdir, attr)
-            if state is None:
-                logger.info("%s trial %d: its kept weights are gone", name, t.number)
-                continue
-            return Kept(name, t, state, int(attr["epochs_trained"]), bool(attr["stopped_early"]))
+        if not isinstance(t.user_attrs.get("history"), Mapping):
+            continue
+        state = load_weights(workdir, attr)
+        if state is None:
+            logger.info("%s trial %d: its kept weights are gone", name, t.number)
+            continue
+        return Kept(name, t, state, int(attr["epochs_trained"]), bool(attr["stopped_early"]))
     return None

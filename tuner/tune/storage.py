@@ -248,25 +248,25 @@ def disk_full(err: BaseException) -> BaseException | None:
             return e
         if getattr(getattr(e, "orig", None), "sqlstate", None) == "53100":
             return e
-        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _DISK_FULL):
+    return _db_error_saying(err, _DISK_FULL)
+
+
+def _db_error_saying(err: BaseException, phrases: tuple[str, ...]) -> BaseException | None:
+    """The database error behind ``err`` whose message contains one of ``phrases``."""
+    for e in _causes(err):
+        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in phrases):
             return e
     return None
 
 
 def corrupt_database(err: BaseException) -> BaseException | None:
     """The SQLite error behind ``err`` saying the file is not a database, or a damaged one."""
-    for e in _causes(err):
-        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _CORRUPT):
-            return e
-    return None
+    return _db_error_saying(err, _CORRUPT)
 
 
 def read_only_database(err: BaseException) -> BaseException | None:
     """The database error behind ``err`` saying the storage cannot be written."""
-    for e in _causes(err):
-        if isinstance(e, _DB_ERRORS) and any(s in _message(e) for s in _READ_ONLY):
-            return e
-    return None
+    return _db_error_saying(err, _READ_ONLY)
 
 
 def storage_name(url: str) -> str:
