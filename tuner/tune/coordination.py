@@ -94,27 +94,41 @@ class Coordinator:
         return max(1, -(-pending // workers))
 
     def once(
-        self, study_name: str, key: str, what: str, done: Callable[[], bool], do: Callable[[], None]
+        self,
+        study_name: str,
+        key: str,
+        what: str,
+        done: Callable[[], bool],
+        do: Callable[[], None],
+        *,
+        release: bool = False,
+        poll: float | None = None,
     ) -> None:
         """Claim, else wait and log once: until ``done()``, the one worker that holds claim
         ``key`` on the study runs ``do`` (with its claim's heartbeat running) while the others
-        poll. A holder that dies leaves a stale claim the next worker takes over. Used for the
-        LR range test and TPE rounds; grid points are claimed the same way, many at once
-        (:meth:`claim_points`)."""
+        poll (every ``poll`` seconds; the poll interval by default) and log ``waiting for
+        another worker: {what}`` once. A holder that dies leaves a stale claim the next worker
+        takes over; with ``release`` the holder drops the claim when ``do`` returns or raises.
+        Used for creating a study, the LR range test and TPE rounds; grid points are claimed
+        many at once (:meth:`claim_points`)."""
         waiting = False
         while not done():
             got, _ = self.claims.try_claim(
                 study_name, key, self.owner, is_free=self.claims.is_stale
             )
             if got:
-                if not done():  # else: done by a worker that finished between read and claim
-                    with self.heartbeat([study_name], []):
-                        do()
+                try:
+                    if not done():  # else: done by a worker that finished between read and claim
+                        with self.heartbeat([study_name], []):
+                            do()
+                finally:
+                    if release:
+                        self.claims.release(study_name, key, self.owner)
                 continue
             if not waiting:
-                logger.info("waiting for another worker's %s on %s", what, study_name)
+                logger.info("waiting for another worker: %s", what)
                 waiting = True
-            time.sleep(self.settings.poll_interval)
+            time.sleep(self.settings.poll_interval if poll is None else poll)
 
     @contextmanager
     def heartbeat(self, studies: list[str], trial_ids: list[int]) -> Iterator[None]:

@@ -123,10 +123,8 @@ class Session:
         self._prepared = prepared
         self._data: TensorData | None = None
         # reading and writing studies; presence, claims and heartbeats
-        self.studies = StudyStore(
-            plan, self.storage, self.claims, self.owner, settings, self.prepared
-        )
         self.workers = Coordinator(plan.name, self.storage, self.claims, self.owner, settings)
+        self.studies = StudyStore(plan, self.storage, self.workers, settings, self.prepared)
 
     def close(self) -> None:
         self.workers.withdraw()
@@ -387,7 +385,11 @@ class Session:
             study.set_user_attr("points", [p for rnd in [*before, new] for p in rnd])
 
         self.workers.once(
-            study.study_name, ROUND_CLAIM.format(r), f"TPE round {r}", done, propose_round
+            study.study_name,
+            ROUND_CLAIM.format(r),
+            f"round {r} of {study.study_name}'s TPE proposals",
+            done,
+            propose_round,
         )
         have = rounds()
         return [p for rnd in have[: r + 1] for p in rnd] if len(have) > r else None
@@ -586,7 +588,7 @@ class _PointSource(PointSource):
 
     def once(self, study: Any, what: str, done: Callable[[], bool], do: Callable[[], None]) -> None:
         key = "__" + "_".join(what.lower().split()) + "__"  # one claim per thing done once
-        self.session.workers.once(study.study_name, key, what, done, do)
+        self.session.workers.once(study.study_name, key, f"{what} of {study.study_name}", done, do)
 
     def notify(self, hook: str, *args: Any) -> None:
         self.session.observers.notify(hook, self.session, *args)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import FINAL_STAGE, Plan, StageSpec, content_hash
 from tuner.data.prepare import Prepared
-from tuner.tune.claims import ClaimTable
+from tuner.tune.coordination import Coordinator
 from tuner.tune.decide import Decision, PointStats, decide
 from tuner.tune.kinds import get_kind, stage_spec
 from tuner.tune.state import StageState, incumbent, pending, read_stage
@@ -44,12 +43,12 @@ class StudyStore:
         self,
         plan: Plan,
         storage: optuna.storages.BaseStorage,
-        claims: ClaimTable,
-        owner: str,
+        workers: Coordinator,
         settings: Any,
         prepared: Callable[[], Prepared],
     ) -> None:
-        self.plan, self.storage, self.claims, self.owner = plan, storage, claims, owner
+        self.plan, self.storage, self.workers = plan, storage, workers
+        self.claims, self.owner = workers.claims, workers.owner
         self.settings = settings  # seed, poll_interval
         self.prepared = prepared  # the prepared data, read when a study is created
 
@@ -217,35 +216,33 @@ class StudyStore:
         ``data_key``): one worker at a time does it, behind the study's CREATE_CLAIM, so that
         racing workers never make the database log a unique violation (Optuna inserts a study,
         or an attr, after looking for it); the others wait and load the finished study."""
-        waiting = False
-        while True:
-            study = self.initialised_study(name)
-            if study is not None:
-                return study
-            got, _ = self.claims.try_claim(
-                name, CREATE_CLAIM, self.owner, is_free=self.claims.is_stale
-            )
-            if got:
-                try:
-                    try:  # created by a worker that held the claim before us (or died)?
-                        self.storage.get_study_id_from_name(name)
-                    except KeyError:
-                        optuna.create_study(
-                            study_name=name,
-                            storage=self.storage,
-                            direction="maximize",
-                            pruner=optuna.pruners.NopPruner(),
-                        )
-                    study = optuna.load_study(study_name=name, storage=self.storage)
-                    if "data_key" not in study.user_attrs:
-                        init(study)
-                    return study
-                finally:
-                    self.claims.release(name, CREATE_CLAIM, self.owner)
-            if not waiting:
-                logger.info("waiting for another worker to create study %s", name)
-                waiting = True
-            time.sleep(min(self.settings.poll_interval, 0.2))
+
+        def create() -> None:
+            try:  # created by a worker that held the claim before us (or died)?
+                self.storage.get_study_id_from_name(name)
+            except KeyError:
+                optuna.create_study(
+                    study_name=name,
+                    storage=self.storage,
+                    direction="maximize",
+                    pruner=optuna.pruners.NopPruner(),
+                )
+            study = optuna.load_study(study_name=name, storage=self.storage)
+            if "data_key" not in study.user_attrs:
+                init(study)
+
+        self.workers.once(
+            name,
+            CREATE_CLAIM,
+            f"creating study {name}",
+            lambda: self.initialised_study(name) is not None,
+            create,
+            release=True,
+            poll=min(self.settings.poll_interval, 0.2),
+        )
+        study = self.initialised_study(name)
+        assert study is not None  # once() returns when it is
+        return study
 
     def initialised_study(self, name: str) -> optuna.Study | None:
         """Study ``name`` once it exists with its attrs set (``data_key``, the last), else None."""
