@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -373,6 +374,7 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
         group_size=group_size,
         compute=compute,
         reuse=getattr(args, "reuse", True),
+        stop=getattr(args, "stop", None),
     )
     if settings.grace_period <= settings.heartbeat_interval:
         raise TunerError("--grace-period must be longer than --heartbeat-interval")
@@ -469,13 +471,21 @@ def _abandon(session, err: BaseException) -> None:
     from optuna.trial import TrialState
 
     from tuner.errors import StorageLost
-    from tuner.tune.stages import SETTLED
+    from tuner.tune.state import SETTLED, point_key
     from tuner.tune.storage import connection_failure, corrupt_database, error_line
+    from tuner.tune.studies import running_trials_of
 
     if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
         return  # nothing can be written there
     why = "terminated (SIGTERM)" if isinstance(err, Terminated) else type(err).__name__
     failed = 0
+
+    def fail(trial_id: int) -> None:
+        nonlocal failed
+        session.storage.set_trial_user_attr(trial_id, "interrupted", why)
+        session.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        failed += 1
+
     try:
         for claim in session.claims.owned(session.owner):
             if claim.trial_id is not None:
@@ -483,9 +493,12 @@ def _abandon(session, err: BaseException) -> None:
                 if state in SETTLED:
                     continue  # the claim marks a finished point: keep it
                 if state == TrialState.RUNNING:
-                    session.storage.set_trial_user_attr(claim.trial_id, "interrupted", why)
-                    session.storage.set_trial_state_values(claim.trial_id, TrialState.FAIL)
-                    failed += 1
+                    fail(claim.trial_id)
+            else:  # stopped between creating the point's trial and recording it in the claim
+                mine = running_trials_of(session.storage, claim.study_name, session.owner)
+                for trial_id, t in mine:
+                    if point_key(t.params) == claim.point:
+                        fail(trial_id)
             session.claims.release(claim.study_name, claim.point, session.owner)
     except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
         logger.warning(
@@ -694,26 +707,34 @@ def _environment_failure(err: BaseException, args: argparse.Namespace) -> str | 
     return None
 
 
-def _on_sigterm(signum, frame) -> NoReturn:
-    """SIGTERM stops the worker like Ctrl-C; a second one does not interrupt the cleanup."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated("SIGTERM")
-
-
 @contextmanager
-def _sigterm_stops() -> Iterator[None]:
+def _sigterm_stops(stop: threading.Event) -> Iterator[None]:
     """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (the
-    Ctrl-C path: running trials failed, claims released, exit 143)."""
-    import threading
+    Ctrl-C path: running trials failed, claims released, exit 143) and sets ``stop``: the
+    exception can land where Python ignores it (a garbage collector's finalizer), so the stage
+    runner also checks ``stop`` every epoch. A second SIGTERM does not interrupt the cleanup."""
+
+    def on_sigterm(signum, frame) -> NoReturn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop.set()
+        raise Terminated("SIGTERM")
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, Terminated):
+            return  # ignored in a finalizer: ``stop`` ends the run at the next check instead
+        previous_hook(info)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -724,8 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    args.stop = threading.Event()  # set by SIGTERM (see _sigterm_stops)
     try:
-        with _sigterm_stops():
+        with _sigterm_stops(args.stop):
             return _run(args)
     except Terminated:
         print(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from tuner.config import Plan, StageSpec, TrainConfig, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
-from tuner.errors import PlanError, StageError, TunerError
+from tuner.errors import PlanError, StageError, Terminated, TunerError
 from tuner.paths import model_dir
 from tuner.train.fused import Compute
 from tuner.train.tensors import TensorData
@@ -90,6 +91,9 @@ class Settings:
     group_size: int = 0  # points a worker claims and trains together; 0: all it can claim
     compute: Compute = field(default_factory=Compute)
     reuse: bool = True  # reuse identical trials (tuner.tune.reuse); --no-reuse: train everything
+    # set when the worker is told to stop (SIGTERM): checked every epoch and between groups, so a
+    # stop is not lost when the signal's exception lands where Python ignores it (a finalizer)
+    stop: threading.Event | None = field(default=None, compare=False)
 
     @property
     def data_dir(self) -> Path:
@@ -414,6 +418,7 @@ class Session:
         keys = {point_key(p): i for i, p in enumerate(points)}
         waited = False
         while True:
+            self._check_stop()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -460,11 +465,10 @@ class Session:
         trial_ids: dict[int, int] = {}  # trial number -> storage id (heartbeats, claims)
         with self._storage_errors(f"starting {study.study_name} trials"):
             for point in group:
-                trial, trial_id = create_trial(self.storage, study, point, dists)
+                trial, trial_id = create_trial(self.storage, study, point, dists, self.owner)
                 # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
                 self.storage.record_heartbeat(trial_id)
                 self.claims.set_trial(study.study_name, point_key(point), self.owner, trial_id)
-                trial.set_user_attr("worker", self.owner)
                 trials.append(trial)
                 trial_ids[trial.number] = trial_id
         if find is not None:
@@ -484,7 +488,9 @@ class Session:
         )
         bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, disable=None)
 
-        reporter = _TrialReporter(trials, bar, [point_key(p) in protect for p in group])
+        reporter = _TrialReporter(
+            trials, bar, [point_key(p) in protect for p in group], self._check_stop
+        )
         ids = [trial_ids[t.number] for t in trials]
         try:
             with self.workers.heartbeat([study.study_name], ids), bar:
@@ -566,6 +572,11 @@ class Session:
                 )
         return [p for p, _ in left], [t for _, t in left]
 
+    def _check_stop(self) -> None:
+        """Raise :class:`Terminated` when the worker was told to stop (``Settings.stop``)."""
+        if self.settings.stop is not None and self.settings.stop.is_set():
+            raise Terminated("SIGTERM")
+
     @contextmanager
     def _storage_errors(self, doing: str) -> Iterator[None]:
         """Turn a lost database connection into the one-line error that names what was being
@@ -596,10 +607,18 @@ class _PointSource(PointSource):
 
 class _TrialReporter:
     """A group's :class:`~tuner.tune.objectives.Reporter`: intermediate values go to the points'
-    trials, pruning is the study's pruner, progress a tqdm bar."""
+    trials, pruning is the study's pruner, progress a tqdm bar; every epoch it checks whether
+    the worker was told to stop (``check_stop``)."""
 
-    def __init__(self, trials: list[optuna.Trial], bar: tqdm, protected: list[bool]) -> None:
+    def __init__(
+        self,
+        trials: list[optuna.Trial],
+        bar: tqdm,
+        protected: list[bool],
+        check_stop: Callable[[], None],
+    ) -> None:
         self.trials, self.bar, self.protected = trials, bar, protected
+        self.check_stop = check_stop
         self.last: dict[int, float] = {}
 
     def report(self, point: int, value: float, step: int) -> None:
@@ -612,6 +631,7 @@ class _TrialReporter:
 
     def progress(self, epoch: int) -> None:
         self.bar.update(1)
+        self.check_stop()
 
 
 def grid_points(spec: StageSpec) -> list[dict[str, Any]]:

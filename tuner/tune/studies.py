@@ -292,12 +292,15 @@ def create_trial(
     study: optuna.Study,
     point: dict[str, Any],
     dists: dict[str, BaseDistribution],
+    worker: str,
 ) -> tuple[optuna.Trial, int]:
     """Create a RUNNING trial with exactly ``point``'s params (the point this worker claimed)
     in ``study`` on ``storage`` (the session's); return it and its storage id.
 
     tuner picks the points (grid order, claims, TPE rounds): no Optuna sampler is asked, so
-    the trial is created from a template, as ``study.add_trial`` does for finished trials.
+    the trial is created from a template, as ``study.add_trial`` does for finished trials. The
+    ``worker`` user attr is part of the template: a worker stopped right after the insert
+    still finds (and fails) the trial it created (:func:`running_trials_of`).
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     template = FrozenTrial(
@@ -308,13 +311,30 @@ def create_trial(
         datetime_complete=None,
         params=point,
         distributions={k: dists[k] for k in point},
-        user_attrs={},
+        user_attrs={"worker": worker},
         system_attrs={},
         intermediate_values={},
         trial_id=-1,
     )
     trial_id = storage.create_new_trial(study_id, template_trial=template)
     return optuna.Trial(study, trial_id), trial_id
+
+
+def running_trials_of(
+    storage: optuna.storages.BaseStorage, study_name: str, worker: str
+) -> list[tuple[int, FrozenTrial]]:
+    """``(storage id, trial)`` of the RUNNING trials of ``study_name`` that ``worker``
+    created."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    return [
+        (storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t)
+        for t in running
+        if t.user_attrs.get("worker") == worker
+    ]
 
 
 def data_summary(prepared: Prepared) -> dict[str, Any]:
