@@ -61,12 +61,6 @@ def artifact_store(workdir: Path) -> optuna.artifacts.FileSystemArtifactStore:
 
 
 # -- reading a stage ---------------------------------------------------------------------------
-def stage_rows(state: StageState) -> list[dict[str, Any]]:
-    """The complete points of a stage in plan order (the read model's rows,
-    :attr:`tuner.tune.state.StageState.rows`)."""
-    return state.rows
-
-
 def _kind_and_spec(stage: Mapping[str, Any]):
     """The kind of a recorded stage (user attr ``stage``) and the stage rebuilt from it; both
     ``None`` for a kind this version does not know."""
@@ -129,12 +123,6 @@ def kind_figures(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[Fig
     """The plots the stage's kind adds (an LR range test's curve)."""
     kind, _ = _kind_and_spec(stage)
     return kind.figures(attrs) if kind is not None else []
-
-
-def kind_seconds(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> float:
-    """Seconds the stage's kind spent outside its trials (an LR range test)."""
-    kind, _ = _kind_and_spec(stage)
-    return kind.extra_seconds(attrs) if kind is not None else 0.0
 
 
 def summary_plot_name(stage: Mapping[str, Any]) -> tuple[str, str]:
