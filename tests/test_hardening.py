@@ -30,7 +30,7 @@ from tests._util import (
     write_tiny_plan,
 )
 from tuner.cli import main
-from tuner.report.plots import fmt_value
+from tuner.config import fmt_value
 from tuner.tune.storage import default_storage_url, redact, scrub
 
 # every point of TINY_PLAN's later stages given by hand: `final` runs without any stage

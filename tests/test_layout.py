@@ -64,6 +64,32 @@ def test_the_import_graph_has_no_cycle():
     assert "tuner.tune.stages" in graph and graph["tuner.tune.stages"]  # the walk saw imports
 
 
+LAYERS = ("tuner.data", "tuner.train", "tuner.tune", "tuner.report")
+"""The flow, upstream first: a layer imports nothing of the layers after it."""
+
+
+def _layer(module: str) -> int | None:
+    for i, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return i
+    return None
+
+
+def test_imports_follow_the_flow():
+    mods = _modules()
+    against = []
+    for name, path in mods.items():
+        here = _layer(name)
+        for target in _imports(name, path, mods):
+            there = _layer(target)
+            if here is not None and there is not None and there > here:
+                against.append(f"{name} -> {target}")
+    assert not against, "imports against the flow: " + ", ".join(sorted(against))
+    # the walk sees imports across layers at all (train.tensors reads data.prepare's arrays)
+    tensors = _imports("tuner.train.tensors", mods["tuner.train.tensors"], mods)
+    assert "tuner.data.prepare" in tensors
+
+
 def _files_naming(word: str) -> list[str]:
     pattern = re.compile(rf"(?<![\w]){re.escape(word)}(?![\w])")
     return sorted(

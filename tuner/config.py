@@ -4,8 +4,9 @@
 kind of stage shares; a kind's own options are its dataclass, see :mod:`tuner.tune.kinds`),
 :class:`FinalSpec` the final job and :class:`Plan` all of them. The value checks (``Number``,
 ``Choice``, ``Widths``, ...) say what each plan value must be and produce the one-line errors
-the plan loader (:mod:`tuner.plan`) and the kinds report. This module is data: it reads no
-file and knows no stage kind.
+the plan loader (:mod:`tuner.plan`) and the kinds report; :func:`fmt_value` and
+:func:`point_label` are how a value and a point are written wherever one is shown. This module
+is data: it reads no file and knows no stage kind.
 """
 
 from __future__ import annotations
@@ -514,3 +515,24 @@ def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) ->
     if min_steps <= 0 or n_rows <= 0:
         return epochs
     return max(epochs, math.ceil(min_steps / math.ceil(n_rows / batch_size)))
+
+
+# -- how values are written in labels, tables and notes -------------------------------------
+def fmt_value(value: Any) -> str:
+    """A grid value for labels and tables: ``1e-05``, ``0.001``, ``256x256``, a name as is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf, -inf
+    if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        mantissa, _, exp = f"{value:.2e}".partition("e")  # 7.11e-04 -> 7.11e-4, 1.00e-05 -> 1e-5
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{exp[0]}{exp[1:].lstrip('0')}"
+    return f"{value:g}"
+
+
+def point_label(params: Mapping[str, Any]) -> str:
+    """``lr=0.001, hidden=256x256``; a single-param point shows only its value."""
+    if len(params) == 1:
+        return fmt_value(next(iter(params.values())))
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "final"

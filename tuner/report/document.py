@@ -317,7 +317,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             doc.table(header, cells)
         for figure in kind_figures(stage, state.user_attrs):
             png = paths.inside(out, figure.file)
-            doc.img(draw(png.stem, lambda f, p: f.draw(p), figure, png), figure.caption)
+            doc.img(draw(png.stem, plots.draw_figure, figure, png), figure.caption)
         suffix, caption = summary_plot_name(stage)
         png = paths.inside(out, f"{spec.name}_{suffix}.png")
         path = draw(f"{spec.name}_{suffix}", stage_plot, state, png)

@@ -33,9 +33,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import paths
-from tuner.config import FINAL_STAGE
+from tuner.config import FINAL_STAGE, fmt_value
 from tuner.report import plots, tables
-from tuner.report.plots import fmt_value
 from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
 from tuner.tune.kinds import KINDS, spec_from_dict
@@ -370,7 +369,7 @@ def on_stage_attrs(session: Session, study: optuna.Study, stage: str) -> None:
     attrs = study.user_attrs
     with tempfile.TemporaryDirectory() as tmp:
         for figure in kind_figures(attrs.get("stage") or {}, attrs):
-            path = figure.draw(paths.inside(Path(tmp), figure.file))
+            path = plots.draw_figure(figure, paths.inside(Path(tmp), figure.file))
             if path is not None:
                 put_study_artifact(_store(session), session.storage, study, path)
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tuner.config import point_label
+
+if TYPE_CHECKING:
+    from tuner.tune.kinds.base import Figure
 
 DPI = 90
 WINNER = "#d62728"
@@ -59,26 +64,6 @@ def _epoch_axis(ax, epochs: Sequence[int]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-
-
-def fmt_value(value: Any) -> str:
-    """A grid value for labels and tables: ``1e-05``, ``0.001``, ``256x256``, a name as is."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # nan, inf, -inf
-    if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        mantissa, _, exp = f"{value:.2e}".partition("e")  # 7.11e-04 -> 7.11e-4, 1.00e-05 -> 1e-5
-        mantissa = mantissa.rstrip("0").rstrip(".")
-        return f"{mantissa}e{exp[0]}{exp[1:].lstrip('0')}"
-    return f"{value:g}"
-
-
-def point_label(params: Mapping[str, Any]) -> str:
-    """``lr=0.001, hidden=256x256``; a single-param point shows only its value."""
-    if len(params) == 1:
-        return fmt_value(next(iter(params.values())))
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "final"
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -138,6 +123,23 @@ def loss_vs_lr(curve: Mapping[str, Any], path: Path, *, skip: tuple[int, int] = 
     ax.set_title("LR range test")
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     return _save(fig, path, left=0.1, bottom=0.15)
+
+
+KIND_PLOTS: dict[str, Callable[[Mapping[str, Any], Path], Path | None]] = {
+    "loss_vs_lr": loss_vs_lr,
+}
+"""The plots a stage kind may ask for by name (:class:`tuner.tune.kinds.base.Figure`)."""
+
+
+def draw_figure(figure: Figure, path: Path) -> Path | None:
+    """Draw a kind's :class:`~tuner.tune.kinds.base.Figure` to ``path``."""
+    try:
+        plot = KIND_PLOTS[figure.plot]
+    except KeyError:
+        raise ValueError(
+            f"no plot {figure.plot!r} for {figure.file}; known: {', '.join(KIND_PLOTS)}"
+        ) from None
+    return plot(figure.data, path)
 
 
 def cv_errorbars(

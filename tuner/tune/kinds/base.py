@@ -17,7 +17,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuner.config import Invalid, StageSpec, TrainConfig, message
@@ -35,12 +34,15 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class Figure:
-    """A plot a kind adds to the report and the study's artifacts: ``draw(path)`` writes a PNG
-    named ``file`` (``None`` when there is nothing to draw)."""
+    """A plot a kind adds to the report and the study's artifacts: a PNG named ``file``, drawn
+    by the function of :mod:`tuner.report.plots` that ``plot`` names (see its ``KIND_PLOTS``)
+    from ``data``. The kind says what to draw; drawing is the report's, so that ``tune``
+    imports nothing of ``report``."""
 
     file: str
     caption: str
-    draw: Callable[[Path], Path | None]
+    plot: str
+    data: Mapping[str, Any]
 
 
 class PointSource:

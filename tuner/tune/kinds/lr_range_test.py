@@ -17,9 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tuner.config import Choice, Number, StageSpec, TrainConfig, values_errors
+from tuner.config import (
+    Choice,
+    Number,
+    StageSpec,
+    TrainConfig,
+    fmt_value,
+    point_label,
+    values_errors,
+)
 from tuner.errors import PlanError
-from tuner.report.plots import fmt_value, loss_vs_lr, point_label
 from tuner.train.options import optimizers
 from tuner.tune.kinds.base import Figure, PointSource, StageKind
 from tuner.tune.runs import (
@@ -177,7 +184,7 @@ class RangeTest(StageKind):
         curve = attrs.get(self.name)
         if not curve:
             return []
-        return [Figure(f"{self.name}.png", "LR range test", lambda path: loss_vs_lr(curve, path))]
+        return [Figure(f"{self.name}.png", "LR range test", "loss_vs_lr", curve)]
 
     def extra_seconds(self, attrs: Mapping[str, Any]) -> float:
         return float((attrs.get(self.name) or {}).get("seconds", 0.0))
