@@ -198,6 +198,19 @@ def test_formats_give_the_same_prepared_data(tmp_path):
     frame = pd.read_csv(csv)
     variants = {
         "semicolons.csv": lambda p: frame.to_csv(p, index=False, sep=";"),
+        # a European spreadsheet's export: decimal commas between semicolons
+        "european.csv": lambda p: frame.to_csv(p, index=False, sep=";", decimal=","),
+        # Excel's "CSV UTF-8": a byte-order mark and CRLF line ends
+        "excel.csv": lambda p: frame.to_csv(
+            p, index=False, encoding="utf-8-sig", lineterminator="\r\n"
+        ),
+        # cells padded with spaces, a padded missing-value marker
+        "padded.csv": lambda p: p.write_text(
+            frame.astype(object)
+            .where(frame.notna(), "?")
+            .map(lambda v: f" {v}  ")
+            .to_csv(index=False)
+        ),
         "tabs.tsv": lambda p: frame.to_csv(p, index=False, sep="\t"),
         "t.csv.gz": lambda p: p.write_bytes(gzip.compress(csv.read_bytes())),
         "t.parquet": lambda p: frame.to_parquet(p),

@@ -68,8 +68,9 @@ CANONICAL_VAL_FRACTION = 0.15 / 0.85  # canonical: validation share of the train
 
 PREPARE_VERSION = 1
 """Bump when the prepared arrays for the same inputs change; part of the cache key."""
-TABLE_VERSION = 1
-"""Bump when a table's encoding for the same inputs changes; part of a table's cache key."""
+TABLE_VERSION = 2
+"""Bump when a table's encoding for the same inputs changes; part of a table's cache key.
+2: numbers with a decimal comma are numbers (1 one-hot encoded them as text)."""
 
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
