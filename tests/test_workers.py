@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -57,3 +58,44 @@ def test_two_concurrent_workers_share_the_grid(tmp_path, msd_file):
     assert_each_point_complete_once(trials)
     assert len(trials) == 3  # no duplicate, no failed trial
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_trial_its_dead_worker_never_named_in_its_claim_is_failed_on_takeover(tmp_path):
+    """A worker that dies between creating a point's trial and writing the trial's id into
+    its claim leaves a RUNNING trial the claim does not name. The worker that takes the
+    claim over finds it by its ``worker`` attr and fails it: no trial stays RUNNING."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from tuner.tune.claims import ClaimTable, new_owner_id
+    from tuner.tune.coordination import Coordinator
+    from tuner.tune.state import point_key
+    from tuner.tune.studies import create_trial
+
+    url = f"sqlite:///{tmp_path / 'studies.sqlite3'}"
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(study_name="tiny.weight_decay", storage=storage)
+    claims = ClaimTable(url, grace_period_s=3600)  # only the dead process frees the claim
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    me = new_owner_id()
+    dead = me.replace(f":{os.getpid()}:", f":{int(gone.stdout)}:")
+    dists = {"weight_decay": CategoricalDistribution((0.0, 0.01))}
+    points = [{"weight_decay": 0.0}, {"weight_decay": 0.01}]
+    keys = [point_key(p) for p in points]
+    left = []
+    for point, key in zip(points, keys, strict=True):
+        assert claims.try_claim(study.study_name, key, dead, is_free=lambda c: False)[0]
+        left.append(create_trial(storage, study, point, dists, dead)[1])
+    claims.set_trial(study.study_name, keys[1], dead, left[1])  # the second got that far
+
+    settings = SimpleNamespace(group_size=0, heartbeat_interval=1, poll_interval=0.1)
+    taker = Coordinator("tiny", storage, claims, me, settings)
+    assert taker.claim_points(study, study.get_trials(), keys) == keys
+    assert [storage.get_trial(t).state for t in left] == [TrialState.FAIL, TrialState.FAIL]
+    claims.close()
+    storage.engine.dispose()

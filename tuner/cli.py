@@ -471,9 +471,9 @@ def _abandon(session, err: BaseException) -> None:
     from optuna.trial import TrialState
 
     from tuner.errors import StorageLost
+    from tuner.tune.coordination import running_trials_of
     from tuner.tune.state import SETTLED, point_key
     from tuner.tune.storage import connection_failure, corrupt_database, error_line
-    from tuner.tune.studies import running_trials_of
 
     if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
         return  # nothing can be written there

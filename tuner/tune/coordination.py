@@ -173,6 +173,17 @@ class Coordinator:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
 
+    def fail_left_running(self, study_name: str, key: str, previous: Claim) -> None:
+        """Fail what the worker whose claim on point ``key`` we took over left RUNNING: the
+        trial its claim names, or, when it died between creating its trial and naming it in
+        the claim, its RUNNING trial of that point."""
+        if previous.trial_id is not None:
+            self.fail_if_running(previous.trial_id)
+            return
+        for trial_id, trial in running_trials_of(self.storage, study_name, previous.owner):
+            if point_key(trial.params) == key:
+                self.fail_if_running(trial_id)
+
     @staticmethod
     def check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
         errors = [
@@ -215,8 +226,25 @@ class Coordinator:
             )
             if got:
                 claimed.append(key)
-                if previous is not None and previous.trial_id is not None:
-                    self.fail_if_running(previous.trial_id)
+                if previous is not None:
+                    self.fail_left_running(study.study_name, key, previous)
                 if len(claimed) >= limit:
                     break
         return claimed
+
+
+def running_trials_of(
+    storage: optuna.storages.BaseStorage, study_name: str, worker: str
+) -> list[tuple[int, FrozenTrial]]:
+    """``(storage id, trial)`` of the RUNNING trials of ``study_name`` that ``worker``
+    created."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return []
+    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    return [
+        (storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t)
+        for t in running
+        if t.user_attrs.get("worker") == worker
+    ]

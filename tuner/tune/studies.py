@@ -300,7 +300,8 @@ def create_trial(
     tuner picks the points (grid order, claims, TPE rounds): no Optuna sampler is asked, so
     the trial is created from a template, as ``study.add_trial`` does for finished trials. The
     ``worker`` user attr is part of the template: a worker stopped right after the insert
-    still finds (and fails) the trial it created (:func:`running_trials_of`).
+    still finds (and fails) the trial it created, and so does a worker that takes its claim
+    over (:func:`tuner.tune.coordination.running_trials_of`).
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     template = FrozenTrial(
@@ -318,23 +319,6 @@ def create_trial(
     )
     trial_id = storage.create_new_trial(study_id, template_trial=template)
     return optuna.Trial(study, trial_id), trial_id
-
-
-def running_trials_of(
-    storage: optuna.storages.BaseStorage, study_name: str, worker: str
-) -> list[tuple[int, FrozenTrial]]:
-    """``(storage id, trial)`` of the RUNNING trials of ``study_name`` that ``worker``
-    created."""
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return []
-    running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-    return [
-        (storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t)
-        for t in running
-        if t.user_attrs.get("worker") == worker
-    ]
 
 
 def data_summary(prepared: Prepared) -> dict[str, Any]:
