@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from types import SimpleNamespace
 
+import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from tests._util import (
@@ -16,7 +21,11 @@ from tests._util import (
     stage_trials,
     write_tiny_plan,
 )
+from tuner.tune.claims import ClaimTable, new_owner_id
+from tuner.tune.coordination import Coordinator
+from tuner.tune.state import point_key
 from tuner.tune.storage import default_storage_url
+from tuner.tune.studies import create_trial
 
 
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):
@@ -64,18 +73,6 @@ def test_a_trial_its_dead_worker_never_named_in_its_claim_is_failed_on_takeover(
     """A worker that dies between creating a point's trial and writing the trial's id into
     its claim leaves a RUNNING trial the claim does not name. The worker that takes the
     claim over finds it by its ``worker`` attr and fails it: no trial stays RUNNING."""
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
-    import optuna
-    from optuna.distributions import CategoricalDistribution
-
-    from tuner.tune.claims import ClaimTable, new_owner_id
-    from tuner.tune.coordination import Coordinator
-    from tuner.tune.state import point_key
-    from tuner.tune.studies import create_trial
-
     url = f"sqlite:///{tmp_path / 'studies.sqlite3'}"
     storage = optuna.storages.RDBStorage(url)
     study = optuna.create_study(study_name="tiny.weight_decay", storage=storage)

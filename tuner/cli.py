@@ -472,7 +472,7 @@ def _abandon(session, err: BaseException) -> None:
 
     from tuner.errors import StorageLost
     from tuner.tune.coordination import running_trials_of
-    from tuner.tune.state import SETTLED, point_key
+    from tuner.tune.state import SETTLED
     from tuner.tune.storage import connection_failure, corrupt_database, error_line
 
     if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
@@ -495,10 +495,11 @@ def _abandon(session, err: BaseException) -> None:
                 if state == TrialState.RUNNING:
                     fail(claim.trial_id)
             else:  # stopped between creating the point's trial and recording it in the claim
-                mine = running_trials_of(session.storage, claim.study_name, session.owner)
-                for trial_id, t in mine:
-                    if point_key(t.params) == claim.point:
-                        fail(trial_id)
+                mine = running_trials_of(
+                    session.storage, claim.study_name, session.owner, claim.point
+                )
+                for trial_id in mine:
+                    fail(trial_id)
             session.claims.release(claim.study_name, claim.point, session.owner)
     except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
         logger.warning(

@@ -180,9 +180,8 @@ class Coordinator:
         if previous.trial_id is not None:
             self.fail_if_running(previous.trial_id)
             return
-        for trial_id, trial in running_trials_of(self.storage, study_name, previous.owner):
-            if point_key(trial.params) == key:
-                self.fail_if_running(trial_id)
+        for trial_id in running_trials_of(self.storage, study_name, previous.owner, key):
+            self.fail_if_running(trial_id)
 
     @staticmethod
     def check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:
@@ -234,17 +233,18 @@ class Coordinator:
 
 
 def running_trials_of(
-    storage: optuna.storages.BaseStorage, study_name: str, worker: str
-) -> list[tuple[int, FrozenTrial]]:
-    """``(storage id, trial)`` of the RUNNING trials of ``study_name`` that ``worker``
-    created."""
+    storage: optuna.storages.BaseStorage, study_name: str, worker: str, point: str
+) -> list[int]:
+    """Storage ids of the RUNNING trials of point ``point`` (its :func:`point_key`) in
+    ``study_name`` that ``worker`` created: what a worker stopped between creating a trial and
+    naming it in its claim left behind."""
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
         return []
     running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     return [
-        (storage.get_trial_id_from_study_id_trial_number(study_id, t.number), t)
+        storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         for t in running
-        if t.user_attrs.get("worker") == worker
+        if t.user_attrs.get("worker") == worker and point_key(t.params) == point
     ]
