@@ -69,3 +69,19 @@ def msd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"
     synthetic.write_uci(path, years, features)
     return path
+
+
+SERVICE_FIXTURES = {"postgres_server": "postgres", "engine": "docker"}
+"""A test that uses one of these fixtures needs that service: it gets the service's marker."""
+SERVICE_MARKERS = ("postgres", "browser", "docker")
+"""Tests that need a service (a PostgreSQL server, Chromium, a Docker engine) are slow too, so
+``pytest -m "not slow"`` runs without any service installed."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in SERVICE_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        if any(item.get_closest_marker(m) for m in SERVICE_MARKERS):
+            item.add_marker("slow")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests._util import (
     run_cli,
     write_tiny_plan,
 )
 
 
+@pytest.mark.slow
 def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     write_tiny_plan(tmp_path)
     run = run_cli("run-all", "--plan", "tiny", "--data", str(msd_file), cwd=tmp_path, check=True)
@@ -67,6 +70,7 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     assert "already complete" in again.stderr
 
 
+@pytest.mark.slow
 def test_status_of_a_fresh_workdir_is_all_pending(tmp_path):
     proc = run_cli("status", "--plan", "quick", "--json", cwd=tmp_path, check=True)
     status = json.loads(proc.stdout)
@@ -75,12 +79,14 @@ def test_status_of_a_fresh_workdir_is_all_pending(tmp_path):
     assert status["stages"][1]["n_total"] == 5
 
 
+@pytest.mark.slow
 def test_missing_predecessor_exits_2_naming_the_stage(tmp_path, msd_file):
     proc = run_cli("run-stage", "init", "--plan", "quick", "--data", str(msd_file), cwd=tmp_path)
     assert proc.returncode == 2
     assert "'lr' first" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_with_one_line(tmp_path, msd_file):
     cases = [
         ("run-stage", "nonsense", "--plan", "quick", "--data", str(msd_file)),
@@ -105,6 +111,7 @@ def test_every_command_has_help(tmp_path):
         assert "usage:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_data_file_exits_2_and_writes_nothing(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -119,6 +126,7 @@ def test_bad_data_file_exits_2_and_writes_nothing(tmp_path):
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_final_on_a_zip_scores_the_published_test_split(tmp_path, msd_file):
     import math
     import zipfile

@@ -42,6 +42,7 @@ def _studies(base: str) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_api_has_one_study_per_stage_each_with_its_note(dashboard):
     base = _base(dashboard)
     assert get_json(f"{base}/api/meta")["artifact_is_available"] is True
@@ -78,6 +79,7 @@ def test_api_has_one_study_per_stage_each_with_its_note(dashboard):
             assert get_bytes(url).startswith(PNG)
 
 
+@pytest.mark.browser
 def test_dashboard_in_chromium_shows_every_study_and_a_note(dashboard):
     base = _base(dashboard)
     for budget in (15_000, 60_000):  # virtual time; a slow machine gets a second, longer look
@@ -94,6 +96,7 @@ def test_dashboard_in_chromium_shows_every_study_and_a_note(dashboard):
     assert "Fixed from earlier stages" in dom and "winner" in dom, dom[-2000:]
 
 
+@pytest.mark.slow
 def test_dashboard_command_prints_its_url_and_stops_on_sigterm(run):
     proc = popen_cli("dashboard", "--workdir", str(run), "--port", "0", cwd=run)
     try:
@@ -121,6 +124,7 @@ def test_dashboard_on_a_missing_storage_exits_2(tmp_path, capsys):
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.slow
 def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_file):
     """SQLite: the dashboard reads every study, trial and artifact in a loop while a worker in
     another process creates the study and trains, writes and tells its trials."""
@@ -172,6 +176,7 @@ def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_fi
         assert detail["note"]["body"].startswith("## Stage `weight_decay` (cv): done, 3/3")
 
 
+@pytest.mark.slow
 def test_notes_and_study_artifacts_are_idempotent_across_workers(run, msd_file):
     """Every worker that finishes a stage writes its note and summary plot: the same text, and
     the same artifact ID, so a second writer changes nothing."""

@@ -19,6 +19,7 @@ def _blobs(n=1200, seed=0):
     return as_tensors(x.astype(np.float32), y)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_per_seed_and_learns():
     data = _blobs()
     cfg = TrainConfig(hidden=(16,), lr=1e-2, batch_size=32)

@@ -79,6 +79,7 @@ def test_fmt_value_handles_nan_and_inf():
     assert fmt_value(1e-5) == "1e-5" and fmt_value(2e6) == "2e+6"
 
 
+@pytest.mark.slow
 def test_status_json_is_strict_and_report_works_with_non_finite_stored_values(
     tmp_path, uci_file, capsys
 ):
@@ -142,6 +143,7 @@ def _corrupt_storages(tmp_path: Path, capsys) -> list[Path]:
     return [text, truncated]
 
 
+@pytest.mark.slow
 def test_a_corrupt_sqlite_file_is_one_line_naming_it_for_every_command(tmp_path, uci_file, capsys):
     data = str(uci_file(n=300))
     for work in _corrupt_storages(tmp_path, capsys):
@@ -194,6 +196,7 @@ def test_disk_full_writing_the_model_fails_the_final_trial_and_a_rerun_completes
     assert (models / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_database_full_while_telling_a_result_fails_the_trials_and_a_rerun_completes(
     tmp_path, uci_file, capsys, monkeypatch
 ):
@@ -227,6 +230,7 @@ def test_database_full_while_telling_a_result_fails_the_trials_and_a_rerun_compl
 
 
 # -- environment errors (#6) -------------------------------------------------------------------
+@pytest.mark.slow
 def test_environment_errors_and_out_of_range_numbers_are_one_line(tmp_path, uci_file):
     data = str(uci_file(n=300, name="in/data.txt"))
     work = tmp_path / "work"
@@ -314,6 +318,7 @@ def test_redact_hides_passwords_wherever_they_sit():
     assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
 
 
+@pytest.mark.slow
 def test_a_refused_connection_with_a_query_password_does_not_print_it(tmp_path):
     url = "postgresql://tuner@127.0.0.1:1/tuner?password=SeKrEt1&sslpassword=SeKrEt2"
     proc = run_cli("status", "--plan", "quick", "--storage", url, cwd=tmp_path)
@@ -373,6 +378,7 @@ def test_passwords_in_a_postgresql_url_never_leave_the_process(tmp_path, uci_fil
 
 
 # -- SIGTERM (#10) -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_fails_running_trials_exits_143_and_the_next_run_resumes(tmp_path, msd_file):
     write_tiny_plan(tmp_path, wd_epochs=30)  # seconds per point: caught while it trains
     url = default_storage_url(tmp_path)

@@ -32,6 +32,7 @@ def _complete_points(state):
     return [point_key(t.params) for t in state.trials if t.state == TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_stages_chain_winners_through_the_storage(workdir, msd_file):
     s = session(workdir, str(msd_file))
     lr = s.run_stage("lr")
@@ -93,6 +94,7 @@ def test_fix_runs_a_stage_without_its_predecessors(workdir, msd_file):
         session(workdir, str(msd_file), fixes={"activation": "gelu"}).run_stage("activation")
 
 
+@pytest.mark.slow
 def test_finished_stage_is_not_rerun_and_force_makes_a_new_study(workdir, msd_file, caplog):
     s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
     first = s.run_stage("weight_decay")
@@ -107,6 +109,7 @@ def test_finished_stage_is_not_rerun_and_force_makes_a_new_study(workdir, msd_fi
     assert s.stage_state("weight_decay").study == "tiny.weight_decay.v2"
 
 
+@pytest.mark.slow
 def test_changed_predecessor_starts_a_new_study(workdir, msd_file):
     s = session(workdir, str(msd_file), fixes={"lr": "0.01"})
     s.run_stage("weight_decay")
@@ -117,6 +120,7 @@ def test_changed_predecessor_starts_a_new_study(workdir, msd_file):
     assert state.fixed_params == {"lr": 0.02}
 
 
+@pytest.mark.slow
 def test_resume_trains_only_unfinished_points(workdir, msd_file):
     s = session(workdir, str(msd_file), fixes={"lr": "0.01"}, group_size=1)
     calls = []
@@ -240,6 +244,7 @@ def test_real_rows_run_through_a_stage_and_the_final_job(tmp_path, real_head):
     assert metrics["n_test"] == len(s2.data().test[1]) > 150
 
 
+@pytest.mark.slow
 def test_extended_plan_runs_end_to_end_and_its_model_predicts(tmp_path, msd_file):
     """The shipped extended plan (architecture grid, TPE rounds, schedules, class weights,
     dropout, an early-stopped final with restored best weights) on 3,000 rows; without its

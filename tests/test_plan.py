@@ -181,6 +181,7 @@ def test_a_plan_named_after_a_file_with_an_odd_name_must_set_its_name(tmp_path):
     assert _load(tmp_path, text, file="my plan.toml").name == "mine"
 
 
+@pytest.mark.slow
 def test_a_bad_name_stops_the_cli_before_anything_is_written(tmp_path):
     from tests._util import run_cli
 
@@ -300,6 +301,7 @@ def test_bad_fix_values_are_refused(fixes, message):
         coerce_params(fixes, where="--fix")
 
 
+@pytest.mark.slow
 def test_fix_inf_or_nan_stops_the_cli_before_anything_runs(tmp_path, msd_file):
     from tests._util import run_cli, write_tiny_plan
 

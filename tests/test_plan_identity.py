@@ -32,6 +32,7 @@ def _edit(workdir, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+@pytest.mark.slow
 def test_an_edited_plan_under_the_same_name_gets_new_studies_and_an_unchanged_one_reuses(
     workdir, msd_file, caplog
 ):
@@ -129,6 +130,7 @@ def _forget_plan_content(workdir) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_a_study_from_before_plan_identity_is_reused_only_when_its_stage_agrees(workdir, msd_file):
     s = session(workdir, str(msd_file), fixes=FIXES)
     first = s.run_stage("activation")
@@ -149,6 +151,7 @@ def test_a_study_from_before_plan_identity_is_reused_only_when_its_stage_agrees(
         s.close()
 
 
+@pytest.mark.slow
 def test_an_edited_plans_final_model_and_report_say_what_they_overwrite(workdir, msd_file, caplog):
     s = session(workdir, str(msd_file), fixes=ALL_FIXED)
     original = run_final(s)

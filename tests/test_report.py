@@ -53,6 +53,7 @@ def _sections(md: str) -> dict[str, str]:
     return {p.splitlines()[0]: p for p in parts[1:]}
 
 
+@pytest.mark.slow
 def test_run_all_writes_the_plots(run):
     out = run / "reports" / "tiny"
     assert "report:" in (run / "run-all.stdout").read_text()
@@ -67,6 +68,7 @@ def test_run_all_writes_the_plots(run):
             assert len(im.convert("L").getcolors(256)) > 20, name  # lines and text, not blank
 
 
+@pytest.mark.slow
 def test_report_md_has_data_stages_final_and_wall_times(run, studies):
     md = (run / "reports" / "tiny" / "report.md").read_text()
     sections = _sections(md)
@@ -126,6 +128,7 @@ def _kind(stage: str) -> str:
     return {"lr": "lr_range_test", "weight_decay": "cv"}.get(stage, "sweep")
 
 
+@pytest.mark.slow
 def test_report_html_is_self_contained(run):
     text = (run / "reports" / "tiny" / "report.html").read_text()
     md = (run / "reports" / "tiny" / "report.md").read_text()
@@ -140,6 +143,7 @@ def test_report_html_is_self_contained(run):
     assert "<table>" in text and "<h2" in text
 
 
+@pytest.mark.slow
 def test_report_command_rewrites_the_report_without_data(run, tmp_path):
     out = tmp_path / "again"
     # --data defaults to uci: the report reads the storage and the cache, never the source
@@ -167,6 +171,7 @@ def test_report_of_a_plan_that_has_not_run(tmp_path):
     assert (tmp_path / "reports" / "tiny" / "report.html").is_file()
 
 
+@pytest.mark.browser
 def test_report_html_renders_in_chromium(run, tmp_path):
     # report.html has no script of its own; a copy with one reports what the browser decoded
     page = tmp_path / "report.html"

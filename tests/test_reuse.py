@@ -113,6 +113,7 @@ def run_plan(workdir: Path, data: Path, *, reuse: bool) -> tuple[Session, dict]:
     return s, metrics
 
 
+@pytest.mark.slow
 def test_reuse_keeps_decisions_and_final_scores_and_skips_identical_training(tmp_path, msd_file):
     on, m_on = run_plan(tmp_path / "on", msd_file, reuse=True)
     off, m_off = run_plan(tmp_path / "off", msd_file, reuse=False)
@@ -255,6 +256,7 @@ def _each_point_once(trials, n_points: int) -> None:
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow
 def test_two_workers_reuse_each_point_once(tmp_path, msd_file):
     write_chain_plan(tmp_path)
     data = ("--data", str(msd_file))
@@ -272,6 +274,7 @@ def test_two_workers_reuse_each_point_once(tmp_path, msd_file):
     assert reused[0].user_attrs["reused_from"].startswith("chain.init#")
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_with_reuse(tmp_path, msd_file):
     write_chain_plan(tmp_path, epochs=25)
     data = ("--data", str(msd_file))

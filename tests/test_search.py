@@ -94,6 +94,7 @@ def test_a_small_categorical_space_runs_out_instead_of_repeating():
     assert sorted(p["activation"] for p in propose(spec, [], 5, seed=0)) == ["gelu", "relu"]
 
 
+@pytest.mark.slow
 def test_tpe_stage_runs_in_rounds_from_the_incumbent_and_resumes(tmp_path, msd_file, monkeypatch):
     _write_plan(tmp_path)
     real = objectives.evaluate_points
@@ -158,6 +159,7 @@ def test_incumbent_inside_the_space_is_the_first_point(tmp_path, msd_file):
         s.close()
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_tpe_stage(tmp_path, msd_file):
     _write_plan(tmp_path)
     args = ("run-stage", "regularization", "--plan", "searchy", "--data", str(msd_file))

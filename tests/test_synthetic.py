@@ -41,6 +41,7 @@ def test_prior_constants() -> None:
     assert isinstance(synthetic.GENERATOR_VERSION, int)
 
 
+@pytest.mark.slow
 def test_full_size_counts_are_exactly_the_real_prior() -> None:
     years, features = generate(FULL_ROWS, seed=0)
     assert years.shape == (FULL_ROWS,)

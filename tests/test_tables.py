@@ -67,6 +67,7 @@ def _table(tmp_path: Path, n: int = 400, seed: int = 0, name: str = "t.csv") -> 
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_real_table_from_csv_to_model_and_predictions(tmp_path, penguins_csv):
     write_tiny_plan(tmp_path)
     args = ("--plan", "tiny", "--data", str(penguins_csv), "--target", "species")
@@ -118,6 +119,7 @@ def test_real_table_from_csv_to_model_and_predictions(tmp_path, penguins_csv):
     assert "**Target:** `species`" in report and "| species | train |" in report
 
 
+@pytest.mark.slow
 def test_unseen_category_and_missing_values_at_predict_time_are_not_errors(tmp_path):
     data = _table(tmp_path)
     write_tiny_plan(tmp_path)
@@ -183,6 +185,7 @@ def test_a_file_that_is_not_parquet_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_table_flags_need_a_target_and_uci_takes_none(tmp_path, uci_file):
     proc = run_cli("prepare", "--data", str(uci_file()), "--scaler", "quantile", cwd=tmp_path)
     assert proc.returncode == 2 and "--target" in proc.stderr
@@ -321,6 +324,7 @@ def test_splits_by_column_group_and_test_file(tmp_path):
     assert with_test.manifest["n_test"] == 50 and with_test.manifest["n_train"] + with_test.manifest["n_val"] == n
 
 
+@pytest.mark.slow
 def test_a_toml_description_is_the_same_as_flags(tmp_path):
     data = _table(tmp_path)
     desc = tmp_path / "sub" / "mydata.toml"
@@ -352,6 +356,7 @@ def test_the_uci_cache_key_is_unchanged_by_tables():
     assert cache_key("abc", table) != cache_key("abc", DataSpec(source="t.csv", rows=5000, target="z"))
 
 
+@pytest.mark.slow
 def test_a_value_too_large_to_standardize_is_refused_not_turned_into_nan(tmp_path, uci_file):
     """One cell of 1e308 used to make a whole standardized column NaN (and the stage 'pick a
     winner' at chance level)."""

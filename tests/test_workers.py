@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -28,6 +29,7 @@ from tuner.tune.storage import default_storage_url
 from tuner.tune.studies import create_trial
 
 
+@pytest.mark.slow
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):
     write_tiny_plan(tmp_path, wd_epochs=4)
     args = ("run-stage", "weight_decay", "--data", str(msd_file), *WORKER_ARGS)
@@ -55,6 +57,7 @@ def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_fil
     assert "weight_decay" in done.stdout
 
 
+@pytest.mark.slow
 def test_two_concurrent_workers_share_the_grid(tmp_path, msd_file):
     write_tiny_plan(tmp_path, wd_epochs=3)
     args = ("run-stage", "weight_decay", "--data", str(msd_file), *WORKER_ARGS)
