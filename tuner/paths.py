@@ -14,11 +14,14 @@ edited plan under the same name overwrites another's.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,18 +94,43 @@ def record_plan(directory: Path, plan: Plan, what: str) -> None:
     write_text(directory / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: never a half file. An
-    ``OSError`` (a full disk, a read-only directory) names ``path``."""
+def atomic_write(path: Path, write: Callable[[str], None], *, mode: int = 0o644) -> None:
+    """Write ``path`` whole with ``write(filename)``; an ``OSError`` (a full disk, a read-only
+    directory) names ``path``.
+
+    A regular file (or a new one) is written through a temp file in its directory, then
+    renamed onto it: never a half file, and the file gets ``mode`` (the temp file's 0600 would
+    otherwise carry over to a report or a predictions file). A symbolic link is followed: its
+    target is written that way and the link stays a link. Anything else that exists and is not
+    a regular file (a character device such as ``/dev/null``, a FIFO, a socket, what
+    ``/proc/self/fd/1`` points at) is written directly: renaming onto it would replace the
+    device node or the pipe with a plain file that no reader sees."""
+    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        kind = os.stat(path).st_mode  # follows links: what the path ends at
+    except FileNotFoundError:
+        kind = None
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    if kind is not None and stat.S_ISDIR(kind):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    if kind is not None and not stat.S_ISREG(kind):
+        try:
+            write(str(path))
+        except OSError as err:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        return
+    target = Path(os.path.realpath(path))  # a link's target (or a dangling link's)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     except OSError as err:
         raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno is not None:
@@ -111,15 +139,13 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Write ``text`` whole through :func:`atomic_write`, readable by anyone (``mode``: the
-    temp file's 0600 would otherwise carry over to a report or a predictions file)."""
+    """Write ``text`` whole through :func:`atomic_write` (``mode``: a regular file's)."""
 
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    def write(filename: str) -> None:
+        with open(filename, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        os.chmod(tmp, mode)
 
-    atomic_write(Path(path), write)
+    atomic_write(Path(path), write, mode=mode)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:

@@ -9,7 +9,6 @@ train (the learning-curve artifact of each trial), so they stay cheap: small fig
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,11 +43,7 @@ def _save(fig, path: Path, *, left=0.1, right=0.97, bottom=0.16, top=0.88, wspac
     fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
     path = Path(path)
 
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for anyone who reads reports
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
