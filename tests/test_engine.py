@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.engine import as_tensors, train
 from tuner.train.lr_range import range_test, snap, steepest_lr
 from tuner.train.model import build_model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.engine import History, as_tensors, train
 from tuner.train.fused import train_group
 from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules

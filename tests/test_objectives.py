@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.engine import as_tensors, train
 from tuner.train.fused import Compute, train_one
 from tuner.train.tensors import TensorData

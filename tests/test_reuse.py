@@ -15,11 +15,12 @@ import torch
 from optuna.trial import TrialState
 
 from tests._util import popen_cli, run_cli, stage_trials
-from tuner.config import FinalSpec, TrainConfig
+from tuner.config import FinalSpec
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
 from tuner.plan import load_plan, parse_plan
 from tuner.report.notes import DashboardNotes
+from tuner.train.config import TrainConfig
 from tuner.train.fused import train_one
 from tuner.train.tensors import TensorData
 from tuner.tune.final import run_final

@@ -14,7 +14,7 @@ from tests._util import REPO
 _STEPS = """
 import resource, torch
 from tuner.train.fused import FusedGroup
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.runtime import keep_freed_memory
 
 assert keep_freed_memory()

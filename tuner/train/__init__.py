@@ -2,7 +2,7 @@
 
 * :mod:`tuner.train.options`: every named choice of a configuration (activation, norm, init,
   optimizer, schedule, class weight), declared once with what each engine needs of it;
-* :mod:`tuner.train.model`: the MLP built from a :class:`~tuner.config.TrainConfig`, its
+* :mod:`tuner.train.model`: the MLP built from a :class:`~tuner.train.config.TrainConfig`, its
   optimizer, learning-rate schedule and class weights (the options' reference forms);
 * :mod:`tuner.train.engine`: the reference training loop (autograd, in-memory tensors), short
   enough to hold in one's head; the fused engine is tested against it;

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.model import build_model, class_weights, make_optimizer, make_scheduler
 from tuner.train.options import norms
 

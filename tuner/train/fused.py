@@ -85,7 +85,7 @@ from typing import Generic, TypeVar
 import torch
 from torch import nn
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
 from tuner.train.model import build_model, class_weights
 from tuner.train.options import activations, norms, optimizers, schedules

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torch_lr_finder import LRFinder
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.engine import batch_indices, seeded
 from tuner.train.model import build_model, make_optimizer
 

@@ -1,5 +1,5 @@
-"""The MLP that every stage trains, built from a :class:`~tuner.config.TrainConfig`, and how it
-is optimised: optimizer, learning-rate schedule and training-loss class weights.
+"""The MLP that every stage trains, built from a :class:`~tuner.train.config.TrainConfig`, and
+how it is optimised: optimizer, learning-rate schedule and training-loss class weights.
 
 ``Linear(in, h1) -> [norm] -> act -> [dropout] -> ... -> Linear(hk, classes)``; the published
 Model_2 is ``hidden = (256, 256)``, Model_1 ``(128, 128)`` and Model_3 ``(256, 128, 64)``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.options import activations, inits, losses, norms, optimizers, schedules
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from tuner.config import StageSpec, TrainConfig
+from tuner.config import StageSpec
+from tuner.train.config import TrainConfig
 from tuner.train.engine import repeat_seeds
 from tuner.train.fused import Compute
 from tuner.train.tensors import TensorData

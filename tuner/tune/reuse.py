@@ -36,8 +36,9 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
+from tuner.config import FinalSpec, StageSpec, content_hash, planned_epochs
 from tuner.paths import inside
+from tuner.train.config import TrainConfig
 from tuner.train.engine import EarlyStopping
 
 if TYPE_CHECKING:

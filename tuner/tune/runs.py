@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import torch
 
-from tuner.config import StageSpec, TrainConfig, planned_epochs
+from tuner.config import StageSpec, planned_epochs
+from tuner.train.config import TrainConfig
 from tuner.train.engine import EarlyStopping, EpochStats, History
 from tuner.train.fused import Compute, FusedGroup, train_group
 from tuner.train.tensors import TensorData
