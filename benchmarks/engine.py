@@ -1,4 +1,4 @@
-"""Training throughput: the published-style loop, tuner.train.engine.train, and fused groups.
+"""Training throughput: the published-style loop, tuner.train.reference.train, and fused groups.
 
 Prints one JSON line per case (plus a first line describing the machine and the measured
 matrix-product peaks)::
@@ -14,7 +14,7 @@ Cases (all a 256x256 GELU MLP, batch 128, Adam):
   published study trained every trial;
 * ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.train.fused.train_one`,
   a fused group of one;
-* ``reference``: one trial through :func:`tuner.train.engine.train` (autograd, index-sliced
+* ``reference``: one trial through :func:`tuner.train.reference.train` (autograd, index-sliced
   in-memory batches): the loop fused training is tested against;
 * ``fused``: :func:`tuner.train.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
   each with its own learning rate (the worst case for the optimizer: one fused call per
@@ -49,12 +49,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import synthetic  # noqa: E402
-from tuner.train.engine import as_tensors, train  # noqa: E402
+from tuner.train.config import TrainConfig  # noqa: E402
 from tuner.train.fused import train_group, train_one  # noqa: E402
 from tuner.train.model import build_model, make_optimizer  # noqa: E402
+from tuner.train.reference import train  # noqa: E402
 from tuner.train.runtime import keep_freed_memory  # noqa: E402
+from tuner.train.tensors import as_tensors  # noqa: E402
 
 HIDDEN = (256, 256)
 BATCH = 128
@@ -137,7 +138,7 @@ def engine(x, y, vx, vy, steps: int) -> float:
 
 
 def reference(x, y, vx, vy, steps: int) -> float:
-    """Seconds of one ``engine.train`` epoch (the autograd reference loop fused training is
+    """Seconds of one ``reference.train`` epoch (the autograd reference loop fused training is
     tested against) of ``steps`` steps, its evaluation included."""
     n = steps * BATCH
     _, hist = train(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)

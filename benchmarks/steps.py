@@ -43,8 +43,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuner.config import TrainConfig  # noqa: E402
 from tuner.train import fused  # noqa: E402
+from tuner.train.config import TrainConfig  # noqa: E402
 from tuner.train.runtime import keep_freed_memory  # noqa: E402
 
 BATCH = 128

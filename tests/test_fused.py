@@ -1,4 +1,4 @@
-"""Fused group training: every member trains exactly as it would alone through engine.train."""
+"""Fused group training: every member trains exactly as it would alone through reference.train."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from tuner.train.config import TrainConfig
-from tuner.train.engine import History, as_tensors, train
 from tuner.train.fused import train_group
+from tuner.train.history import History
 from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+from tuner.train.reference import train
+from tuner.train.tensors import as_tensors
 
 N_CLASSES = 10
 RTOL = 1e-4  # on train and validation losses
@@ -100,7 +102,7 @@ def test_batchnorm_with_adam_and_no_weight_decay():
     """The Linear bias before a BatchNorm has a zero gradient up to rounding noise; Adam (and
     RMSprop) without weight decay normalise that noise into steps of about lr. The bias leaves
     the training loss unchanged (batch statistics cancel it) but moves the running mean, so the
-    validation loss follows the noise: engine.train itself differs by up to ~0.1% between 1 and
+    validation loss follows the noise: reference.train itself differs by up to ~0.1% between 1 and
     2 threads here. Train losses still match to RTOL; validation losses to 1%."""
     x, y, vx, vy = DATA
     cfgs = [_cfg(lr=3e-2, norm="batch"), _cfg(lr=3e-3, norm="batch", optimizer="adamw")]
@@ -208,7 +210,7 @@ FAMILY_SETTINGS: dict[str, dict] = {
 def test_every_registered_option_trains_as_in_the_reference_engine(field, name):
     """Every entry of every registry in tuner.train.options, alone in a stack and in a mixed
     stack (itself at a second learning rate, and another entry of its family), trains as
-    engine.train trains it alone. An entry without its fused half cannot be instantiated
+    reference.train trains it alone. An entry without its fused half cannot be instantiated
     (abstract methods); one whose fused half differs from its reference form fails here."""
     names = list(FIELDS[field])
     other = names[(names.index(name) + 1) % len(names)]
@@ -237,9 +239,8 @@ def test_class_weights_follow_each_members_training_rows():
 def test_dropout_step_matches_autograd_with_the_same_masks():
     """One SGD step of a dropout member equals autograd through the same masks, which come
     from the member's own generator (seed ^ _DROPOUT_SEED), one draw per hidden layer."""
-    from tuner.train.engine import seeded
     from tuner.train.fused import _DROPOUT_SEED, FusedGroup, dropout_mask
-    from tuner.train.model import build_model
+    from tuner.train.model import build_model, seeded
 
     x, y, _, _ = DATA
     cfg = _cfg(dropout=0.4, optimizer="sgd", momentum=0.0, lr=0.1, activation="gelu")

@@ -340,8 +340,8 @@ def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | N
     from tuner.data.prepare import prepare
     from tuner.plan import load_plan
     from tuner.report.notes import DashboardNotes
+    from tuner.train.compute import Compute
     from tuner.train.config import coerce_params
-    from tuner.train.fused import Compute
     from tuner.tune.stages import Session, Settings, check_stage_name
     from tuner.tune.storage import default_storage_url
 

@@ -174,6 +174,11 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    """The seeds of a point's repeats: the run's seed first, so ``repeats = 1`` is one run."""
+    return [seed + r for r in range(repeats)]
+
+
 def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) -> int:
     """``epochs``, or more where that many epochs over ``n_rows`` rows would take fewer than
     ``min_steps`` optimizer steps: a plan written for the full data set still trains a small

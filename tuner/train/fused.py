@@ -3,9 +3,9 @@
 :func:`train_group` trains ``K`` MLPs of the same widths and batch size as one stacked model:
 layer ``l`` of all members is a ``[K, out, in]`` weight tensor and one batched matrix product
 (``torch.baddbmm``) runs the layer for every member at once. Each member keeps its own
-initialisation (built exactly as :func:`tuner.train.engine.train` builds it), its own optimizer state,
+initialisation (built exactly as :func:`tuner.train.reference.train` builds it), its own optimizer state,
 learning rate, weight decay and momentum, its own activation and normalisation, and sees the
-batches that :func:`tuner.train.engine.train` would show it alone (the same per-epoch permutation from
+batches that :func:`tuner.train.reference.train` would show it alone (the same per-epoch permutation from
 a generator seeded by its seed, the same last partial batch). Members that share the seed and
 the training rows see the very same batches (common random numbers), and then the input batch
 is gathered once for all of them.
@@ -17,14 +17,14 @@ its seed, so a member draws the same masks in any group, and members that share 
 their masks.
 
 What is measured does not change: member ``k``'s per-epoch train loss, validation loss and
-validation accuracy equal what ``engine.train(cfgs[k], ...)`` reports for it alone (with
-dropout: what the same member reports trained alone here, since ``engine.train`` draws its masks
+validation accuracy equal what ``reference.train(cfgs[k], ...)`` reports for it alone (with
+dropout: what the same member reports trained alone here, since ``reference.train`` draws its masks
 from torch's global generator), up to floating-point rounding (different GEMM blocking and a fused optimizer kernel: relative
 differences ~1e-7 after a few epochs; see ``tests/test_fused.py``). One case follows the
 rounding noise further: the Linear bias in front of a normalization over the batch has a zero
 gradient up to noise, which an optimizer that divides by a running gradient scale turns, without
 weight decay, into steps of about ``lr``; the training loss does not see it, the running mean
-(hence the validation loss, ~1e-3 relative) does -- as much as ``engine.train`` itself differs
+(hence the validation loss, ~1e-3 relative) does -- as much as ``reference.train`` itself differs
 between one and two threads.
 
 The activations, normalizations, optimizers and schedules themselves are entries of
@@ -68,15 +68,12 @@ batched GEMM reads without copying.
 
 ``precision="bf16"`` runs the GEMMs (forward and backward) on bfloat16 copies of activations,
 gradients and weights, like ``torch.autocast("cpu", dtype=torch.bfloat16)`` would, and keeps
-fp32 master weights, optimizer state, normalisation and the loss. It pays only where the CPU
-has native bf16 dot products (AVX512-BF16 / AMX); elsewhere oneDNN emulates them and it is far
-slower than fp32.
+fp32 master weights, optimizer state, normalisation and the loss (:mod:`tuner.train.compute`).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -85,19 +82,16 @@ from typing import Generic, TypeVar
 import torch
 from torch import nn
 
+from tuner.train.batches import batch_sizes
+from tuner.train.compute import PRECISIONS, Compute
 from tuner.train.config import TrainConfig
-from tuner.train.engine import EVAL_BATCH, EarlyStopping, EpochStats, History, batch_sizes, seeded
-from tuner.train.model import build_model, class_weights
+from tuner.train.history import EarlyStopping, EpochStats, History
+from tuner.train.model import EVAL_BATCH, build_model, class_weights, seeded
 from tuner.train.options import activations, norms, optimizers, schedules
 from tuner.train.options.activations import Activation
 from tuner.train.options.norms import Norm
 from tuner.train.options.optimizers import Optimizer
 from tuner.train.options.schedules import Schedule
-
-logger = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
 
 _DROPOUT_SEED = 0x5EED  # a member's dropout masks come from a generator seeded seed ^ this
 _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over members (16 MB fp32)
@@ -105,44 +99,6 @@ _EVAL_ELEMENTS = 1 << 22  # activations per evaluation chunk, summed over member
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
 
 _E = TypeVar("_E", Activation, Norm)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU has bf16 dot products (AVX512-BF16 or AMX) for oneDNN to use."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-@dataclass(frozen=True)
-class Compute:
-    """Where fused groups train and in which precision (``--device``, ``--precision``)."""
-
-    device: str = "cpu"
-    precision: str = "fp32"
-
-    @classmethod
-    def resolve(cls, device: str = "auto", precision: str = "fp32") -> Compute:
-        """``device="auto"`` picks CUDA when torch sees a GPU. Raises ``ValueError`` for an
-        unknown name, for ``cuda`` without a GPU, and for bf16 on a CPU without bf16 support."""
-        if device not in DEVICES:
-            raise ValueError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}"
-            )
-        has_cuda = torch.cuda.is_available()
-        if device == "cuda" and not has_cuda:
-            raise ValueError("--device cuda: torch sees no CUDA device here (try --device auto)")
-        resolved = "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-        if precision == "bf16" and resolved == "cpu":
-            if not torch.backends.mkldnn.is_available():
-                raise ValueError("--precision bf16 needs oneDNN (mkldnn) on the CPU")
-            if not cpu_has_native_bf16():
-                logger.warning(
-                    "--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so "
-                    "oneDNN emulates it and training is several times slower than fp32"
-                )
-        return cls(resolved, precision)
 
 
 # --------------------------------------------------------------------------------------------
@@ -861,7 +817,7 @@ def train_group(
 ) -> list[History]:
     """Train ``cfgs`` together as one stacked model; return one :class:`History` per member.
 
-    Member ``k`` trains as ``engine.train(cfgs[k], (x[train_idx[k]], y[train_idx[k]]),
+    Member ``k`` trains as ``reference.train(cfgs[k], (x[train_idx[k]], y[train_idx[k]]),
     (val_x[val_idx[k]], val_y[val_idx[k]]), epochs=epochs, seed=seeds[k], ...)`` would train
     it alone: the same initial weights, batches, optimizer and per-epoch statistics (up to
     floating-point rounding). All members must share ``hidden`` and ``batch_size``; activation,
@@ -931,7 +887,7 @@ def train_group(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             members = fg.active  # original indices, stack order
-            # One permutation per distinct (seed, n), drawn in the order engine.train would.
+            # One permutation per distinct (seed, n), drawn in the order reference.train would.
             perms = {}
             for i in members:
                 key = (fg.seeds[i], n_rows[i])
@@ -1022,7 +978,7 @@ def train_one(
     on_epoch: Callable[[EpochStats], None] | None = None,
     compute: Compute | None = None,
 ) -> tuple[nn.Module, History]:
-    """One trial through the fused engine; the contract of :func:`tuner.train.engine.train`.
+    """One trial through the fused engine; the contract of :func:`tuner.train.reference.train`.
 
     ``patience``: stop when validation loss has not improved for that many epochs.
     ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.

@@ -25,9 +25,10 @@ from typing import Any, Protocol
 import torch
 
 from tuner.config import StageSpec, planned_epochs
+from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
-from tuner.train.engine import EarlyStopping, EpochStats, History
-from tuner.train.fused import Compute, FusedGroup, train_group
+from tuner.train.fused import FusedGroup, train_group
+from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.tensors import TensorData
 from tuner.tune.decide import interval
 from tuner.tune.reuse import FinalRule, Keeper

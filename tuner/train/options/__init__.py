@@ -3,7 +3,7 @@
 A :class:`~tuner.train.config.TrainConfig` field that names a choice (``activation = "..."``)
 is looked up in its family's registry, and the entry carries everything every engine needs: the
 reference form (``nn.Module``, ``torch.optim``, ``torch.optim.lr_scheduler``) that
-:mod:`tuner.train.model` builds for :mod:`tuner.train.engine` and :mod:`tuner.train.lr_range`,
+:mod:`tuner.train.model` builds for :mod:`tuner.train.reference` and :mod:`tuner.train.lr_range`,
 and the stacked forward/backward/step that :mod:`tuner.train.fused` runs. Plan validation
 accepts exactly the registered names (:mod:`tuner.plan`), and the tests walk every registry,
 so an entry that one engine cannot run fails a test, not a run.

@@ -2,7 +2,7 @@
 
 An entry is the activation for both engines: :meth:`Activation.module` is the ``nn.Module``
 that :func:`tuner.train.model.build_model` puts in the reference MLP (what
-:func:`tuner.train.engine.train` trains with autograd), and :meth:`Activation.forward` /
+:func:`tuner.train.reference.train` trains with autograd), and :meth:`Activation.forward` /
 :meth:`Activation.backward` are what the fused engine (:mod:`tuner.train.fused`) computes on
 one run of members of its stack, a ``[k, batch, width]`` slice, with the kernels autograd runs
 for that module, so that a member trains in a stack as it trains alone.
