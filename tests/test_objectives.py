@@ -13,7 +13,7 @@ import torch
 
 from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
-from tuner.train.fused import train_one
+from tuner.train.loop import train_one
 from tuner.train.reference import train
 from tuner.train.tensors import TensorData, as_tensors
 from tuner.tune.kinds import stage_spec

@@ -23,8 +23,8 @@ from tuner.config import planned_epochs
 from tuner.data.target import class_word
 from tuner.paths import atomic_write, save_torch
 from tuner.train.config import TrainConfig
-from tuner.train.fused import train_one
 from tuner.train.history import EpochStats
+from tuner.train.loop import train_one
 from tuner.train.model import build_model, evaluate
 from tuner.tune import reuse
 from tuner.tune.objectives import PointResult

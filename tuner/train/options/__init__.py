@@ -4,7 +4,8 @@ A :class:`~tuner.train.config.TrainConfig` field that names a choice (``activati
 is looked up in its family's registry, and the entry carries everything every engine needs: the
 reference form (``nn.Module``, ``torch.optim``, ``torch.optim.lr_scheduler``) that
 :mod:`tuner.train.model` builds for :mod:`tuner.train.reference` and :mod:`tuner.train.lr_range`,
-and the stacked forward/backward/step that :mod:`tuner.train.fused` runs. Plan validation
+and the stacked forward/backward/step that the fused engine (:mod:`tuner.train.layers`,
+:mod:`tuner.train.stack`) runs. Plan validation
 accepts exactly the registered names (:mod:`tuner.plan`), and the tests walk every registry,
 so an entry that one engine cannot run fails a test, not a run.
 

@@ -26,8 +26,8 @@ from tuner.checks import Number
 from tuner.config import MAX_FOLDS, StageSpec
 from tuner.errors import PlanError, StageError
 from tuner.train.config import TrainConfig
-from tuner.train.fused import FusedGroup
 from tuner.train.history import History
+from tuner.train.stack import FusedGroup
 from tuner.tune.kinds.base import StageKind
 from tuner.tune.runs import Folds, Member, PointResult, Run, diverged, summarize
 
