@@ -6,7 +6,9 @@ Model_2 is ``hidden = (256, 256)``, Model_1 ``(128, 128)`` and Model_3 ``(256, 1
 
 The configuration's named choices (activation, norm, init, optimizer, schedule, class weight)
 are entries of :mod:`tuner.train.options`; this module reads a configuration and asks each
-entry for its reference form (module, ``torch.optim`` optimizer, scheduler, weights).
+entry for its reference form (module, ``torch.optim`` optimizer, scheduler, weights). Weights
+are drawn from torch's global generator, reproducibly under :func:`seeded`; :func:`evaluate`
+scores a model (the reference engine's validation, the final model's test metrics).
 """
 
 from __future__ import annotations

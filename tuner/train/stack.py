@@ -17,9 +17,9 @@ shared and the GEMMs are ``K`` times larger; from about six members on, GEMMs ar
 step, the activation's forward and backward ~15% and the fused optimizer step ~6%. To remove
 what is not arithmetic the stack
 
-* runs the backward pass by hand (:mod:`tuner.train.layers`: the network is fixed), with the
-  ATen backward kernels autograd would call, so no graph is recorded and every gradient is
-  written straight into a preallocated ``[K, ...]`` buffer (``out=``);
+* runs the backward pass by hand, layer by layer (:mod:`tuner.train.layers`), with the ATen
+  backward kernels autograd would call, so no graph is recorded and every gradient is written
+  straight into a preallocated ``[K, ...]`` buffer (``out=``);
 * steps the optimizers with one call for all members that share the optimizer and its
   hyperparameters, over slices of the stacked buffers built once: torch's fused multi-tensor
   kernels where torch has one (one pass over memory instead of ~8 elementwise passes), its
@@ -27,8 +27,11 @@ what is not arithmetic the stack
 * never synchronises per step (no ``.item()``): losses come back as a ``[K]`` tensor;
 * evaluates in chunks under ``torch.inference_mode()``.
 
-Members are kept sorted by (norm, activation), so each kind is one slice of the stack, then by
-optimizer settings, so that members stepped by one call are neighbours.
+The network is data: the layers :func:`tuner.train.layers.mlp` lists, each holding the
+positions of its tensors in the stack's one parameter list (gradients and optimizer state are
+lists alongside), run forward in order and backward in reverse. Members are kept sorted by
+(norm, activation), so each kind is one slice of the stack, then by optimizer settings, so
+that members stepped by one call are neighbours.
 """
 
 from __future__ import annotations
