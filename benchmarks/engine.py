@@ -1,4 +1,4 @@
-"""Training throughput: the published-style loop, tuner.train.engine.train, and fused groups.
+"""Training throughput: the published-style loop, tuner.train.reference.train, and fused groups.
 
 Prints one JSON line per case (plus a first line describing the machine and the measured
 matrix-product peaks)::
@@ -12,11 +12,11 @@ Cases (all a 256x256 GELU MLP, batch 128, Adam):
 * ``published``: one trial through ``torch.utils.data.DataLoader(TensorDataset, batch_size=128,
   shuffle=True)``, ``zero_grad / backward / step`` and ``loss.item()`` per step -- how the
   published study trained every trial;
-* ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.train.fused.train_one`,
+* ``engine``: one trial as tuner trains it alone (the final job): :func:`tuner.train.loop.train_one`,
   a fused group of one;
-* ``reference``: one trial through :func:`tuner.train.engine.train` (autograd, index-sliced
+* ``reference``: one trial through :func:`tuner.train.reference.train` (autograd, index-sliced
   in-memory batches): the loop fused training is tested against;
-* ``fused``: :func:`tuner.train.fused.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
+* ``fused``: :func:`tuner.train.loop.train_group` on groups of ``--trials`` members (1, 3, 12, 25),
   each with its own learning rate (the worst case for the optimizer: one fused call per
   member; ``--same-lr`` gives them all 1e-3); ``--precisions fp32 bf16``.
 
@@ -49,12 +49,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.config import TrainConfig  # noqa: E402
 from tuner.data import synthetic  # noqa: E402
-from tuner.train.engine import as_tensors, train  # noqa: E402
-from tuner.train.fused import train_group, train_one  # noqa: E402
+from tuner.train.config import TrainConfig  # noqa: E402
+from tuner.train.loop import train_group, train_one  # noqa: E402
 from tuner.train.model import build_model, make_optimizer  # noqa: E402
+from tuner.train.reference import train  # noqa: E402
 from tuner.train.runtime import keep_freed_memory  # noqa: E402
+from tuner.train.tensors import as_tensors  # noqa: E402
 
 HIDDEN = (256, 256)
 BATCH = 128
@@ -130,14 +131,14 @@ def published(x, y, steps: int) -> float:
 
 def engine(x, y, vx, vy, steps: int) -> float:
     """Seconds of one epoch of ``steps`` steps of a single trial as tuner trains it
-    (``fused.train_one``, the final job's path; its evaluation included)."""
+    (``loop.train_one``, the final job's path; its evaluation included)."""
     n = steps * BATCH
     _, hist = train_one(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
     return hist.epochs[0].seconds
 
 
 def reference(x, y, vx, vy, steps: int) -> float:
-    """Seconds of one ``engine.train`` epoch (the autograd reference loop fused training is
+    """Seconds of one ``reference.train`` epoch (the autograd reference loop fused training is
     tested against) of ``steps`` steps, its evaluation included."""
     n = steps * BATCH
     _, hist = train(cfg_for(0), (x[:n], y[:n]), (vx, vy), epochs=1, seed=0, n_classes=N_CLASSES)
@@ -148,7 +149,7 @@ def fused(x, y, vx, vy, steps: int, trials: int, precision: str) -> float:
     n = steps * BATCH
     """Seconds of one ``train_group`` epoch of ``steps`` steps (its evaluation included)."""
     cfgs = [cfg_for(k) for k in range(trials)]
-    hists = train_group(
+    result = train_group(
         cfgs,
         x[:n],
         y[:n],
@@ -159,7 +160,7 @@ def fused(x, y, vx, vy, steps: int, trials: int, precision: str) -> float:
         n_classes=N_CLASSES,
         precision=precision,
     )
-    return hists[0].epochs[0].seconds
+    return result.histories[0].epochs[0].seconds
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Step time of the fused engine for the seed plan's stage groups, optionally against a git revision.
+"""Step time of the fused stack for the seed plan's stage groups, optionally against a git revision.
 
 A step is one optimizer step of every member of a group on one batch of 128 rows (forward,
 backward, optimizer), as in a stage of the seed plan (256x256 MLP, lr 1e-4):
@@ -10,12 +10,13 @@ backward, optimizer), as in a stage of the seed plan (256x256 MLP, lr 1e-4):
 * ``weight_decay``: 5 weight decays x 5 folds (25 members, each fold its own rows).
 
 Timing on a shared machine moves by a third between runs, so ``--against REV`` loads the
-fused engine of that git revision next to the working tree's and times both in the same
+fused stack of that git revision next to the working tree's and times both in the same
 process, in interleaved blocks, and reports medians: differences of a few percent then show.
 ``REV``'s whole ``tuner/`` package is extracted (``git archive``) into a temporary directory
-under the name ``tuner_rev`` (its imports of ``tuner`` rewritten), so its fused engine runs
-with its own model, options and ``TrainConfig``; both layouts work (``tuner_rev.train.fused``,
-or ``tuner_rev.fused`` before fb77cc7).
+under the name ``tuner_rev`` (its imports of ``tuner`` rewritten), so its stack runs with its
+own model, options and ``TrainConfig``; every layout works (``FusedGroup`` in
+``tuner_rev.train.stack``, in ``tuner_rev.train.fused`` before the engine was split, in
+``tuner_rev.fused`` before fb77cc7).
 
     python benchmarks/steps.py                          # the working tree only
     python benchmarks/steps.py --against HEAD~1         # and the previous commit, interleaved
@@ -43,8 +44,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuner.config import TrainConfig  # noqa: E402
-from tuner.train import fused  # noqa: E402
+from tuner.train import stack  # noqa: E402
+from tuner.train.config import TrainConfig  # noqa: E402
 from tuner.train.runtime import keep_freed_memory  # noqa: E402
 
 BATCH = 128
@@ -67,8 +68,9 @@ _TUNER_IMPORT = re.compile(r"^(\s*(?:from|import))\s+tuner\b", re.MULTILINE)
 
 
 def package_at(rev: str) -> tuple[ModuleType, type]:
-    """The fused engine and ``TrainConfig`` of git revision ``rev``: its whole ``tuner/``
-    package extracted into a temporary directory as ``tuner_rev`` and imported from there."""
+    """The module with ``FusedGroup`` and the ``TrainConfig`` of git revision ``rev``: its
+    whole ``tuner/`` package extracted into a temporary directory as ``tuner_rev`` and
+    imported from there."""
     root = Path(tempfile.mkdtemp(prefix="tuner-steps-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     archive = subprocess.run(
@@ -81,10 +83,14 @@ def package_at(rev: str) -> tuple[ModuleType, type]:
         text = path.read_text(encoding="utf-8")
         path.write_text(_TUNER_IMPORT.sub(rf"\1 {REV_PACKAGE}", text), encoding="utf-8")
     sys.path.insert(0, str(root))
-    layout = "train.fused" if (package / "train" / "fused.py").is_file() else "fused"
-    fused_rev = importlib.import_module(f"{REV_PACKAGE}.{layout}")
+    layout = next(
+        name
+        for name in ("train.stack", "train.fused", "fused")
+        if (package / name.replace(".", "/")).with_suffix(".py").is_file()
+    )
+    stack_rev = importlib.import_module(f"{REV_PACKAGE}.{layout}")
     plan_rev = importlib.import_module(f"{REV_PACKAGE}.plan")
-    return fused_rev, plan_rev.TrainConfig
+    return stack_rev, plan_rev.TrainConfig
 
 
 def batches(k: int, shared: bool, n: int, gen: torch.Generator):
@@ -105,7 +111,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=240, help="member-steps per block (/ members)")
     args = ap.parse_args()
     keep_freed_memory()
-    versions: dict[str, tuple[ModuleType, type]] = {"worktree": (fused, TrainConfig)}
+    versions: dict[str, tuple[ModuleType, type]] = {"worktree": (stack, TrainConfig)}
     if args.against:
         versions[args.against] = package_at(args.against)
     gen = torch.Generator().manual_seed(0)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
-from tuner.train.engine import as_tensors, train
+from tuner.train.config import TrainConfig
 from tuner.train.lr_range import range_test, snap, steepest_lr
 from tuner.train.model import build_model
+from tuner.train.reference import train
+from tuner.train.tensors import as_tensors
 
 
 def _blobs(n=1200, seed=0):

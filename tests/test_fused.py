@@ -1,4 +1,4 @@
-"""Fused group training: every member trains exactly as it would alone through engine.train."""
+"""Fused group training: every member trains exactly as it would alone through reference.train."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
-from tuner.train.engine import History, as_tensors, train
-from tuner.train.fused import train_group
+from tuner.train.config import TrainConfig
+from tuner.train.history import History
+from tuner.train.loop import train_group
 from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+from tuner.train.reference import train
+from tuner.train.tensors import as_tensors
 
 N_CLASSES = 10
 RTOL = 1e-4  # on train and validation losses
@@ -57,7 +59,9 @@ def _assert_same(fused: History, alone: History, n_val: int, what: str = "") -> 
 
 def _check_group(cfgs, seeds, *, epochs=3, data=DATA):
     x, y, vx, vy = data
-    fused = train_group(cfgs, x, y, vx, vy, epochs=epochs, seeds=seeds, n_classes=N_CLASSES)
+    fused = train_group(
+        cfgs, x, y, vx, vy, epochs=epochs, seeds=seeds, n_classes=N_CLASSES
+    ).histories
     assert len(fused) == len(cfgs)
     for cfg, seed, hist in zip(cfgs, seeds, fused, strict=True):
         _assert_same(hist, _alone(cfg, x, y, vx, vy, epochs=epochs, seed=seed), len(vx), str(cfg))
@@ -100,11 +104,11 @@ def test_batchnorm_with_adam_and_no_weight_decay():
     """The Linear bias before a BatchNorm has a zero gradient up to rounding noise; Adam (and
     RMSprop) without weight decay normalise that noise into steps of about lr. The bias leaves
     the training loss unchanged (batch statistics cancel it) but moves the running mean, so the
-    validation loss follows the noise: engine.train itself differs by up to ~0.1% between 1 and
+    validation loss follows the noise: reference.train itself differs by up to ~0.1% between 1 and
     2 threads here. Train losses still match to RTOL; validation losses to 1%."""
     x, y, vx, vy = DATA
     cfgs = [_cfg(lr=3e-2, norm="batch"), _cfg(lr=3e-3, norm="batch", optimizer="adamw")]
-    fused = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[4, 4], n_classes=N_CLASSES)
+    fused = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[4, 4], n_classes=N_CLASSES).histories
     for cfg, hist in zip(cfgs, fused, strict=True):
         alone = _alone(cfg, x, y, vx, vy, epochs=2, seed=4)
         for f, a in zip(hist.epochs, alone.epochs, strict=True):
@@ -161,7 +165,7 @@ def test_cv_folds_of_unequal_sizes():
         n_classes=N_CLASSES,
         train_idx=tr,
         val_idx=va,
-    )
+    ).histories
     for cfg, t, v, hist in zip(cfgs, tr, va, fused, strict=True):
         alone = _alone(cfg, x[t], y[t], x[v], y[v], epochs=2, seed=7)
         _assert_same(hist, alone, len(v), f"{cfg} fold of {len(t)}")
@@ -208,7 +212,7 @@ FAMILY_SETTINGS: dict[str, dict] = {
 def test_every_registered_option_trains_as_in_the_reference_engine(field, name):
     """Every entry of every registry in tuner.train.options, alone in a stack and in a mixed
     stack (itself at a second learning rate, and another entry of its family), trains as
-    engine.train trains it alone. An entry without its fused half cannot be instantiated
+    reference.train trains it alone. An entry without its fused half cannot be instantiated
     (abstract methods); one whose fused half differs from its reference form fails here."""
     names = list(FIELDS[field])
     other = names[(names.index(name) + 1) % len(names)]
@@ -229,17 +233,17 @@ def test_class_weights_follow_each_members_training_rows():
     cfgs = [_cfg(class_weight="balanced", label_smoothing=0.1)] * 2
     fused = train_group(
         cfgs, x, y, vx, vy, epochs=2, seeds=[1, 1], n_classes=N_CLASSES, train_idx=rows
-    )
+    ).histories
     for cfg, r, hist in zip(cfgs, rows, fused, strict=True):
         _assert_same(hist, _alone(cfg, x[r], y[r], vx, vy, epochs=2, seed=1), len(vx))
 
 
 def test_dropout_step_matches_autograd_with_the_same_masks():
     """One SGD step of a dropout member equals autograd through the same masks, which come
-    from the member's own generator (seed ^ _DROPOUT_SEED), one draw per hidden layer."""
-    from tuner.train.engine import seeded
-    from tuner.train.fused import _DROPOUT_SEED, FusedGroup, dropout_mask
-    from tuner.train.model import build_model
+    from the member's own generator (seed ^ DROPOUT_SEED), one draw per hidden layer."""
+    from tuner.train.loss import DROPOUT_SEED, dropout_mask
+    from tuner.train.model import build_model, seeded
+    from tuner.train.stack import FusedGroup
 
     x, y, _, _ = DATA
     cfg = _cfg(dropout=0.4, optimizer="sgd", momentum=0.0, lr=0.1, activation="gelu")
@@ -249,7 +253,7 @@ def test_dropout_step_matches_autograd_with_the_same_masks():
     fg.train_step(xb, yb)
     with seeded(3):
         model = build_model(cfg, 90, N_CLASSES)
-    gen = torch.Generator().manual_seed(3 ^ _DROPOUT_SEED)
+    gen = torch.Generator().manual_seed(3 ^ DROPOUT_SEED)
     h = xb
     lins = [m for m in model if isinstance(m, torch.nn.Linear)]
     for lin in lins[:-1]:
@@ -273,9 +277,11 @@ def test_dropout_member_trains_the_same_inside_a_group_and_alone():
         _cfg(dropout=0.5, schedule="cosine", lr=1e-2),
     ]
     seeds = [0, 0, 0, 1]
-    together = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES)
+    together = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES).histories
     for cfg, seed, hist in zip(cfgs, seeds, together, strict=True):
-        (alone,) = train_group([cfg], x, y, vx, vy, epochs=3, seeds=[seed], n_classes=N_CLASSES)
+        (alone,) = train_group(
+            [cfg], x, y, vx, vy, epochs=3, seeds=[seed], n_classes=N_CLASSES
+        ).histories
         _assert_same(hist, alone, len(vx), str(cfg))
     # dropout changes training: the p=0.3 member differs from the plain one with the same seed
     assert together[0].epochs[0].train_loss != pytest.approx(together[2].epochs[0].train_loss)
@@ -297,7 +303,7 @@ def test_dropped_member_leaves_the_others_unchanged():
 
     fused = train_group(
         cfgs, x, y, vx, vy, epochs=3, seeds=[4, 4, 4], n_classes=N_CLASSES, on_epoch=on_epoch
-    )
+    ).histories
     assert seen == [(1, [True, True, True]), (2, [True, False, True]), (3, [True, False, True])]
     assert len(fused[1].epochs) == 1 and fused[1].stopped_early
     assert not fused[0].stopped_early
@@ -321,11 +327,10 @@ def test_on_epoch_may_raise_to_stop():
 def test_exported_member_matches_the_model_trained_alone():
     x, y, vx, vy = DATA
     cfgs = [_cfg(norm="batch", lr=1e-3, weight_decay=1e-3), _cfg(norm="layer", optimizer="sgd")]
-    group = []
-    train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 0], n_classes=N_CLASSES, group=group)
+    result = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 0], n_classes=N_CLASSES)
     for k, cfg in enumerate(cfgs):
         model, _ = train(cfg, (x, y), (vx, vy), epochs=2, seed=0, n_classes=N_CLASSES)
-        exported = group[0].export(k)
+        exported = result.export(k)
         for name, ref in model.state_dict().items():
             got = exported.state_dict()[name]
             torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=name)
@@ -355,16 +360,16 @@ def test_bad_arguments():
         )
     with pytest.raises(ValueError, match="train_idx"):
         train_group([_cfg()], x, y, vx, vy, epochs=1, seeds=[0], n_classes=N_CLASSES, train_idx=[])
-    assert train_group([], x, y, vx, vy, epochs=1, seeds=[], n_classes=N_CLASSES) == []
+    assert train_group([], x, y, vx, vy, epochs=1, seeds=[], n_classes=N_CLASSES).histories == []
 
 
 def test_bf16_trains_close_to_fp32():
     x, y, vx, vy = DATA
     cfgs = [_cfg(lr=3e-3), _cfg(lr=3e-3, norm="layer", activation="gelu")]
-    fp32 = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=[0, 0], n_classes=N_CLASSES)
+    fp32 = train_group(cfgs, x, y, vx, vy, epochs=3, seeds=[0, 0], n_classes=N_CLASSES).histories
     bf16 = train_group(
         cfgs, x, y, vx, vy, epochs=3, seeds=[0, 0], n_classes=N_CLASSES, precision="bf16"
-    )
+    ).histories
     for a, b in zip(fp32, bf16, strict=True):
         assert a.final_acc > 0.3
         assert abs(a.final_acc - b.final_acc) <= 0.05
@@ -375,10 +380,10 @@ def test_bf16_trains_close_to_fp32():
 def test_cuda_matches_cpu():
     x, y, vx, vy = DATA
     cfgs = [_cfg(lr=2e-3), _cfg(norm="batch", optimizer="sgd"), _cfg(optimizer="rmsprop")]
-    cpu = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 1, 0], n_classes=N_CLASSES)
+    cpu = train_group(cfgs, x, y, vx, vy, epochs=2, seeds=[0, 1, 0], n_classes=N_CLASSES).histories
     gpu = train_group(
         cfgs, x, y, vx, vy, epochs=2, seeds=[0, 1, 0], n_classes=N_CLASSES, device="cuda"
-    )
+    ).histories
     for a, b in zip(cpu, gpu, strict=True):
         # TF32 may be on for CUDA matmuls: compare loosely.
         np.testing.assert_allclose(

@@ -1,6 +1,6 @@
 """Stage objectives on fused groups: the values a stage records are those of each grid point
 trained alone (sweeps, CV folds, repeats), and the final job's single-trial path keeps
-engine.train's early stopping and best-weights contract."""
+reference.train's early stopping and best-weights contract."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.config import TrainConfig
-from tuner.train.engine import as_tensors, train
-from tuner.train.fused import Compute, train_one
-from tuner.train.tensors import TensorData
+from tuner.train.compute import Compute
+from tuner.train.config import TrainConfig
+from tuner.train.loop import train_one
+from tuner.train.reference import train
+from tuner.train.tensors import TensorData, as_tensors
 from tuner.tune.kinds import stage_spec
 from tuner.tune.kinds.cv import cv_folds
 from tuner.tune.objectives import evaluate_points
@@ -200,12 +201,12 @@ def test_compute_resolves_devices_and_rejects_what_is_not_there():
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(caplog, monkeypatch):
-    import tuner.train.fused as fused
+    import tuner.train.compute as compute
 
-    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(compute, "cpu_has_native_bf16", lambda: False)
     assert Compute.resolve("cpu", "bf16") == Compute("cpu", "bf16")
     assert "no native bf16" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(fused, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(compute, "cpu_has_native_bf16", lambda: True)
     Compute.resolve("cpu", "bf16")
     assert "no native bf16" not in caplog.text

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import TrainConfig
 from tuner.errors import PlanError
 from tuner.plan import load_plan
+from tuner.train.config import TrainConfig
 from tuner.train.options import FIELDS, optimizers
 from tuner.tune.kinds import stage_spec
 
@@ -295,7 +295,7 @@ def test_a_plan_file_that_is_not_utf8_is_one_line(tmp_path):
     ],
 )
 def test_bad_fix_values_are_refused(fixes, message):
-    from tuner.config import coerce_params
+    from tuner.train.config import coerce_params
 
     with pytest.raises(PlanError, match=f"--fix: {message}"):
         coerce_params(fixes, where="--fix")

@@ -15,12 +15,13 @@ import torch
 from optuna.trial import TrialState
 
 from tests._util import popen_cli, run_cli, stage_trials
-from tuner.config import FinalSpec, TrainConfig
+from tuner.config import FinalSpec
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
 from tuner.plan import load_plan, parse_plan
 from tuner.report.notes import DashboardNotes
-from tuner.train.fused import train_one
+from tuner.train.config import TrainConfig
+from tuner.train.loop import train_one
 from tuner.train.tensors import TensorData
 from tuner.tune.final import run_final
 from tuner.tune.kinds import stage_spec
@@ -31,7 +32,7 @@ from tuner.tune.storage import default_storage_url
 
 # Sweeps that all train like the final job (same epochs, same seed): every later stage's
 # incumbent point is an earlier stage's winner, and the final model is the optimizer stage's
-# winning run. No BatchNorm: its pre-norm bias follows rounding noise (see tuner/train/fused.py), so
+# winning run. No BatchNorm: its pre-norm bias follows rounding noise (see tuner/train/loop.py), so
 # a run trained in another group is not the same to the last row of validation accuracy.
 CHAIN_PLAN = """
 name = "chain"

@@ -13,8 +13,8 @@ from tests._util import REPO
 # test process after hundreds of other tests.
 _STEPS = """
 import resource, torch
-from tuner.train.fused import FusedGroup
-from tuner.config import TrainConfig
+from tuner.train.stack import FusedGroup
+from tuner.train.config import TrainConfig
 from tuner.train.runtime import keep_freed_memory
 
 assert keep_freed_memory()

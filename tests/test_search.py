@@ -8,9 +8,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests._util import popen_cli, session, stage_trials
-from tuner.config import TrainConfig
 from tuner.errors import PlanError
 from tuner.plan import load_plan
+from tuner.train.config import TrainConfig
 from tuner.tune import objectives
 from tuner.tune.kinds import stage_spec
 from tuner.tune.objectives import evaluate_points

@@ -337,11 +337,11 @@ def data_spec(args: argparse.Namespace):
 def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
     """Open the plan on its storage. With ``with_data`` the data is read and validated first,
     so that a bad data file stops the command before anything (a storage file) is written."""
-    from tuner.config import coerce_params
     from tuner.data.prepare import prepare
     from tuner.plan import load_plan
     from tuner.report.notes import DashboardNotes
-    from tuner.train.fused import Compute
+    from tuner.train.compute import Compute
+    from tuner.train.config import coerce_params
     from tuner.tune.stages import Session, Settings, check_stage_name
     from tuner.tune.storage import default_storage_url
 

@@ -1,30 +1,28 @@
-"""The configuration every part of tuner reads: training runs, stages, plans, and their checks.
+"""Stages, the final job and plans: what a plan file becomes, and how values are written.
 
-:class:`TrainConfig` is one training run of the MLP, :class:`StageSpec` one stage (what every
-kind of stage shares; a kind's own options are its dataclass, see :mod:`tuner.tune.kinds`),
-:class:`FinalSpec` the final job and :class:`Plan` all of them. The value checks (``Number``,
-``Choice``, ``Widths``, ...) say what each plan value must be and produce the one-line errors
-the plan loader (:mod:`tuner.plan`) and the kinds report; :func:`fmt_value` and
+:class:`StageSpec` is one stage (what every kind of stage shares; a kind's own options are its
+dataclass, see :mod:`tuner.tune.kinds`), :class:`FinalSpec` the final job and :class:`Plan` all
+of them, with the :class:`~tuner.train.config.TrainConfig` they start from; a plan's and a
+stage's identity is the hash of their content (:func:`content_hash`). :func:`fmt_value` and
 :func:`point_label` are how a value and a point are written wherever one is shown. This module
-is data: it reads no file and knows no stage kind.
+is data: it reads no file and knows no stage kind. One training run's configuration is
+:mod:`tuner.train.config`'s, the value checks are :mod:`tuner.checks`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import math
-import numbers
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import PlanError
-from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+from tuner.train.config import TrainConfig
+from tuner.train.options import optimizers
 
 SAMPLERS = ("grid", "tpe")
 
@@ -32,340 +30,8 @@ OBJECTIVES = ("peak", "final", "mean")
 
 # Upper bounds of plan values: far beyond any sensible plan, low enough to catch a typo (a
 # stage of 5000 folds) before it runs.
-MAX_EPOCHS = 10_000
 MAX_FOLDS = 100
-MAX_WIDTH = 65_536
-MAX_LAYERS = 64
-MAX_BATCH = 1 << 24
 MAX_GRID_VALUES = 1_000
-MAX_NAME = 64
-
-
-# -- schema: what each plan value must be ------------------------------------------------------
-class Invalid(Exception):
-    """A value that does not fit its field: what was expected, and whether the value had the
-    wrong type (``kind="type"``), was outside the range (``"range"``) or not a known choice."""
-
-    def __init__(self, expected: str, kind: str = "type") -> None:
-        super().__init__(expected)
-        self.expected, self.kind = expected, kind
-
-
-def show(value: Any) -> str:
-    """A value as the user wrote it (TOML-like), cut short."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, float):
-        text = repr(value)
-    elif isinstance(value, (dt.date, dt.time)):
-        text = value.isoformat()
-    else:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def type_word(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, numbers.Integral):
-        return "an integer"
-    if isinstance(value, numbers.Real):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, (dt.date, dt.time)):
-        return "a date/time"
-    return type(value).__name__
-
-
-def message(key: str, value: Any, err: Invalid) -> str:
-    """One line naming the key, what it must be and what it got."""
-    if err.kind == "choice":
-        return f"unknown {key} {show(value)}; choose one of: {err.expected}"
-    got = show(value) + (f" ({type_word(value)})" if err.kind == "type" else "")
-    return f"{key} must be {err.expected}, got {got}"
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
-
-
-@dataclass(frozen=True)
-class Number:
-    """An integer or a finite float, within bounds. ``strict`` (plan files): only TOML numbers
-    of the right kind; else (``--fix`` strings, stored params) strings are parsed, and a float
-    that is a whole number is accepted as an integer."""
-
-    integer: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def range_text(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{_num(lo)}, {_num(hi)}{right}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {_num(lo)}"
-        if hi is not None:
-            return f"{'<' if self.high_open else '<='} {_num(hi)}"
-        return ""
-
-    def expected(self, finite: bool = False) -> str:
-        kind = "an integer" if self.integer else "a finite number" if finite else "a number"
-        rng = self.range_text()
-        return f"{kind} {rng}" if rng else kind
-
-    def parse(self, value: Any, strict: bool) -> int | float:
-        if isinstance(value, str) and not strict:
-            text = value.strip()
-            try:
-                value = int(text) if self.integer else float(text)
-            except ValueError:
-                raise Invalid(self.expected()) from None
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise Invalid(self.expected())
-        if self.integer:
-            if not isinstance(value, numbers.Integral):
-                if strict or not (math.isfinite(value) and float(value).is_integer()):
-                    raise Invalid(self.expected())
-            out: int | float = int(value)
-        else:
-            try:
-                out = float(value)
-            except OverflowError:
-                raise Invalid(self.expected(finite=True), "range") from None
-            if not math.isfinite(out):
-                raise Invalid(self.expected(finite=True), "range")
-        lo, hi = self.low, self.high
-        if (
-            lo is not None
-            and (out <= lo if self.low_open else out < lo)
-            or hi is not None
-            and (out >= hi if self.high_open else out > hi)
-        ):
-            raise Invalid(self.range_text(), "range")
-        return out
-
-
-@dataclass(frozen=True)
-class Choice:
-    choices: tuple[str, ...]
-
-    def parse(self, value: Any, strict: bool) -> str:
-        if isinstance(value, str) and value in self.choices:
-            return value
-        raise Invalid(", ".join(self.choices), "choice")
-
-
-@dataclass(frozen=True)
-class Bool:
-    def parse(self, value: Any, strict: bool) -> bool:
-        if isinstance(value, bool):
-            return value
-        raise Invalid("true or false")
-
-
-@dataclass(frozen=True)
-class Text:
-    def parse(self, value: Any, strict: bool) -> str:
-        if isinstance(value, str):
-            return value
-        raise Invalid("a string")
-
-
-@dataclass(frozen=True)
-class Name:
-    """A plan or stage name: it becomes part of study names and of paths under the workdir
-    (``models/<plan>/``, ``reports/<plan>/<stage>_cv.png``), so it is a plain identifier."""
-
-    # plan names may contain "." (never ".."); stage names may not: ``<plan>.<stage>.vN``
-    dots: bool
-
-    @property
-    def pattern(self) -> re.Pattern[str]:
-        return re.compile(
-            r"[A-Za-z0-9][A-Za-z0-9_.-]*" if self.dots else r"[A-Za-z0-9][A-Za-z0-9_-]*"
-        )
-
-    @property
-    def expected(self) -> str:
-        chars = 'letters, digits, "_", "-" and "."' if self.dots else 'letters, digits, "_" and "-"'
-        return (
-            f"{chars} only, starting with a letter or digit"
-            + (', without ".."' if self.dots else "")
-            + f", at most {MAX_NAME} characters"
-        )
-
-    def parse(self, value: Any, strict: bool) -> str:
-        if not isinstance(value, str):
-            raise Invalid(self.expected)
-        if len(value) > MAX_NAME or not self.pattern.fullmatch(value) or ".." in value:
-            raise Invalid(self.expected, "range")
-        return value
-
-
-@dataclass(frozen=True)
-class Widths:
-    """``hidden``: a list of layer widths, or ``"256x256"``."""
-
-    expected = (
-        f"a non-empty list of at most {MAX_LAYERS} integer widths in [1, {MAX_WIDTH}] "
-        '(e.g. [256, 256] or "256x256")'
-    )
-
-    def parse(self, value: Any, strict: bool) -> tuple[int, ...]:
-        if isinstance(value, str):
-            parts = value.lower().split("x")
-            if not all(p.strip().isdigit() for p in parts):
-                raise Invalid(self.expected)
-            widths = [int(p) for p in parts]
-        elif isinstance(value, (list, tuple)):
-            widths = []
-            for w in value:
-                if isinstance(w, bool) or not isinstance(w, numbers.Real):
-                    raise Invalid(self.expected)
-                if not isinstance(w, numbers.Integral):
-                    if strict or not (math.isfinite(w) and float(w).is_integer()):
-                        raise Invalid(self.expected)
-                widths.append(int(w))
-        else:
-            raise Invalid(self.expected)
-        if not 1 <= len(widths) <= MAX_LAYERS or not all(1 <= w <= MAX_WIDTH for w in widths):
-            raise Invalid(self.expected, "range")
-        return tuple(widths)
-
-
-FRACTION = Number(low=0, high=1, high_open=True)
-
-# The option fields accept exactly the names registered in tuner.train.options.
-_OPTIONS = {key: Choice(tuple(entries)) for key, entries in FIELDS.items()}
-
-TRAIN_SCHEMA: dict[str, Any] = {
-    "hidden": Widths(),
-    "activation": _OPTIONS["activation"],
-    "norm": _OPTIONS["norm"],
-    "init": _OPTIONS["init"],
-    "optimizer": _OPTIONS["optimizer"],
-    "lr": Number(low=0, low_open=True),
-    "weight_decay": Number(low=0),
-    "momentum": FRACTION,
-    "batch_size": Number(integer=True, low=1, high=MAX_BATCH),
-    "dropout": FRACTION,
-    "label_smoothing": FRACTION,
-    "class_weight": _OPTIONS["class_weight"],
-    "schedule": _OPTIONS["schedule"],
-}
-"""What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
-
-
-def values_errors(
-    key: str, values: Any, where: str, what: str, parse, errors: list[str], limit: int
-) -> None:
-    """``what`` (``grid.lr``, ``candidates``...) must be a non-empty list of distinct values,
-    each accepted by ``parse``."""
-    if not isinstance(values, list) or not values or len(values) > limit:
-        errors.append(
-            f"{where}: {what} must be a non-empty list of at most {limit} values, got "
-            f"{show(values)}"
-        )
-        return
-    seen: list[Any] = []
-    for j, v in enumerate(values):
-        try:
-            parsed = parse(v)
-        except Invalid as err:
-            errors.append(f"{where}: {what}[{j}]: {message(key, v, err)}")
-            continue
-        if parsed in seen:
-            errors.append(f"{where}: {what}[{j}]: {show(v)} is listed twice")
-        seen.append(parsed)
-
-
-def epochs_rule(low: int = 1) -> Number:
-    return Number(integer=True, low=low, high=MAX_EPOCHS)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines one training run of the MLP.
-
-    Stages tune these fields by name: a stage grid over ``activation`` varies :attr:`activation`
-    and keeps every other field as fixed by earlier stages or the defaults. The fields that
-    name a choice (activation, norm, init, optimizer, class_weight, schedule) take the names
-    registered in :mod:`tuner.train.options`, and default to each family's ``DEFAULT``.
-    """
-
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = activations.DEFAULT
-    norm: str = norms.DEFAULT
-    init: str = inits.DEFAULT
-    optimizer: str = optimizers.DEFAULT
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 128
-    dropout: float = 0.0  # after every hidden activation
-    label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
-    class_weight: str = losses.DEFAULT  # training loss weights per class
-    schedule: str = schedules.DEFAULT  # learning rate over the planned steps
-
-    def __post_init__(self) -> None:
-        errors = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            try:
-                TRAIN_SCHEMA[f.name].parse(value, strict=False)
-            except Invalid as err:
-                errors.append(message(f.name, value, err))
-        if errors:
-            raise PlanError("\n".join(errors))
-
-    def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
-        """Return a copy with ``params`` applied, coerced to each field's type."""
-        return dataclasses.replace(self, **coerce_params(params))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-
-TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
-FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing")
-
-
-def coerce_params(
-    params: Mapping[str, Any], *, strict: bool = False, where: str = ""
-) -> dict[str, Any]:
-    """Convert user- or storage-supplied values to :class:`TrainConfig` field types, checking
-    each against :data:`TRAIN_SCHEMA` (type, range, finiteness).
-
-    Values arrive as TOML scalars (``strict``: an integer field takes only an integer, a float
-    field only a number), ``--fix`` strings or Optuna-stored params; a width list may arrive as
-    ``"256x256"``. Raises :class:`PlanError` with one line per bad value, prefixed by ``where``.
-    """
-    out: dict[str, Any] = {}
-    errors: list[str] = []
-    for key, value in params.items():
-        if key not in TRAIN_SCHEMA:
-            errors.append(f"unknown parameter {key!r}; known: {', '.join(TRAIN_FIELDS)}")
-            continue
-        try:
-            out[key] = TRAIN_SCHEMA[key].parse(value, strict)
-        except Invalid as err:
-            errors.append(message(key, value, err))
-    if errors:
-        raise PlanError("\n".join(f"{where}: {e}" if where else e for e in errors))
-    return out
 
 
 LEGACY_OPTION_DEFAULTS: dict[str, Any] = {
@@ -506,6 +172,11 @@ def content_hash(obj: Any) -> str:
     """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    """The seeds of a point's repeats: the run's seed first, so ``repeats = 1`` is one run."""
+    return [seed + r for r in range(repeats)]
 
 
 def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) -> int:

@@ -2,18 +2,18 @@
 
 A plan is a TOML file in ``studies/`` (``seed.toml`` reproduces the published study,
 ``quick.toml`` is the same sequence made tiny). It is data, not code: this module only reads
-and validates it into the frozen dataclasses of :mod:`tuner.config` that the rest of the
-package consumes.
+and validates it into the frozen dataclasses of :mod:`tuner.config` (and
+:mod:`tuner.train.config`) that the rest of the package consumes.
 
 A plan has three parts:
 
 ``[defaults]``
     The training configuration before any stage has chosen anything (architecture, activation,
-    optimizer, ...). Every field of :class:`~tuner.config.TrainConfig` may be set.
+    optimizer, ...). Every field of :class:`~tuner.train.config.TrainConfig` may be set.
 ``[[stages]]``
     In order. Each stage has a ``kind`` (:mod:`tuner.tune.kinds`: how its points are found,
-    trained and scored) and tunes one or more :class:`~tuner.config.TrainConfig` fields over a
-    categorical grid, or over a ``[space]`` of ranges and choices searched by TPE
+    trained and scored) and tunes one or more :class:`~tuner.train.config.TrainConfig` fields
+    over a categorical grid, or over a ``[space]`` of ranges and choices searched by TPE
     (``sampler = "tpe"``, see :mod:`tuner.tune.search`), and fixes the winners for every later
     stage. The keys every stage takes are checked here, a kind's own keys by the kind.
 ``[final]``
@@ -29,33 +29,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuner.config import (
-    FINAL_STAGE,
-    FLOAT_FIELDS,
-    MAX_FOLDS,
-    MAX_GRID_VALUES,
-    OBJECTIVES,
-    SAMPLERS,
-    TRAIN_FIELDS,
-    TRAIN_SCHEMA,
+from tuner.checks import (
     Bool,
     Choice,
-    FinalSpec,
     Invalid,
     Name,
     Number,
-    Plan,
-    StageSpec,
     Text,
-    TrainConfig,
-    coerce_params,
     epochs_rule,
     message,
     show,
     type_word,
     values_errors,
 )
+from tuner.config import (
+    FINAL_STAGE,
+    MAX_FOLDS,
+    MAX_GRID_VALUES,
+    OBJECTIVES,
+    SAMPLERS,
+    FinalSpec,
+    Plan,
+    StageSpec,
+)
 from tuner.errors import PlanError
+from tuner.train.config import FLOAT_FIELDS, TRAIN_FIELDS, TRAIN_SCHEMA, TrainConfig, coerce_params
 from tuner.tune.kinds import KINDS, stage_spec
 
 STAGE_SCHEMA: dict[str, Any] = {

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tuner.config import TrainConfig
 from tuner.errors import DataError
+from tuner.train.config import TrainConfig
 from tuner.train.model import build_model
 
 _BATCH = 16384

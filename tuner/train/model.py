@@ -1,21 +1,36 @@
-"""The MLP that every stage trains, built from a :class:`~tuner.config.TrainConfig`, and how it
-is optimised: optimizer, learning-rate schedule and training-loss class weights.
+"""The MLP that every stage trains, built from a :class:`~tuner.train.config.TrainConfig`, and
+how it is optimised (optimizer, learning-rate schedule, training-loss class weights) and scored.
 
 ``Linear(in, h1) -> [norm] -> act -> [dropout] -> ... -> Linear(hk, classes)``; the published
 Model_2 is ``hidden = (256, 256)``, Model_1 ``(128, 128)`` and Model_3 ``(256, 128, 64)``.
 
 The configuration's named choices (activation, norm, init, optimizer, schedule, class weight)
 are entries of :mod:`tuner.train.options`; this module reads a configuration and asks each
-entry for its reference form (module, ``torch.optim`` optimizer, scheduler, weights).
+entry for its reference form (module, ``torch.optim`` optimizer, scheduler, weights). Weights
+are drawn from torch's global generator, reproducibly under :func:`seeded`; :func:`evaluate`
+scores a model (the reference engine's validation, the final model's test metrics).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-from tuner.config import TrainConfig
+from tuner.train.config import TrainConfig
 from tuner.train.options import activations, inits, losses, norms, optimizers, schedules
+
+EVAL_BATCH = 16_384  # rows per evaluation batch
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator inside the block and restore the outer state after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def build_model(cfg: TrainConfig, n_features: int, n_classes: int) -> nn.Sequential:
@@ -23,7 +38,7 @@ def build_model(cfg: TrainConfig, n_features: int, n_classes: int) -> nn.Sequent
 
     Each Linear layer is drawn by ``nn.Linear`` and then re-drawn by the initialization entry
     (its default keeps PyTorch's own). Draws come from torch's global generator: seed it (see
-    :func:`tuner.train.engine.seeded`) for reproducible weights.
+    :func:`seeded`) for reproducible weights.
     """
     norm = norms.get(cfg.norm)
     activation = activations.get(cfg.activation)
@@ -72,3 +87,18 @@ def class_weights(kind: str, y: torch.Tensor, n_classes: int) -> torch.Tensor | 
     """Training-loss weights per class from the training labels ``y`` (``None``: unweighted),
     as the class-weight entry ``kind`` computes them."""
     return losses.get(kind).weights(y, n_classes)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), EVAL_BATCH):
+        logits = model(x[start : start + EVAL_BATCH])
+        yb = y[start : start + EVAL_BATCH]
+        loss_sum += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / len(x), correct / len(x)

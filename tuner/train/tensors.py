@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tuner.data.prepare import Prepared
-from tuner.train.engine import as_tensors
+
+
+def as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-copy views of prepared arrays (float32 features, int64 labels)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(
+        np.ascontiguousarray(y, dtype=np.int64)
+    )
 
 
 @dataclass(frozen=True)

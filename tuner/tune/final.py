@@ -19,12 +19,13 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from tuner import paths
-from tuner.config import TrainConfig, planned_epochs
+from tuner.config import planned_epochs
 from tuner.data.target import class_word
 from tuner.paths import atomic_write, save_torch
-from tuner.train.engine import EpochStats, evaluate
-from tuner.train.fused import train_one
-from tuner.train.model import build_model
+from tuner.train.config import TrainConfig
+from tuner.train.history import EpochStats
+from tuner.train.loop import train_one
+from tuner.train.model import build_model, evaluate
 from tuner.tune import reuse
 from tuner.tune.objectives import PointResult
 from tuner.tune.stages import FINAL, Session, StageState

@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-from tuner.config import StageSpec, TrainConfig
-from tuner.train.engine import repeat_seeds
-from tuner.train.fused import Compute
+from tuner.config import StageSpec, repeat_seeds
+from tuner.train.compute import Compute
+from tuner.train.config import TrainConfig
 from tuner.train.tensors import TensorData
 from tuner.tune.kinds import get_kind
 from tuner.tune.reuse import FinalRule

@@ -36,12 +36,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import FinalSpec, StageSpec, TrainConfig, content_hash, planned_epochs
+from tuner.config import FinalSpec, StageSpec, content_hash, planned_epochs
 from tuner.paths import inside
-from tuner.train.engine import EarlyStopping
+from tuner.train.config import TrainConfig
+from tuner.train.history import EarlyStopping
 
 if TYPE_CHECKING:
-    from tuner.train.fused import Compute
+    from tuner.train.compute import Compute
     from tuner.train.tensors import TensorData
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def fingerprint(
     :meth:`tuner.tune.kinds.base.StageKind.training_identity`)."""
     if not reusable(spec):
         return None
-    from tuner.train.engine import repeat_seeds
+    from tuner.config import repeat_seeds
 
     return content_hash(
         {
@@ -233,7 +234,7 @@ class Kept:
 
     def history(self):
         """The final job's history: the trial's first run up to the epoch the rule kept."""
-        from tuner.train.engine import EpochStats, History
+        from tuner.train.history import EpochStats, History
 
         cols = self.trial.user_attrs["history"]
         n = self.epochs_trained

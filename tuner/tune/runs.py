@@ -1,7 +1,7 @@
 """What every stage kind trains with: the fused runs of a group of points, and their results.
 
 A stage kind (:mod:`tuner.tune.kinds`) trains the points one worker claimed as fused groups
-(:func:`tuner.train.fused.train_group`): every point, every repeat seed and, where the kind
+(:mod:`tuner.train.loop`): every point, every repeat seed and, where the kind
 has folds, every fold is one :class:`Member` of the stack, and all members of one point see the
 batches they would see alone. :class:`Run` holds what one call shares (the stage, the data,
 the repeat seeds, the reporter, where and how to compute) and trains a list of members;
@@ -24,9 +24,12 @@ from typing import Any, Protocol
 
 import torch
 
-from tuner.config import StageSpec, TrainConfig, planned_epochs
-from tuner.train.engine import EarlyStopping, EpochStats, History
-from tuner.train.fused import Compute, FusedGroup, train_group
+from tuner.config import StageSpec, planned_epochs
+from tuner.train.compute import Compute
+from tuner.train.config import TrainConfig
+from tuner.train.history import EarlyStopping, EpochStats, History
+from tuner.train.loop import GroupTraining
+from tuner.train.stack import FusedGroup
 from tuner.train.tensors import TensorData
 from tuner.tune.decide import interval
 from tuner.tune.reuse import FinalRule, Keeper
@@ -113,27 +116,21 @@ class Run:
         self.stage, self.data, self.seeds = stage, data, seeds
         self.reporter, self.compute, self.keep = reporter, compute, keep
 
-    def train(
-        self,
-        cfgs: Sequence[TrainConfig],
-        members: list[Member],
-        on_epoch: OnEpoch | None = None,
-        group: list[FusedGroup] | None = None,
-        folds: Folds | None = None,
-    ) -> list[History]:
-        """Train ``members`` as one fused stack for the stage's planned epochs.
+    def group(
+        self, cfgs: Sequence[TrainConfig], members: list[Member], folds: Folds | None = None
+    ) -> GroupTraining:
+        """``members`` as one fused stack, ready to train for the stage's planned epochs (its
+        ``stack`` exports members, also while it trains).
 
         Without ``folds`` every member trains on the train split and is scored on the
         validation split; with them, member ``m`` trains on ``folds[m.fold][0]`` of the train
-        split and is scored on ``folds[m.fold][1]``. ``on_epoch`` (default: progress only) may
-        return members to stop; ``group`` receives the :class:`FusedGroup` (to export members).
-        """
+        split and is scored on ``folds[m.fold][1]``."""
         x, y = self.data.train
         by_fold = folds is not None
         n_rows = len(folds[members[0].fold][0]) if by_fold else len(x)
         batch = cfgs[members[0].point].batch_size  # shared by the group
         epochs = planned_epochs(self.stage.epochs, self.stage.min_steps, n_rows, batch)
-        return train_group(
+        return GroupTraining(
             [cfgs[m.point] for m in members],
             x,
             y,
@@ -144,11 +141,25 @@ class Run:
             n_classes=self.data.n_classes,
             train_idx=[folds[m.fold][0] for m in members] if by_fold else None,
             val_idx=[folds[m.fold][1] for m in members] if by_fold else None,
-            on_epoch=on_epoch or self.progress_only,
             precision=self.compute.precision,
             device=self.compute.device,
-            group=group,
         )
+
+    def train(
+        self,
+        cfgs: Sequence[TrainConfig],
+        members: list[Member],
+        on_epoch: OnEpoch | None = None,
+        group: list[FusedGroup] | None = None,
+        folds: Folds | None = None,
+    ) -> list[History]:
+        """Train :meth:`group` and return each member's history. ``on_epoch`` (default:
+        progress only) may return members to stop; ``group`` receives the trained
+        :class:`FusedGroup` (the CV kind's blocks score its members after training)."""
+        training = self.group(cfgs, members, folds)
+        if group is not None:
+            group.append(training.stack)
+        return training.run(on_epoch or self.progress_only).histories
 
     def progress_only(self, epoch: int, stats: list[EpochStats | None]) -> list[int]:
         self.reporter.progress(epoch)
@@ -197,13 +208,13 @@ def train_holdout(
         for k, m in enumerate(members)
         if m.repeat == 0 and m.point in run.keep
     }
-    holder: list[FusedGroup] = []
+    training = run.group(cfgs, members)
 
     def on_epoch(epoch: int, stats: list[EpochStats | None]) -> list[int]:
         run.reporter.progress(epoch)
         for k, keeper in keepers.items():
             if stats[k] is not None:
-                keeper.update(epoch, stats[k].val_loss, lambda k=k: holder[0].export(k))
+                keeper.update(epoch, stats[k].val_loss, lambda k=k: training.stack.export(k))
         active = [i for i in points if i not in pruned]
         for i in active:
             accs = [
@@ -223,7 +234,7 @@ def train_holdout(
                     out.append(k)
         return out
 
-    histories = run.train(cfgs, members, on_epoch, group=holder)
+    histories = training.run(on_epoch).histories
     results = {
         i: _holdout_result(
             run.stage.objective,

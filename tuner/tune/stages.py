@@ -40,11 +40,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from tuner.config import Plan, StageSpec, TrainConfig, planned_epochs
+from tuner.config import Plan, StageSpec, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
 from tuner.errors import PlanError, StageError, Terminated, TunerError
 from tuner.paths import model_dir
-from tuner.train.fused import Compute
+from tuner.train.compute import Compute
+from tuner.train.config import TrainConfig
 from tuner.train.tensors import TensorData
 from tuner.tune import reuse
 from tuner.tune.claims import ClaimTable, new_owner_id

@@ -18,7 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import StageSpec, TrainConfig, coerce_params
+from tuner.config import StageSpec
+from tuner.train.config import TrainConfig, coerce_params
 from tuner.tune.decide import Decision, PointStats
 
 SETTLED = (TrialState.COMPLETE, TrialState.PRUNED)  # a point with such a trial is not retried

@@ -2,9 +2,9 @@
 
 An entry is the activation for both engines: :meth:`Activation.module` is the ``nn.Module``
 that :func:`tuner.train.model.build_model` puts in the reference MLP (what
-:func:`tuner.train.engine.train` trains with autograd), and :meth:`Activation.forward` /
-:meth:`Activation.backward` are what the fused engine (:mod:`tuner.train.fused`) computes on
-one run of members of its stack, a ``[k, batch, width]`` slice, with the kernels autograd runs
+:func:`tuner.train.reference.train` trains with autograd), and :meth:`Activation.forward` /
+:meth:`Activation.backward` are what the fused engine (:mod:`tuner.train.layers.hidden`)
+computes on one run of members of its stack, a ``[k, batch, width]`` slice, with the kernels autograd runs
 for that module, so that a member trains in a stack as it trains alone.
 
 Both fused halves take ``out=``: a stack whose members differ in activation writes each run's
@@ -14,7 +14,7 @@ step at 0.91-0.92 of its former time, ``benchmarks/steps.py --against ee100f2``,
 ``torch._C._nn`` function behind it, and the backward kernels are ATen's ``*_backward`` ops,
 whose ``grad_input`` overload writes into ``out`` (the hand-written backward pass: ~130 ATen
 calls per step for the whole stack instead of ~290 per member with autograd; see
-:mod:`tuner.train.fused`). Each entry lists those internals in ``private_apis``.
+:mod:`tuner.train.stack`). Each entry lists those internals in ``private_apis``.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LeakyRelu(Activation):
 @dataclass(frozen=True)
 class Gelu(Activation):
     """Exact (erf) form, the module's default; with its backward ~15% of a stacked step from
-    a few members on (the module docstring of :mod:`tuner.train.fused`)."""
+    a few members on (the module docstring of :mod:`tuner.train.stack`)."""
 
     name: ClassVar[str] = "gelu"
     private_apis: ClassVar[tuple[str, ...]] = ("_C._nn.gelu", "ops.aten.gelu_backward.grad_input")

@@ -3,7 +3,7 @@
 An entry turns a run's training labels into per-class weights (:meth:`ClassWeight.weights`),
 which both engines put into the same loss: ``nn.CrossEntropyLoss(weight=...)`` in the
 reference engine, and the fused engine's hand-written loss and gradient, which takes any
-weights (:mod:`tuner.train.fused`). So a class weighting has one half only. Validation loss
+weights (:mod:`tuner.train.loss`). So a class weighting has one half only. Validation loss
 is never weighted.
 """
 

@@ -3,7 +3,7 @@
 An entry is the normalization for both engines: :meth:`Norm.module` is the ``nn.Module`` that
 :func:`tuner.train.model.build_model` puts in the reference MLP (``None``: no module), and
 :meth:`Norm.forward_train`, :meth:`Norm.backward` and :meth:`Norm.forward_eval` are what the
-fused engine (:mod:`tuner.train.fused`) computes for one run of members of its stack: ``z``
+fused engine (:mod:`tuner.train.layers.hidden`) computes for one run of members of its stack: ``z``
 ``[k, batch, width]`` with per-member affine parameters ``gamma``/``beta`` and running
 statistics ``rmean``/``rvar`` ``[k, width]`` (kept for every member, used by entries with
 ``running_stats``). The fused engine copies a member's parameters from the reference module
@@ -12,7 +12,7 @@ entries with ``running_stats``) and back when it exports a member.
 
 The layer statistics come from ATen's ``native_layer_norm`` (it returns the mean and inverse
 deviation its backward op takes: the hand-written backward pass, ~130 ATen calls per step for
-the whole stack instead of ~290 per member with autograd; see :mod:`tuner.train.fused`).
+the whole stack instead of ~290 per member with autograd; see :mod:`tuner.train.stack`).
 """
 
 from __future__ import annotations

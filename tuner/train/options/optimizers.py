@@ -3,7 +3,7 @@
 An entry is the optimizer for both engines: :meth:`Optimizer.torch_optimizer` is the
 ``torch.optim`` optimizer that the reference engine, the LR range test and the benchmarks use
 (:func:`tuner.train.model.make_optimizer`), and :meth:`Optimizer.step` is the fused engine's
-step (:mod:`tuner.train.fused`) over per-tensor lists of slices of its stacked buffers: one
+step (:mod:`tuner.train.stack`) over per-tensor lists of slices of its stacked buffers: one
 call steps every member that shares the optimizer, learning rate, weight decay and (where it
 uses one) momentum. ``state_names`` are the per-parameter state tensors the fused engine
 allocates (zero-initialised) and passes in the lists.
@@ -11,7 +11,7 @@ allocates (zero-initialised) and passes in the lists.
 The fused steps call torch's fused multi-tensor kernels (``torch._fused_adam_``,
 ``torch._fused_adamw_``, ``torch._fused_sgd_``): one pass over memory instead of ~8
 elementwise passes, where ``torch.optim.Adam`` alone looped over a member's six tensors in
-Python for ~1 ms of a ~3 ms step (the module docstring of :mod:`tuner.train.fused`). An
+Python for ~1 ms of a ~3 ms step (the module docstring of :mod:`tuner.train.stack`). An
 optimizer without a fused kernel uses the ``torch._foreach_*`` ops of torch.optim's own
 "foreach" implementation. Each entry lists those internals in ``private_apis``.
 """

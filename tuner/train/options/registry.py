@@ -14,7 +14,7 @@ from typing import ClassVar, TypeVar
 
 
 class Option:
-    """One choice of a :class:`~tuner.config.TrainConfig` field, for every engine."""
+    """One choice of a :class:`~tuner.train.config.TrainConfig` field, for every engine."""
 
     name: ClassVar[str]
     """What a plan writes (``activation = "..."``); unique within the family."""

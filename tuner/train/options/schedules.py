@@ -4,7 +4,7 @@ An entry is the schedule for both engines: :meth:`Schedule.torch_scheduler` is t
 ``torch.optim.lr_scheduler`` scheduler the reference engine steps once per batch
 (:func:`tuner.train.model.make_scheduler`; ``None``: the learning rate stays), and
 :meth:`Schedule.lr_at` is the same learning rate in closed form, which the fused engine
-(:mod:`tuner.train.fused`) passes to each optimizer call: members at the same step of the same
+(:mod:`tuner.train.stack`) passes to each optimizer call: members at the same step of the same
 schedule share a call.
 """
 

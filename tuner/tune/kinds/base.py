@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tuner.config import Invalid, StageSpec, TrainConfig, message
+from tuner.checks import Invalid, message
+from tuner.config import StageSpec
 from tuner.errors import PlanError
+from tuner.train.config import TrainConfig
 from tuner.tune.runs import PointResult, Run
 
 if TYPE_CHECKING:

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuner.config import MAX_FOLDS, Number, StageSpec, TrainConfig
+from tuner.checks import Number
+from tuner.config import MAX_FOLDS, StageSpec
 from tuner.errors import PlanError, StageError
-from tuner.train.engine import History
-from tuner.train.fused import FusedGroup
+from tuner.train.config import TrainConfig
+from tuner.train.history import History
+from tuner.train.stack import FusedGroup
 from tuner.tune.kinds.base import StageKind
 from tuner.tune.runs import Folds, Member, PointResult, Run, diverged, summarize
 

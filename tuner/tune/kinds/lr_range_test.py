@@ -17,16 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tuner.config import (
-    Choice,
-    Number,
-    StageSpec,
-    TrainConfig,
-    fmt_value,
-    point_label,
-    values_errors,
-)
+from tuner.checks import Choice, Number, values_errors
+from tuner.config import StageSpec, fmt_value, point_label
 from tuner.errors import PlanError
+from tuner.train.config import TrainConfig
 from tuner.train.options import optimizers
 from tuner.tune.kinds.base import Figure, PointSource, StageKind
 from tuner.tune.runs import (

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.config import StageSpec, TrainConfig, epochs_rule
+from tuner.checks import epochs_rule
+from tuner.config import StageSpec
+from tuner.train.config import TrainConfig
 from tuner.tune.kinds.base import StageKind
 from tuner.tune.runs import (
     PointResult,

@@ -1,0 +1,116 @@
+"""One training run's configuration: :class:`TrainConfig`, what each field accepts, and how
+user- or storage-supplied values become field values (:func:`coerce_params`).
+
+The fields that name a choice take exactly the names registered in
+:mod:`tuner.train.options`; the checks are :mod:`tuner.checks`'. Stages, plans and the final
+job (:mod:`tuner.config`) are built on top of this; nothing here knows of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.checks import Choice, Invalid, Number, Widths, message
+from tuner.errors import PlanError
+from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+
+MAX_BATCH = 1 << 24  # far beyond any sensible batch, low enough to catch a typo
+
+FRACTION = Number(low=0, high=1, high_open=True)
+
+# The option fields accept exactly the names registered in tuner.train.options.
+_OPTIONS = {key: Choice(tuple(entries)) for key, entries in FIELDS.items()}
+
+TRAIN_SCHEMA: dict[str, Any] = {
+    "hidden": Widths(),
+    "activation": _OPTIONS["activation"],
+    "norm": _OPTIONS["norm"],
+    "init": _OPTIONS["init"],
+    "optimizer": _OPTIONS["optimizer"],
+    "lr": Number(low=0, low_open=True),
+    "weight_decay": Number(low=0),
+    "momentum": FRACTION,
+    "batch_size": Number(integer=True, low=1, high=MAX_BATCH),
+    "dropout": FRACTION,
+    "label_smoothing": FRACTION,
+    "class_weight": _OPTIONS["class_weight"],
+    "schedule": _OPTIONS["schedule"],
+}
+"""What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines one training run of the MLP.
+
+    Stages tune these fields by name: a stage grid over ``activation`` varies :attr:`activation`
+    and keeps every other field as fixed by earlier stages or the defaults. The fields that
+    name a choice (activation, norm, init, optimizer, class_weight, schedule) take the names
+    registered in :mod:`tuner.train.options`, and default to each family's ``DEFAULT``.
+    """
+
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = activations.DEFAULT
+    norm: str = norms.DEFAULT
+    init: str = inits.DEFAULT
+    optimizer: str = optimizers.DEFAULT
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    dropout: float = 0.0  # after every hidden activation
+    label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
+    class_weight: str = losses.DEFAULT  # training loss weights per class
+    schedule: str = schedules.DEFAULT  # learning rate over the planned steps
+
+    def __post_init__(self) -> None:
+        errors = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                TRAIN_SCHEMA[f.name].parse(value, strict=False)
+            except Invalid as err:
+                errors.append(message(f.name, value, err))
+        if errors:
+            raise PlanError("\n".join(errors))
+
+    def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
+        """Return a copy with ``params`` applied, coerced to each field's type."""
+        return dataclasses.replace(self, **coerce_params(params))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
+FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing")
+
+
+def coerce_params(
+    params: Mapping[str, Any], *, strict: bool = False, where: str = ""
+) -> dict[str, Any]:
+    """Convert user- or storage-supplied values to :class:`TrainConfig` field types, checking
+    each against :data:`TRAIN_SCHEMA` (type, range, finiteness).
+
+    Values arrive as TOML scalars (``strict``: an integer field takes only an integer, a float
+    field only a number), ``--fix`` strings or Optuna-stored params; a width list may arrive as
+    ``"256x256"``. Raises :class:`PlanError` with one line per bad value, prefixed by ``where``.
+    """
+    out: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in params.items():
+        if key not in TRAIN_SCHEMA:
+            errors.append(f"unknown parameter {key!r}; known: {', '.join(TRAIN_FIELDS)}")
+            continue
+        try:
+            out[key] = TRAIN_SCHEMA[key].parse(value, strict)
+        except Invalid as err:
+            errors.append(message(key, value, err))
+    if errors:
+        raise PlanError("\n".join(f"{where}: {e}" if where else e for e in errors))
+    return out

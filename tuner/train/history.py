@@ -1,0 +1,68 @@
+"""What a training run reports: per-epoch statistics, the run's history, early stopping.
+
+Both engines (:mod:`tuner.train.reference` and the fused one, :mod:`tuner.train.loop`) report
+an :class:`EpochStats` per epoch and return a :class:`History` per run; :class:`EarlyStopping`
+is the one rule both stop by.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+
+
+@dataclass
+class History:
+    """Per-epoch statistics of one training run."""
+
+    epochs: list[EpochStats] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def peak_acc(self) -> float:
+        return max(e.val_acc for e in self.epochs)
+
+    @property
+    def final_acc(self) -> float:
+        return self.epochs[-1].val_acc
+
+    @property
+    def best_loss_epoch(self) -> int:
+        return min(self.epochs, key=lambda e: e.val_loss).epoch
+
+    def to_dict(self) -> dict[str, list[float] | bool]:
+        cols = {k: [getattr(e, k) for e in self.epochs] for k in asdict(self.epochs[0])}
+        return {**cols, "stopped_early": self.stopped_early}
+
+
+class EarlyStopping:
+    """Early stopping on validation loss: epochs since the lowest loss so far.
+
+    ``patience=None`` never stops; otherwise :attr:`should_stop` is true once the loss has not
+    improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.since = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record an epoch's validation loss; ``True`` when it is the lowest so far."""
+        if val_loss < self.best:
+            self.best, self.since = val_loss, 0
+            return True
+        self.since += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.since >= self.patience
