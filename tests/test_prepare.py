@@ -11,6 +11,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from tests.conftest import make_rows, uci_lines, write_uci_text
+from tuner.data import cache
 from tuner.data import prepare as prep
 from tuner.data import uci as sources
 from tuner.data.prepare import (
@@ -219,7 +220,7 @@ def test_concurrent_writer_keeps_existing_cache(tmp_path: Path, uci_file):
     directory = tmp_path / "prepared" / prepared.manifest["key"]
     before = (directory / "manifest.json").read_text()
     prepared.manifest = {**prepared.manifest, "created": "later"}
-    prep._write_cache(prepared, directory)
+    cache.write_cache(prepared, directory)
     assert (directory / "manifest.json").read_text() == before
     assert [p.name for p in directory.parent.iterdir()] == [directory.name]
 
