@@ -5,7 +5,7 @@ without parsing the source again.
 :func:`cache_key` names the directory: 16 hex digits of a hash of the source's content hash,
 the split, the subsample size, the seed and :data:`PREPARE_VERSION` (a table's options too).
 :func:`load_cached` returns the :class:`~tuner.data.manifest.Prepared` a directory holds, or
-``None`` when it is missing, unreadable or stale.
+``None`` when it is missing, unreadable, stale or of another manifest version.
 :func:`write_cache` writes one to a temporary directory and renames it into place, so a crash
 or a bad input never leaves a partial cache behind. :func:`preparing_lock` makes the workers
 sharing a data directory prepare one at a time.
@@ -26,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from tuner.data.manifest import ARRAYS, Prepared
+from tuner.data.manifest import ARRAYS, MANIFEST_VERSION, Manifest, Prepared
 from tuner.data.spec import DataSpec
 
 logger = logging.getLogger(__name__)
 
 PREPARE_VERSION = 1
-"""Bump when the prepared arrays for the same inputs change; part of the cache key."""
+"""Bump when the prepared arrays for the same inputs change; part of the cache key. (The
+manifest's own format is :data:`~tuner.data.manifest.MANIFEST_VERSION`: a cache with another
+one is prepared again under the same key.)"""
 TABLE_VERSION = 2
 """Bump when a table's encoding for the same inputs changes; part of a table's cache key.
 2: numbers with a decimal comma are numbers (1 one-hot encoded them as text)."""
@@ -67,25 +69,26 @@ def load_cached(directory: Path, key: str, source_sha256: str, spec: DataSpec) -
     if not manifest_path.is_file() or not arrays_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_path.read_text())
         expected = {
             "key": key,
-            "version": PREPARE_VERSION,
+            "version": MANIFEST_VERSION,
             "source_sha256": source_sha256,
             "split": spec.split,
             "rows": spec.rows,
             "seed": spec.seed,
         }
-        if any(manifest.get(k) != v for k, v in expected.items()):
+        if not isinstance(raw, dict) or any(raw.get(k) != v for k, v in expected.items()):
             logger.warning("ignoring stale prepared data in %s (manifest differs)", directory)
             return None
+        manifest = Manifest.from_dict(raw)
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in ARRAYS}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         logger.warning("ignoring unreadable prepared data in %s: %s", directory, exc)
         return None
     for part in ("train", "val", "test"):
-        n = manifest.get(f"n_{part}")
+        n = getattr(manifest, f"n_{part}")
         if arrays[f"x_{part}"].shape[0] != n or arrays[f"y_{part}"].shape[0] != n:
             logger.warning("ignoring inconsistent prepared data in %s", directory)
             return None
@@ -100,11 +103,12 @@ def write_cache(prepared: Prepared, directory: Path) -> None:
     """
     root = directory.parent
     root.mkdir(parents=True, exist_ok=True)
-    key = prepared.manifest["key"]
+    key = prepared.manifest.key
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=root))
     try:
         np.savez(tmp / "arrays.npz", **{name: getattr(prepared, name) for name in ARRAYS})
-        (tmp / "manifest.json").write_text(json.dumps(prepared.manifest, indent=1) + "\n")
+        text = json.dumps(prepared.manifest.to_dict(), indent=1) + "\n"
+        (tmp / "manifest.json").write_text(text)
         if directory.exists():
             if is_complete(directory, key):
                 logger.info("another process wrote %s meanwhile; keeping its copy", directory)
@@ -124,7 +128,7 @@ def write_cache(prepared: Prepared, directory: Path) -> None:
 
 
 def is_complete(directory: Path, key: str) -> bool:
-    """Whether ``directory`` holds a complete cache of ``key``."""
+    """Whether ``directory`` holds a cache of ``key`` in this manifest version."""
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -132,6 +136,7 @@ def is_complete(directory: Path, key: str) -> bool:
     return (
         isinstance(manifest, dict)
         and manifest.get("key") == key
+        and manifest.get("version") == MANIFEST_VERSION
         and (directory / "arrays.npz").is_file()
     )
 

@@ -1,28 +1,36 @@
-"""Prepared data: decade labels, optional subsample, train/val/test split, scaling, cache.
+"""Prepared data: any data source in, split and encoded float32 arrays with their manifest out.
 
-:func:`prepare` turns a :class:`DataSpec` into float32 feature matrices and int64 decade
-labels for the three splits, and caches them under ``<data_dir>/prepared/<key>/``
-(:mod:`tuner.data.cache`) so that every stage and worker of a tuning run trains on
-byte-identical data without re-parsing a 430 MB file. The splits are made by
-:mod:`tuner.data.split`.
+:func:`prepare` takes a :class:`~tuner.data.spec.DataSpec` and a data directory and returns
+:class:`~tuner.data.manifest.Prepared`: float32 feature matrices and int64 labels of the train,
+validation and test rows, and the typed :class:`~tuner.data.manifest.Manifest` that describes
+them (with the fitted :class:`~tuner.data.encoding.Encoding` that ``predict`` applies to new
+rows). The arrays are cached under ``<data_dir>/prepared/<key>/`` (:mod:`tuner.data.cache`), so
+that every stage and worker of a tuning run trains on byte-identical data.
 
-The scaler is fit on the training rows only (no leak of validation/test statistics) and its
-mean/scale are stored in the manifest so a trained model can be applied to new rows.
+Every source takes the same path; only reading it differs:
 
-The cache key hashes the source's content hash, the split, the subsample size, the seed and
-:data:`PREPARE_VERSION`; a cache directory is written to a temporary directory and renamed into
-place, so a crash or a bad input never leaves a partial cache behind.
+1. **read**: a table with a header (:mod:`tuner.data.table`), or YearPredictionMSD in the UCI
+   format (:mod:`tuner.data.uci`); either becomes a frame of raw columns and a target column;
+2. **label** (:mod:`tuner.data.target`): a table's classes as they are or binned as asked;
+   YearPredictionMSD's target is the year, binned by decade (``1920s`` .. ``2010s``);
+3. **choose the features** (:func:`tuner.data.features.infer_columns`): every column but the
+   target (and a split column), less those that are not features;
+4. **split** (:func:`tuner.data.split.split_rows`): the published stratified 70/15/15 recipe,
+   UCI's canonical split, a split column, groups, or a separate test file;
+5. **encode**: the :class:`~tuner.data.encoding.Encoding` is fitted on the train rows only (no
+   validation or test statistics leak) and applied to all three parts.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from tuner.data import uci
 from tuner.data.cache import (
@@ -33,7 +41,8 @@ from tuner.data.cache import (
     preparing_lock,
     write_cache,
 )
-from tuner.data.manifest import Prepared
+from tuner.data.encoding import TABLE_WORDING, Encoding, Wording
+from tuner.data.manifest import MANIFEST_VERSION, Manifest, Prepared
 from tuner.data.spec import DataSpec
 from tuner.data.split import (
     CANONICAL_TEST_ROWS,
@@ -48,9 +57,6 @@ from tuner.data.split import (
 from tuner.data.target import DECADE_NAMES, decade_labels
 from tuner.errors import DataError
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES = DECADE_NAMES
@@ -61,11 +67,13 @@ __all__ = [
     "CANONICAL_TOTAL_ROWS",
     "CANONICAL_TRAIN_ROWS",
     "LABEL_NAMES",
+    "MANIFEST_VERSION",
     "MIN_ROWS",
     "PREPARE_VERSION",
     "SPLITS",
     "TABLE_VERSION",
     "DataSpec",
+    "Manifest",
     "Prepared",
     "cache_key",
     "decade_labels",
@@ -74,69 +82,38 @@ __all__ = [
 ]
 
 
-def _build(raw: uci.RawData, spec: DataSpec, key: str) -> Prepared:
-    """Split, scale and describe ``raw`` (pure computation, nothing written)."""
-    y = decade_labels(raw.years)
-    train, val, test = split_indices(y, spec.split, spec.seed, rows=spec.rows)
-    x_train = np.ascontiguousarray(raw.features[train], dtype=np.float64)
-    from sklearn.preprocessing import StandardScaler  # imported only when preparing
+@dataclass
+class Rows:
+    """A source's rows as a table, before labelling, splitting and encoding."""
 
-    with np.errstate(all="ignore"):
-        scaler = StandardScaler().fit(x_train)  # train rows only: no val/test statistics leak
-    bad = ~(np.isfinite(scaler.mean_) & np.isfinite(scaler.scale_))
-    if bad.any():  # finite values whose squares overflow float64 (|x| > ~1e154)
-        c = int(np.argmax(bad))
-        row = int(train[int(np.argmax(np.abs(x_train[:, c])))]) + 1
-        raise DataError(
-            f"{raw.source}: feature {c + 1} (column {c + 2}) has values too large to standardize "
-            f"(data row {row}: {raw.features[row - 1, c]:g}); the scaled column would be NaN"
-        )
+    frame: pd.DataFrame  # raw columns (a table's target and split column too); index: data row
+    target: pd.Series  # the target column's raw values, one per frame row
+    bins: str | tuple[float, ...] | None  # how the target becomes classes (None: as they are)
+    n_main: int  # rows of the main file; the rest are a separate test file's
+    display: str  # how messages name the source
+    source: str  # the manifest's source: "uci", "synthetic", or the resolved path
+    sha256: str
+    file_format: str  # "uci" | "table": how the rows are written
+    unnamed: tuple[str, ...] = ()  # columns without a header name
+    wording: Wording = TABLE_WORDING  # how encoding messages name a column
+    extra: dict[str, str | None] = field(default_factory=dict)  # test_source, test_sha256
 
-    def scaled(x: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(scaler.transform(x), dtype=np.float32)
-        if not np.isfinite(out).all():  # a validation/test value far outside the train range
-            r, c = np.argwhere(~np.isfinite(out))[0]
-            raise DataError(
-                f"{raw.source}: feature {c + 1} (column {c + 2}) holds {x[r, c]:g}, too large "
-                "to standardize with the train rows' statistics"
-            )
-        return out
 
-    def counts(idx: np.ndarray) -> list[int]:
-        return [int(c) for c in np.bincount(y[idx], minlength=len(LABEL_NAMES))]
+def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
+    """The prepared data of ``spec``: read, labelled, split and encoded (see the module doc),
+    reusing ``data_dir/prepared/<key>`` when it holds the same preparation (same source
+    content, options, split, rows, seed).
 
-    manifest: dict[str, Any] = {
-        "key": key,
-        "version": PREPARE_VERSION,
-        "source": raw.source,
-        "source_sha256": raw.sha256,
-        "split": spec.split,
-        "rows": None if spec.rows is None else int(spec.rows),
-        "seed": int(spec.seed),
-        "n_rows_total": int(len(y)),
-        "n_train": int(len(train)),
-        "n_val": int(len(val)),
-        "n_test": int(len(test)),
-        "class_counts": {"train": counts(train), "val": counts(val), "test": counts(test)},
-        "label_names": list(LABEL_NAMES),
-        "target": None,
-        "n_features": int(x_train.shape[1]),
-        "scaler": {
-            "mean": [float(v) for v in scaler.mean_],
-            "scale": [float(v) for v in scaler.scale_],
-        },
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    return Prepared(
-        x_train=scaled(x_train),
-        y_train=y[train],
-        x_val=scaled(raw.features[val]),
-        y_val=y[val],
-        x_test=scaled(raw.features[test]),
-        y_test=y[test],
-        manifest=manifest,
-    )
+    Raises a one-line :class:`~tuner.errors.DataError` for bad input, before anything is
+    written. Workers sharing ``data_dir`` (a compose volume) prepare one at a time, behind a
+    lock file ``data_dir/.prepare.lock``: one generates and prepares, the others wait and then
+    read its cache."""
+    _check_spec(spec)
+    data_dir = Path(data_dir)
+    with preparing_lock(data_dir):
+        if spec.is_table:
+            return _prepare_table(spec, data_dir)
+        return _prepare_uci(spec, data_dir)
 
 
 def _check_spec(spec: DataSpec) -> None:
@@ -147,61 +124,74 @@ def _check_spec(spec: DataSpec) -> None:
         raise DataError(f"seed must be an integer, got {spec.seed!r}")
 
 
-def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
-    """Load, split and scale the data of ``spec``, reusing ``data_dir/prepared/<key>`` when
-    it holds the same preparation (same source content, split, rows, seed, version).
-
-    Workers sharing ``data_dir`` (a compose volume) prepare one at a time, behind a lock file
-    ``data_dir/.prepare.lock``: one generates and prepares, the others wait and then read
-    its cache."""
-    _check_spec(spec)
-    data_dir = Path(data_dir)
-    with preparing_lock(data_dir):
-        return _prepare_unlocked(spec, data_dir)
+# --------------------------------------------------------------------------- the sources
 
 
-def _prepare_unlocked(spec: DataSpec, data_dir: Path) -> Prepared:
-    if spec.is_table:
-        return _prepare_table(spec, data_dir)
-    ref = uci.resolve_source(spec.source, data_dir)
-    key = cache_key(ref.sha256, spec)
+def _cached(data_dir: Path, key: str, sha: str, spec: DataSpec) -> Prepared | None:
     directory = data_dir / "prepared" / key
-    cached = load_cached(directory, key, ref.sha256, spec)
+    cached = load_cached(directory, key, sha, spec)
     if cached is not None:
         logger.info("reusing prepared data %s (%s)", key, directory)
-        cached.manifest["source"] = ref.name
+    return cached
+
+
+def _prepare_uci(spec: DataSpec, data_dir: Path) -> Prepared:
+    """YearPredictionMSD (the UCI format, the download or the generator): a table of 90
+    feature columns whose target is the year, binned by decade."""
+    ref = uci.resolve_source(spec.source, data_dir)
+    key = cache_key(ref.sha256, spec)
+    cached = _cached(data_dir, key, ref.sha256, spec)
+    if cached is not None:
+        cached.manifest = cached.manifest.replace(source=ref.name)
         return cached
     t0 = time.perf_counter()
     raw = uci.load_resolved(ref)
     if raw.sha256 != ref.sha256:  # changed since resolve_source hashed it
         key = cache_key(raw.sha256, spec)
-        directory = data_dir / "prepared" / key
-    prepared = _build(raw, spec, key)
-    del raw
-    return _finish(prepared, directory, t0)
-
-
-def _finish(prepared: Prepared, directory: Path, t0: float) -> Prepared:
-    """Cache freshly prepared arrays and log what was prepared."""
-    try:
-        write_cache(prepared, directory)
-    except OSError as exc:
-        logger.warning("could not cache the prepared data in %s: %s", directory, exc)
-    m = prepared.manifest
-    logger.info(
-        "prepared %s (%s split): train %d, val %d, test %d in %.1fs -> %s",
-        m["source"],
-        m["split"],
-        m["n_train"],
-        m["n_val"],
-        m["n_test"],
-        time.perf_counter() - t0,
-        directory,
+    frame, years = uci.as_table(raw)
+    rows = Rows(
+        frame=frame,
+        target=years,
+        bins="decade",
+        n_main=len(frame),
+        display=raw.source,
+        source=raw.source,
+        sha256=raw.sha256,
+        file_format="uci",
+        wording=uci.WORDING,
     )
-    return prepared
+    del raw
+    return _finish(_build(rows, spec, key), data_dir, t0)
 
 
-# --------------------------------------------------------------------------- tables
+def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
+    """A table with a header (and a separate test file, if any), its target a column."""
+    sha, test_sha = _table_shas(spec)
+    key = cache_key(sha, spec, test_sha)
+    cached = _cached(data_dir, key, sha, spec)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    frame, n_main, display, unnamed = _read_frames(spec)
+    extra: dict[str, str | None] = {}
+    if spec.test is not None:
+        extra = {
+            "test_source": str(Path(spec.test).expanduser().resolve()),
+            "test_sha256": test_sha,
+        }
+    rows = Rows(
+        frame=frame,
+        target=frame[spec.target],
+        bins=spec.bins,
+        n_main=n_main,
+        display=display,
+        source=str(Path(spec.source).expanduser().resolve()),
+        sha256=sha,
+        file_format="table",
+        unnamed=unnamed,
+        extra=extra,
+    )
+    return _finish(_build(rows, spec, key), data_dir, t0)
 
 
 def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
@@ -229,8 +219,6 @@ def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
 def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...]]:
     """The table (and the test file's rows appended), the main file's row count, a display
     name and the unnamed columns."""
-    import pandas as pd
-
     from tuner.data.table import column_list, read_table
 
     table = read_table(spec.source, sep=spec.sep, missing=spec.missing)
@@ -256,37 +244,41 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
     return frame, n_main, display, table.unnamed
 
 
-def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
-    """Read, label, split, encode and cache a table with a header."""
+# --------------------------------------------------------------------------- the one path
+
+
+def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
+    """Label, choose features, split, encode and describe ``rows`` (nothing is written)."""
     from tuner.data import features, target
 
-    sha, test_sha = _table_shas(spec)
-    key = cache_key(sha, spec, test_sha)
-    directory = data_dir / "prepared" / key
-    cached = load_cached(directory, key, sha, spec)
-    if cached is not None:
-        logger.info("reusing prepared data %s (%s)", key, directory)
-        return cached
-    t0 = time.perf_counter()
-    frame, n_main, display, unnamed = _read_frames(spec)
-    labels = target.encode(frame[spec.target], spec.target, display, spec.bins)
+    frame, display, n_main = rows.frame, rows.display, rows.n_main
+    labels = target.encode(rows.target, str(rows.target.name), display, rows.bins)
     n_unlabelled = int((~labels.keep).sum())
     if n_unlabelled:
         logger.warning(
             "%s: %d row(s) have no value in the target column %r and are left out",
             display,
             n_unlabelled,
-            spec.target,
+            rows.target.name,
         )
         n_main -= int((~labels.keep[:n_main]).sum())
         frame = frame[labels.keep]
     y = labels.y
     if len(y) < MIN_ROWS:
         raise DataError(f"{display}: {len(y)} labelled rows; at least {MIN_ROWS} are needed")
-    columns = features.infer_columns(frame, spec, display, unnamed)
+    columns = features.infer_columns(frame, spec, display, rows.unnamed)
     lumped: set[int] = set()
     train, val, test = split_rows(frame, y, n_main, spec, display, lumped)
-    state = features.fit(frame.iloc[train], columns, spec, seed=spec.seed, display=display)
+    encoding = Encoding(
+        columns.numeric,
+        columns.categorical,
+        impute=spec.impute,
+        scaler=spec.scaler,
+        min_frequency=spec.min_frequency,
+        max_levels=spec.max_levels,
+        seed=spec.seed,
+    )
+    x_train = encoding.fit_transform(frame.iloc[train], display, rows.wording)
     n_classes = len(labels.names)
 
     def counts(idx: np.ndarray) -> list[int]:
@@ -302,46 +294,58 @@ def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
             display,
             ", ".join(labels.names[i] for i in sorted(lumped)),
         )
-    missing = {c: int(n) for c, n in frame.isna().sum().items() if n}
-    manifest: dict[str, Any] = {
-        "key": key,
-        "version": PREPARE_VERSION,
-        "source": str(Path(spec.source).expanduser().resolve()),
-        "source_sha256": sha,
-        "split": spec.split,
-        "rows": None if spec.rows is None else int(spec.rows),
-        "seed": int(spec.seed),
-        "spec": spec.to_dict(),
-        "target": spec.target,
-        "label_rule": labels.rule,
-        "n_rows_total": int(len(frame) + n_unlabelled),
-        "rows_without_target": n_unlabelled,
-        "n_train": int(len(train)),
-        "n_val": int(len(val)),
-        "n_test": int(len(test)),
-        "class_counts": class_counts,
-        "label_names": list(labels.names),
-        "lumped_classes": [labels.names[i] for i in sorted(lumped)],
-        "columns": columns.to_dict(),
-        "missing_values": missing,
-        "n_features": len(state["feature_names"]),
-        "features": state,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if spec.test is not None:
-        manifest["test_source"] = str(Path(spec.test).expanduser().resolve())
-        manifest["test_sha256"] = test_sha
-    parts = {
-        name: features.transform(frame.iloc[idx], state, display)
-        for name, idx in (("train", train), ("val", val), ("test", test))
-    }
-    prepared = Prepared(
-        x_train=parts["train"],
+    manifest = Manifest(
+        key=key,
+        source=rows.source,
+        source_sha256=rows.sha256,
+        file_format=rows.file_format,
+        spec=spec.to_dict(),
+        split=spec.split,
+        rows=None if spec.rows is None else int(spec.rows),
+        seed=int(spec.seed),
+        target=spec.target,
+        label_rule=labels.rule,
+        label_names=tuple(labels.names),
+        n_rows_total=int(len(frame) + n_unlabelled),
+        rows_without_target=n_unlabelled,
+        n_train=int(len(train)),
+        n_val=int(len(val)),
+        n_test=int(len(test)),
+        class_counts=class_counts,
+        lumped_classes=tuple(labels.names[i] for i in sorted(lumped)),
+        columns=columns,
+        missing_values={str(c): int(n) for c, n in frame.isna().sum().items() if n},
+        encoding=encoding,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        **rows.extra,
+    )
+    return Prepared(
+        x_train=x_train,
         y_train=y[train],
-        x_val=parts["val"],
+        x_val=encoding.transform(frame.iloc[val], display, rows.wording),
         y_val=y[val],
-        x_test=parts["test"],
+        x_test=encoding.transform(frame.iloc[test], display, rows.wording),
         y_test=y[test],
         manifest=manifest,
     )
-    return _finish(prepared, directory, t0)
+
+
+def _finish(prepared: Prepared, data_dir: Path, t0: float) -> Prepared:
+    """Cache freshly prepared arrays and log what was prepared."""
+    m = prepared.manifest
+    directory = data_dir / "prepared" / m.key
+    try:
+        write_cache(prepared, directory)
+    except OSError as exc:
+        logger.warning("could not cache the prepared data in %s: %s", directory, exc)
+    logger.info(
+        "prepared %s (%s split): train %d, val %d, test %d in %.1fs -> %s",
+        m.source,
+        m.split,
+        m.n_train,
+        m.n_val,
+        m.n_test,
+        time.perf_counter() - t0,
+        directory,
+    )
+    return prepared

@@ -245,8 +245,8 @@ def split_rows(
         else:
             train, val = _stratified_split(pool, y[pool], CANONICAL_VAL_FRACTION, spec.seed, lumped)
         return train, val, np.arange(n_main, len(frame), dtype=np.int64)
-    if spec.split == "stratified":
-        return split_indices(y, "stratified", spec.seed, rows=spec.rows, lumped=lumped)
+    if spec.split in SPLITS:
+        return split_indices(y, spec.split, spec.seed, rows=spec.rows, lumped=lumped)
     check_rows(spec.rows, len(frame))
     pool = np.arange(len(frame), dtype=np.int64)
     if spec.rows is not None:

@@ -1,4 +1,4 @@
-"""YearPredictionMSD as a data source: a ``--data`` string in, its rows (years, features) out.
+"""YearPredictionMSD as a data source: a ``--data`` string in, a feature table and years out.
 
 A source is one of
 
@@ -11,7 +11,9 @@ A source is one of
 
 :func:`resolve_source` locates a source and hashes it without parsing (so the prepared-data
 cache can be looked up first); :func:`load_resolved` reads its rows into :class:`RawData`
-(years and a float64 feature matrix, file order).
+(years and a float64 feature matrix, file order). :func:`as_table` turns those into what every
+data source becomes before encoding: a frame of named feature columns (``feature 1`` ..
+``feature 90``) and the target column (the year, which preparation bins into decades).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tuner.data import uci_download
+from tuner.data.encoding import Wording
 from tuner.data.uci_download import ensure_uci
 from tuner.data.uci_format import (
     N_COLUMNS,
@@ -43,20 +47,38 @@ from tuner.data.uci_format import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FEATURE_NAMES",
     "N_COLUMNS",
     "N_FEATURES",
     "SUFFIXES",
+    "TARGET",
     "UCI_MEMBER",
+    "WORDING",
     "YEAR_MAX",
     "YEAR_MIN",
     "RawData",
     "SourceRef",
+    "as_table",
     "file_sha256",
     "load_resolved",
     "load_source",
     "read_uci_file",
     "resolve_source",
 ]
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f"feature {i}" for i in range(1, N_FEATURES + 1))
+"""Names of the feature columns of a UCI-format file (its columns 2..91), as the encoding and
+``model.pt`` know them."""
+TARGET = "year"
+"""Name of the target column (column 1)."""
+
+
+def _column(name: str) -> str:
+    return f"{name} (column {FEATURE_NAMES.index(name) + 2})"
+
+
+WORDING = Wording(column=_column, remedy="rescale the feature")
+"""How messages about a UCI file's features name them: ``feature 5 (column 6)``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,3 +198,11 @@ def read_uci_file(path: Path) -> RawData:
     path = check_path(Path(path).expanduser(), display)
     years, features, sha256 = read(path, display)
     return RawData(years=years, features=features, source=str(path.resolve()), sha256=sha256)
+
+
+def as_table(raw: RawData) -> tuple[pd.DataFrame, pd.Series]:
+    """The rows of ``raw`` as a table: a frame of the float64 feature columns
+    :data:`FEATURE_NAMES` (no copy; its index numbers the file's data rows from 0) and the
+    int64 year of each row (:data:`TARGET`)."""
+    frame = pd.DataFrame(raw.features, columns=list(FEATURE_NAMES), copy=False)
+    return frame, pd.Series(raw.years, name=TARGET, copy=False)
