@@ -39,7 +39,7 @@ def test_predictions(root: Path, plans: list[str], args: argparse.Namespace):
 
     spec = DataSpec(args.data, args.rows, "stratified", args.seed)
     prepared = prepare(spec, root / plans[0] / "data")
-    key = prepared.manifest["key"]
+    key = prepared.manifest.key
     preds = []
     for plan in plans:
         model, bundle = load_bundle(root / plan / "models" / plan / "model.pt")

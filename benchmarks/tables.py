@@ -196,10 +196,10 @@ def run_table(table: Table, root: Path, seed: int, args) -> dict[str, Any]:
     for row in plans:
         if "failed" in row:
             continue
-        if row["data_key"] != m["key"] or row["n_test"] != len(prepared.y_test):
+        if row["data_key"] != m.key or row["n_test"] != len(prepared.y_test):
             raise SystemExit(
                 f"{table.name}: {row['model']} was scored on prepared data {row['data_key']} "
-                f"({row['n_test']} test rows), the baselines on {m['key']} "
+                f"({row['n_test']} test rows), the baselines on {m.key} "
                 f"({len(prepared.y_test)} test rows)"
             )
     return {
@@ -209,13 +209,13 @@ def run_table(table: Table, root: Path, seed: int, args) -> dict[str, Any]:
         "target": table.target,
         "csv": str(csv),
         **exported,
-        "rows_without_target": m.get("rows_without_target", 0),
-        "n_train": m["n_train"],
-        "n_val": m["n_val"],
-        "n_test": m["n_test"],
+        "rows_without_target": m.rows_without_target,
+        "n_train": m.n_train,
+        "n_val": m.n_val,
+        "n_test": m.n_test,
         "n_features": prepared.n_features,
         "classes": list(prepared.label_names),
-        "data_key": m["key"],
+        "data_key": m.key,
         "results": baselines(prepared, seed, args.threads) + plans,
     }
 

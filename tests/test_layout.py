@@ -129,8 +129,6 @@ SIZED_FUNCTIONS = ("tuner/train/", "tuner/tune/")
 
 _NOT_YET_SPLIT = {
     "tuner/cli.py",
-    "tuner/data/prepare.py",
-    "tuner/data/uci.py",
     "tuner/tune/final.py",
     "tuner/tune/stages.py",
 }

@@ -215,8 +215,8 @@ def test_final_writes_model_metrics_and_predict_round_trips(workdir, msd_file, t
 
     # predict from model.pt alone: the raw test rows give the model's test accuracy
     prepared = s.prepared()
-    mean = prepared.manifest["scaler"]["mean"]
-    scale = prepared.manifest["scaler"]["scale"]
+    mean = prepared.manifest.encoding.mean_
+    scale = prepared.manifest.encoding.scale_
     raw = prepared.x_test.astype("float64") * scale + mean
     rows = tmp_path / "rows.csv"
     rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")

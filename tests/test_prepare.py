@@ -11,13 +11,15 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from tests.conftest import make_rows, uci_lines, write_uci_text
-from tuner.data import prepare as prep
+from tuner.data import cache
 from tuner.data import uci as sources
 from tuner.data.prepare import (
     CANONICAL_TEST_ROWS,
     CANONICAL_TRAIN_ROWS,
     LABEL_NAMES,
+    MANIFEST_VERSION,
     DataSpec,
+    Manifest,
     cache_key,
     decade_labels,
     prepare,
@@ -144,9 +146,9 @@ def test_prepare_scales_with_train_statistics_only(tmp_path: Path, uci_file):
     mean = raw.features[train].mean(axis=0)
     scale = raw.features[train].std(axis=0)
     m = prepared.manifest
-    np.testing.assert_allclose(m["scaler"]["mean"], mean, rtol=1e-10)
-    np.testing.assert_allclose(m["scaler"]["scale"], scale, rtol=1e-10)
-    assert np.abs(np.array(m["scaler"]["mean"]) - raw.features.mean(axis=0)).max() > 1e-3
+    np.testing.assert_allclose(m.encoding.mean_, mean, rtol=1e-10)
+    np.testing.assert_allclose(m.encoding.scale_, scale, rtol=1e-10)
+    assert np.abs(np.array(m.encoding.mean_) - raw.features.mean(axis=0)).max() > 1e-3
     for x, idx in ((prepared.x_train, train), (prepared.x_val, val), (prepared.x_test, test)):
         assert x.dtype == np.float32 and x.flags.c_contiguous
         np.testing.assert_allclose(x, (raw.features[idx] - mean) / scale, rtol=1e-5, atol=1e-5)
@@ -157,16 +159,18 @@ def test_prepare_scales_with_train_statistics_only(tmp_path: Path, uci_file):
     assert (prepared.n_features, prepared.n_classes) == (90, 10)
     assert prepared.label_names == LABEL_NAMES
 
-    assert m["source"] == str(path.resolve()) and m["source_sha256"] == raw.sha256
-    assert (m["split"], m["rows"], m["seed"]) == ("stratified", None, 42)
-    assert m["version"] == prep.PREPARE_VERSION
-    assert (m["n_rows_total"], m["n_train"], m["n_val"], m["n_test"]) == (1000, 700, 150, 150)
-    assert m["class_counts"]["train"] == np.bincount(y[train], minlength=10).tolist()
-    assert m["label_names"] == list(LABEL_NAMES) and m["created"]
-    directory = tmp_path / "data" / "prepared" / m["key"]
-    assert json.loads((directory / "manifest.json").read_text()) == m
+    assert m.source == str(path.resolve()) and m.source_sha256 == raw.sha256
+    assert (m.split, m.rows, m.seed) == ("stratified", None, 42)
+    assert m.version == MANIFEST_VERSION and m.file_format == "uci" and m.target is None
+    assert (m.n_rows_total, m.n_train, m.n_val, m.n_test) == (1000, 700, 150, 150)
+    assert m.class_counts["train"] == np.bincount(y[train], minlength=10).tolist()
+    assert m.label_names == LABEL_NAMES and m.label_rule == "decade" and m.created
+    assert m.encoding.numeric == sources.FEATURE_NAMES and m.n_features == 90
+    directory = tmp_path / "data" / "prepared" / m.key
+    stored = json.loads((directory / "manifest.json").read_text())
+    assert stored == m.to_dict() and Manifest.from_dict(stored) == m
     assert sorted(p.name for p in directory.iterdir()) == ["arrays.npz", "manifest.json"]
-    assert [p.name for p in (tmp_path / "data" / "prepared").iterdir()] == [m["key"]]
+    assert [p.name for p in (tmp_path / "data" / "prepared").iterdir()] == [m.key]
 
 
 def test_cache_reuse_and_invalidation(tmp_path: Path, uci_file, monkeypatch, caplog):
@@ -186,40 +190,40 @@ def test_cache_reuse_and_invalidation(tmp_path: Path, uci_file, monkeypatch, cap
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
 
-    keys = {first.manifest["key"]}
+    keys = {first.manifest.key}
     for spec in (DataSpec(source=path, rows=300), DataSpec(source=path, seed=1)):
         prepared = prepare(spec, data_dir)
-        assert prepared.manifest["key"] not in keys
-        keys.add(prepared.manifest["key"])
-    assert prepare(DataSpec(source=path, rows=300), data_dir).manifest["n_train"] == 210
+        assert prepared.manifest.key not in keys
+        keys.add(prepared.manifest.key)
+    assert prepare(DataSpec(source=path, rows=300), data_dir).manifest.n_train == 210
     assert {p.name for p in (data_dir / "prepared").iterdir()} == keys
-    sha = first.manifest["source_sha256"]
+    sha = first.manifest.source_sha256
     assert cache_key(sha, DataSpec(split="canonical")) != cache_key(sha, DataSpec())
-    assert cache_key(sha, DataSpec()) == first.manifest["key"]
+    assert cache_key(sha, DataSpec()) == first.manifest.key
 
     # Other content, same path: a new key.
     write_uci_text(Path(path), uci_lines(*make_rows(600, seed=99)))
-    assert prepare(DataSpec(source=path), data_dir).manifest["key"] not in keys
+    assert prepare(DataSpec(source=path), data_dir).manifest.key not in keys
 
 
 def test_broken_cache_is_rebuilt(tmp_path: Path, uci_file):
     path = str(uci_file(400))
     first = prepare(DataSpec(source=path), tmp_path)
-    manifest = tmp_path / "prepared" / first.manifest["key"] / "manifest.json"
+    manifest = tmp_path / "prepared" / first.manifest.key / "manifest.json"
     manifest.write_text(manifest.read_text()[:50])
     again = prepare(DataSpec(source=path), tmp_path)
     np.testing.assert_array_equal(again.x_val, first.x_val)
-    assert json.loads(manifest.read_text())["key"] == first.manifest["key"]
-    assert [p.name for p in (tmp_path / "prepared").iterdir()] == [first.manifest["key"]]
+    assert json.loads(manifest.read_text())["key"] == first.manifest.key
+    assert [p.name for p in (tmp_path / "prepared").iterdir()] == [first.manifest.key]
 
 
 def test_concurrent_writer_keeps_existing_cache(tmp_path: Path, uci_file):
     """A complete cache that appeared meanwhile (another worker) is kept, not replaced."""
     prepared = prepare(DataSpec(source=str(uci_file(300))), tmp_path)
-    directory = tmp_path / "prepared" / prepared.manifest["key"]
+    directory = tmp_path / "prepared" / prepared.manifest.key
     before = (directory / "manifest.json").read_text()
-    prepared.manifest = {**prepared.manifest, "created": "later"}
-    prep._write_cache(prepared, directory)
+    prepared.manifest = prepared.manifest.replace(created="later")
+    cache.write_cache(prepared, directory)
     assert (directory / "manifest.json").read_text() == before
     assert [p.name for p in directory.parent.iterdir()] == [directory.name]
 
@@ -233,8 +237,8 @@ def test_same_content_in_zip_shares_the_cache(tmp_path: Path, uci_file):
         zf.write(path, "sub/YearPredictionMSD.txt")
     a = prepare(DataSpec(source=str(path)), tmp_path / "d")
     b = prepare(DataSpec(source=str(archive)), tmp_path / "d")
-    assert a.manifest["key"] == b.manifest["key"]
-    assert b.manifest["source"] == str(archive.resolve())
+    assert a.manifest.key == b.manifest.key
+    assert b.manifest.source == str(archive.resolve())
 
 
 @pytest.mark.parametrize(
@@ -279,13 +283,13 @@ def test_bad_spec_and_small_data(tmp_path: Path, uci_file):
 def test_prepare_real_sample(tmp_path: Path, real_head: Path):
     prepared = prepare(DataSpec(source=str(real_head)), tmp_path)
     m = prepared.manifest
-    assert (m["n_rows_total"], m["n_train"], m["n_val"], m["n_test"]) == (1176, 823, 176, 177)
-    total = [sum(c) for c in zip(*m["class_counts"].values(), strict=True)]
+    assert (m.n_rows_total, m.n_train, m.n_val, m.n_test) == (1176, 823, 176, 177)
+    total = [sum(c) for c in zip(*m.class_counts.values(), strict=True)]
     assert total == [0, 5, 4, 8, 8, 96, 70, 264, 689, 32]
-    assert min(m["class_counts"]["train"][1:]) >= 2  # rare decades spread, not dropped
+    assert min(m.class_counts["train"][1:]) >= 2  # rare decades spread, not dropped
     assert np.isfinite(prepared.x_train).all()
     sub = prepare(DataSpec(source=str(real_head), rows=500, seed=3), tmp_path)
-    assert sub.manifest["n_train"] + sub.manifest["n_val"] + sub.manifest["n_test"] == 500
+    assert sub.manifest.n_train + sub.manifest.n_val + sub.manifest.n_test == 500
 
 
 def test_prepare_uses_module_functions(monkeypatch, tmp_path: Path, uci_file):
@@ -312,7 +316,7 @@ def test_file_changed_while_preparing(tmp_path: Path, uci_file, monkeypatch):
     monkeypatch.setattr(sources, "load_resolved", rewrite_then_load)
     prepared = prepare(DataSpec(source=str(path)), tmp_path)
     m = prepared.manifest
-    assert m["n_rows_total"] == 400
-    assert m["source_sha256"] == sources.file_sha256(path)
-    assert m["key"] == cache_key(m["source_sha256"], DataSpec(source=str(path)))
-    assert (tmp_path / "prepared" / m["key"] / "manifest.json").is_file()
+    assert m.n_rows_total == 400
+    assert m.source_sha256 == sources.file_sha256(path)
+    assert m.key == cache_key(m.source_sha256, DataSpec(source=str(path)))
+    assert (tmp_path / "prepared" / m.key / "manifest.json").is_file()

@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import make_rows, uci_lines, write_uci_text
 from tuner.data import uci as sources
+from tuner.data import uci_download as download
+from tuner.data import uci_format
 from tuner.data.prepare import decade_labels
 from tuner.data.uci import load_source, read_uci_file
 from tuner.errors import DataError, TunerError
@@ -209,7 +211,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("name", list(BAD_CASES))
 def test_bad_lines(tmp_path: Path, monkeypatch, name: str, block: int):
     # block=3: the validator's pandas-checked blocks end inside the data (boundary handling).
-    monkeypatch.setattr(sources, "_BLOCK_LINES", block)
+    monkeypatch.setattr(uci_format, "_BLOCK_LINES", block)
     lines, lineno, needles = BAD_CASES[name]
     path = write_uci_text(tmp_path / "bad.txt", lines)
     message = read_error(path)
@@ -226,7 +228,7 @@ def test_bad_line_reported_first_only(tmp_path: Path):
 
 @pytest.mark.parametrize("block", [20_000, 64])
 def test_late_bad_line_in_larger_file(tmp_path: Path, monkeypatch, block: int):
-    monkeypatch.setattr(sources, "_BLOCK_LINES", block)
+    monkeypatch.setattr(uci_format, "_BLOCK_LINES", block)
     lines = uci_lines(*make_rows(3000, seed=1))
     lines[2499] = _replace_field(lines[2499], 20, "nan")
     lines[2799] = _replace_field(lines[2799], 1, "1850")
@@ -240,7 +242,7 @@ def test_late_bad_line_in_larger_file(tmp_path: Path, monkeypatch, block: int):
 
 def test_message_when_validator_finds_nothing(tmp_path: Path, monkeypatch):
     """Should pandas reject something the validator accepts, the error is still one line."""
-    monkeypatch.setattr(sources, "first_problem", lambda lines, start_row=0: None)
+    monkeypatch.setattr(uci_format, "first_problem", lambda lines, start_row=0: None)
     path = write_uci_text(tmp_path / "odd.txt", _case(G, 2, G[1] + ",1"))
     message = read_error(path)
     assert message.startswith(f"{path}: not in the UCI YearPredictionMSD format ("), message
@@ -320,8 +322,8 @@ def uci_zip(tmp_path: Path, monkeypatch) -> tuple[Path, bytes]:
     served = tmp_path / "served"
     served.mkdir()
     path = make_zip(served / "YearPredictionMSD.txt.zip", {"YearPredictionMSD.txt": text})
-    monkeypatch.setattr(sources, "UCI_URLS", (path.as_uri(),))
-    monkeypatch.setattr(sources, "UCI_TXT_SHA256", hashlib.sha256(text).hexdigest())
+    monkeypatch.setattr(download, "UCI_URLS", (path.as_uri(),))
+    monkeypatch.setattr(download, "UCI_TXT_SHA256", hashlib.sha256(text).hexdigest())
     return path, text
 
 
@@ -331,7 +333,7 @@ def test_uci_download_and_cache(tmp_path: Path, uci_zip, monkeypatch):
     raw = load_source("uci", data_dir)
     target = data_dir / "raw" / "YearPredictionMSD.txt"
     assert raw.source == "uci" and raw.features.shape == (250, 90)
-    assert raw.sha256 == sources.UCI_TXT_SHA256
+    assert raw.sha256 == download.UCI_TXT_SHA256
     assert target.read_bytes() == text
     assert sorted(p.name for p in (data_dir / "raw").iterdir()) == [
         "YearPredictionMSD.txt",
@@ -342,18 +344,18 @@ def test_uci_download_and_cache(tmp_path: Path, uci_zip, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("should not be called")
 
-    monkeypatch.setattr(sources, "UCI_URLS", ("file:///nonexistent/x.zip",))
-    monkeypatch.setattr(sources, "file_sha256", fail)
+    monkeypatch.setattr(download, "UCI_URLS", ("file:///nonexistent/x.zip",))
+    monkeypatch.setattr(download, "file_sha256", fail)
     again = load_source("uci", data_dir)
     np.testing.assert_array_equal(again.features, raw.features)
 
     # A changed mtime means re-verifying (the content is the same, so no download).
     monkeypatch.undo()
-    monkeypatch.setattr(sources, "UCI_URLS", ("file:///nonexistent/x.zip",))
-    monkeypatch.setattr(sources, "UCI_TXT_SHA256", hashlib.sha256(text).hexdigest())
+    monkeypatch.setattr(download, "UCI_URLS", ("file:///nonexistent/x.zip",))
+    monkeypatch.setattr(download, "UCI_TXT_SHA256", hashlib.sha256(text).hexdigest())
     hashed = []
-    real_hash = sources.file_sha256
-    monkeypatch.setattr(sources, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
+    real_hash = download.file_sha256
+    monkeypatch.setattr(download, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     load_source("uci", data_dir)
@@ -362,7 +364,7 @@ def test_uci_download_and_cache(tmp_path: Path, uci_zip, monkeypatch):
 
 def test_uci_tries_urls_in_turn(tmp_path: Path, uci_zip, monkeypatch):
     path, _ = uci_zip
-    monkeypatch.setattr(sources, "UCI_URLS", ((tmp_path / "missing.zip").as_uri(), path.as_uri()))
+    monkeypatch.setattr(download, "UCI_URLS", ((tmp_path / "missing.zip").as_uri(), path.as_uri()))
     assert load_source("uci", tmp_path / "data").features.shape == (250, 90)
 
 
@@ -375,7 +377,7 @@ def test_uci_replaces_unverified_local_copy(tmp_path: Path, uci_zip):
 
 def test_uci_checksum_mismatch(tmp_path: Path, uci_zip, monkeypatch):
     _, text = uci_zip
-    monkeypatch.setattr(sources, "UCI_TXT_SHA256", "0" * 64)
+    monkeypatch.setattr(download, "UCI_TXT_SHA256", "0" * 64)
     with pytest.raises(DataError) as info:
         load_source("uci", tmp_path / "data")
     message = str(info.value)
@@ -385,7 +387,7 @@ def test_uci_checksum_mismatch(tmp_path: Path, uci_zip, monkeypatch):
 
 
 def test_uci_unreachable(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(sources, "UCI_URLS", ((tmp_path / "gone.zip").as_uri(),))
+    monkeypatch.setattr(download, "UCI_URLS", ((tmp_path / "gone.zip").as_uri(),))
     with pytest.raises(DataError) as info:
         load_source("uci", tmp_path / "data")
     message = str(info.value)
@@ -406,6 +408,6 @@ def test_uci_offline(tmp_path: Path, monkeypatch):
 def test_uci_download_not_a_zip(tmp_path: Path, monkeypatch):
     page = tmp_path / "error.html"
     page.write_text("<html>Service unavailable</html>")
-    monkeypatch.setattr(sources, "UCI_URLS", (page.as_uri(),))
+    monkeypatch.setattr(download, "UCI_URLS", (page.as_uri(),))
     with pytest.raises(DataError, match="cannot download.*corrupt zip"):
         load_source("uci", tmp_path / "data")

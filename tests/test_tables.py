@@ -19,6 +19,7 @@ import torch
 
 from tests._util import run_cli, write_tiny_plan
 from tuner.data import features
+from tuner.data.encoding import Encoding
 from tuner.data.prepare import cache_key, prepare, split_indices
 from tuner.data.spec import DataSpec, build_spec
 from tuner.data.target import encode
@@ -88,8 +89,10 @@ def test_real_table_from_csv_to_model_and_predictions(tmp_path, penguins_csv):
 
     # model.pt: plain data only, with the fitted encoding
     bundle = torch.load(tmp_path / "models/tiny/model.pt", weights_only=True)
-    assert bundle["features"]["categorical"][0]["name"] == "island"
-    assert "Unnamed: 0" not in bundle["features"]["feature_names"]
+    assert bundle["encoding"]["categorical"][0]["name"] == "island"
+    assert "Unnamed: 0" not in bundle["encoding"]["feature_names"]
+    assert bundle["file_format"] == "table" and bundle["target"] == "species"
+    assert "features" not in bundle and "scaler" not in bundle
 
     # predict on the test rows, columns in another order, without the target column
     manifest_dir = next((tmp_path / "data/prepared").iterdir())
@@ -241,18 +244,18 @@ def test_encoding_is_fitted_on_train_rows_only_and_matches_sklearn(tmp_path):
     data = _table(tmp_path, n=600)
     spec = DataSpec(source=str(data), target="label", scaler="quantile", min_frequency=3)
     prepared = prepare(spec, tmp_path / "data")
-    state = prepared.manifest["features"]
+    state = prepared.manifest.encoding
     frame = pd.read_csv(data)
     y = np.unique(frame["label"], return_inverse=True)[1]
     train, _, test = split_indices(y, "stratified", 42)
     # medians of the train rows only
-    assert state["fill"] == pytest.approx([frame["a"].iloc[train].median(),
-                                           frame["b"].iloc[train].median()])  # fmt: skip
+    assert state.fill_ == pytest.approx([frame["a"].iloc[train].median(),
+                                         frame["b"].iloc[train].median()])  # fmt: skip
     # the quantile transform and one-hot equal scikit-learn's own transform of the test rows
-    xtr = frame[["a", "b"]].iloc[train].fillna(dict(zip("ab", state["fill"], strict=True)))
+    xtr = frame[["a", "b"]].iloc[train].fillna(dict(zip("ab", state.fill_, strict=True)))
     qt = QuantileTransformer(n_quantiles=min(1000, len(train)), output_distribution="normal",
                              subsample=None).fit(xtr.to_numpy())  # fmt: skip
-    xte = frame[["a", "b"]].iloc[test].fillna(dict(zip("ab", state["fill"], strict=True)))
+    xte = frame[["a", "b"]].iloc[test].fillna(dict(zip("ab", state.fill_, strict=True)))
     np.testing.assert_allclose(prepared.x_test[:, :2], qt.transform(xte.to_numpy()), rtol=1e-6)
     enc = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=3,
                         sparse_output=False).fit(frame[["colour"]].iloc[train].astype(str))  # fmt: skip
@@ -265,10 +268,16 @@ def test_rare_and_unseen_levels_share_the_other_column():
     frame = pd.DataFrame({"c": ["a"] * 10 + ["b"] * 10 + ["rare"], "y": [0, 1] * 10 + [0]})
     spec = DataSpec(source="t.csv", target="y", min_frequency=2)
     cols = features.infer_columns(frame, spec, "t.csv")
-    state = features.fit(frame, cols, spec, seed=0, display="t.csv")
-    assert state["feature_names"] == ["c=a", "c=b", "c=(other)"]
-    x = features.transform(pd.DataFrame({"c": ["b", "rare", "never seen", None]}), state, "new")
+    enc = Encoding(cols.numeric, cols.categorical, min_frequency=2).fit(frame, "t.csv")
+    assert enc.feature_names == ["c=a", "c=b", "c=(other)"]
+    x = enc.transform(pd.DataFrame({"c": ["b", "rare", "never seen", None]}), "new")
     np.testing.assert_array_equal(x, [[0, 1, 0], [0, 0, 1], [0, 0, 1], [0, 0, 1]])
+    # the plain form restores the same encoding
+    again = Encoding.from_dict(json.loads(json.dumps(enc.to_dict())))
+    assert again == enc
+    np.testing.assert_array_equal(
+        again.transform(pd.DataFrame({"c": ["rare", "a"]})), [[0, 0, 1], [1, 0, 0]]
+    )
 
 
 def test_targets_classes_binned_and_refused():
@@ -297,7 +306,7 @@ def test_splits_by_column_group_and_test_file(tmp_path):
         DataSpec(source=str(path), target="y", split="column", split_column="part", drop=("artist",)),
         tmp_path / "a",
     )
-    assert by_column.manifest["n_test"] == int((frame["part"] == "test").sum())
+    assert by_column.manifest.n_test == int((frame["part"] == "test").sum())
     assert by_column.n_features == 1  # the split column is not a feature
 
     by_group = prepare(
@@ -305,10 +314,10 @@ def test_splits_by_column_group_and_test_file(tmp_path):
         tmp_path / "b",
     )
     m = by_group.manifest
-    assert m["n_train"] + m["n_val"] + m["n_test"] == n
+    assert m.n_train + m.n_val + m.n_test == n
     # no artist in two parts: the rows' artists, recovered from the feature-free x column
     x_of = {round(float(v), 5): a for v, a in zip(frame["x"], frame["artist"], strict=True)}
-    mean, scale = m["features"]["mean"][0], m["features"]["scale"][0]
+    mean, scale = m.encoding.mean_[0], m.encoding.scale_[0]
 
     def artists(xs: np.ndarray) -> set[str]:
         return {x_of[round(float(v) * scale + mean, 5)] for v in xs[:, 0]}
@@ -321,7 +330,7 @@ def test_splits_by_column_group_and_test_file(tmp_path):
     with_test = prepare(
         DataSpec(source=str(path), target="y", test=str(test_file), drop=("part",)), tmp_path / "c"
     )
-    assert with_test.manifest["n_test"] == 50 and with_test.manifest["n_train"] + with_test.manifest["n_val"] == n
+    assert with_test.manifest.n_test == 50 and with_test.manifest.n_train + with_test.manifest.n_val == n
 
 
 @pytest.mark.slow

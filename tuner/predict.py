@@ -1,18 +1,28 @@
 """``predict``: classes for new rows, from a saved ``model.pt`` alone.
 
-A model trained on a table reads a table with a header (the formats of
-:mod:`tuner.data.table`): columns are matched by name in any order, the target column is
-ignored if present, and the stored encoding (:mod:`tuner.data.features`) is applied. The result
-is a table in the input's row order: a ``prediction`` column with the class names and one
-``proba_<class>`` column per class.
+``model.pt`` holds the weights, the configuration, the class names and the fitted
+:class:`~tuner.data.encoding.Encoding` of the data the model was trained on (plain lists: it
+loads with ``torch.load(weights_only=True)``). Every model predicts the same way: read the
+input rows as a table, encode them with the stored encoding, apply the model. Only reading
+depends on how the training rows were written (the bundle's ``file_format``):
 
-A model trained on YearPredictionMSD (the UCI format) reads comma-separated rows without a
-header, either 90 feature columns or 91 in the UCI layout (year first, ignored), and gives one
-decade per row, as it always has.
+* a model trained on a table reads a table with a header (the formats of
+  :mod:`tuner.data.table`): columns are matched by name in any order, the target column is
+  ignored if present;
+* a model trained on YearPredictionMSD (the UCI format) reads comma-separated rows without a
+  header, either the 90 feature columns or 91 in the UCI layout (the year first, ignored).
+
+The result is a table in the input's row order: a ``prediction`` column with the class names and
+one ``proba_<class>`` column per class.
+
+``model.pt`` files written by earlier versions (a table's encoding under ``features``,
+YearPredictionMSD's scaler statistics under ``scaler``) still load: :func:`load_bundle` converts
+them to the encoding they describe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tuner.data.encoding import TABLE_WORDING, Encoding, Wording
 from tuner.errors import DataError
 from tuner.train.config import TrainConfig
 from tuner.train.model import build_model
@@ -29,7 +40,10 @@ _KEYS = ("state_dict", "config", "n_features", "n_classes", "label_names")
 
 
 def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the trained model from ``model.pt`` (weights, config, data encoding)."""
+    """The trained model of ``model.pt`` (in eval mode) and the bundle's fields, with
+    ``bundle["encoding"]`` the fitted :class:`~tuner.data.encoding.Encoding` and
+    ``bundle["file_format"]`` how its input rows are written (``"table"`` or ``"uci"``).
+    A :class:`~tuner.errors.DataError` (one line) for a missing, foreign or damaged file."""
     if not path.is_file():
         raise DataError(f"{path}: no such model file (run `python -m tuner final` first)")
     try:
@@ -39,19 +53,52 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not isinstance(bundle, dict) or any(k not in bundle for k in _KEYS):
         raise DataError(f"{path}: not a tuner model file (a torch file without tuner's fields)")
     try:
+        bundle = _upgrade(bundle)
+        encoding = Encoding.from_dict(bundle["encoding"])
+        if bundle["file_format"] not in _READERS:
+            raise ValueError(f"unknown file_format {bundle['file_format']!r}")
+        if encoding.n_features != int(bundle["n_features"]):
+            raise ValueError(
+                f"the encoding makes {encoding.n_features} features, the model takes "
+                f"{bundle['n_features']}"
+            )
         cfg = TrainConfig().with_params(bundle["config"])
         model = build_model(cfg, int(bundle["n_features"]), int(bundle["n_classes"]))
         model.load_state_dict(bundle["state_dict"])
-    except Exception as err:  # weights that do not fit the stored configuration
+    except Exception as err:  # weights or an encoding that do not fit the stored configuration
         text = " ".join(str(err).split())[:160]
         raise DataError(f"{path}: a damaged tuner model file ({text})") from None
     model.eval()
-    return model, bundle
+    return model, {**bundle, "encoding": encoding}
+
+
+def _upgrade(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A bundle of an earlier version in today's form: its encoding under ``encoding`` and
+    the input's ``file_format``. Earlier versions stored a table's encoding under
+    ``features`` (the same fields) and YearPredictionMSD's standardization as ``scaler``
+    (mean and scale of the 90 features)."""
+    if "encoding" in bundle:
+        return bundle
+    if "features" in bundle:
+        return {**bundle, "encoding": bundle["features"], "file_format": "table"}
+    if "scaler" in bundle:
+        from tuner.data.uci import FEATURE_NAMES
+
+        scaler = bundle["scaler"]
+        encoding = Encoding.standardized(FEATURE_NAMES, scaler["mean"], scaler["scale"])
+        return {**bundle, "encoding": encoding.to_dict(), "file_format": "uci"}
+    raise ValueError("no input encoding")
+
+
+def is_table_model(bundle: dict[str, Any]) -> bool:
+    """Whether the model of ``bundle`` (from :func:`load_bundle`) reads tables with a header
+    (else UCI-format rows)."""
+    return bundle["file_format"] == "table"
 
 
 def read_features(path: Path, n_features: int) -> np.ndarray:
     """Read UCI-style rows of ``n_features`` values (or ``n_features + 1`` with a leading
-    year), no header."""
+    year), no header: a float64 array, one row per line."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
@@ -77,6 +124,34 @@ def read_features(path: Path, n_features: int) -> np.ndarray:
     return values
 
 
+_Input = tuple[pd.DataFrame, str, Wording]
+
+
+def _read_table(path: Path, bundle: dict[str, Any]) -> _Input:
+    from tuner.data.table import read_table
+
+    data = bundle.get("data") or {}
+    table = read_table(path, sep=data.get("sep"), missing=tuple(data.get("missing") or ()))
+    return table.frame, table.display, TABLE_WORDING
+
+
+_UCI_WORDING = Wording(column=str, remedy="far outside the training rows' range")
+
+
+def _read_uci_rows(path: Path, bundle: dict[str, Any]) -> _Input:
+    names = bundle["encoding"].numeric
+    frame = pd.DataFrame(read_features(path, len(names)), columns=list(names))
+    return frame, str(path), _UCI_WORDING
+
+
+_READERS: dict[str, Callable[[Path, dict[str, Any]], _Input]] = {
+    "table": _read_table,
+    "uci": _read_uci_rows,
+}
+"""How a model's input rows are read, by the ``file_format`` of its training data: a frame of
+raw columns (index: the data row from 0), how messages name the file and its columns."""
+
+
 @torch.inference_mode()
 def _probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     xs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -84,40 +159,23 @@ def _probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return torch.cat(parts).double().numpy() if parts else np.zeros((0, 0))
 
 
-def is_table_model(bundle: dict[str, Any]) -> bool:
-    return "features" in bundle
-
-
-def predict_file(model_path: Path, input_path: Path) -> list[str]:
-    """One class name per input row (for a table model: the ``prediction`` column)."""
-    model, bundle = load_bundle(model_path)
-    if is_table_model(bundle):
-        return predict_table(model_path, input_path)["prediction"].tolist()
-    x = read_features(input_path, bundle["n_features"])
-    mean = np.asarray(bundle["scaler"]["mean"])
-    scale = np.asarray(bundle["scaler"]["scale"])
-    proba = _probabilities(model, (x - mean) / scale)
-    names = bundle["label_names"]
-    return [names[int(i)] for i in proba.argmax(1)]
-
-
 def predict_table(model_path: Path, input_path: Path) -> pd.DataFrame:
-    """Predictions of a table model for a table with a header: ``prediction`` and one
-    ``proba_<class>`` column per class, in the input's row order."""
-    from tuner.data import features
-    from tuner.data.table import read_table
-
+    """Predictions of the model in ``model_path`` for the rows of ``input_path`` (read as the
+    model's training rows were written; see the module doc): a DataFrame in the input's row
+    order with ``prediction`` (the class name) and one ``proba_<class>`` column per class.
+    A :class:`~tuner.errors.DataError` (one line) for a bad model file or input (a missing
+    column, text in a numeric column, ...)."""
     model, bundle = load_bundle(model_path)
-    if not is_table_model(bundle):
-        raise DataError(
-            f"{model_path}: a YearPredictionMSD model; its input is UCI-format rows without a header"
-        )
-    data = bundle.get("data") or {}
-    table = read_table(input_path, sep=data.get("sep"), missing=tuple(data.get("missing") or ()))
-    x = features.transform(table.frame, bundle["features"], table.display)
-    proba = _probabilities(model, x)
+    frame, display, wording = _READERS[bundle["file_format"]](input_path, bundle)
+    proba = _probabilities(model, bundle["encoding"].transform(frame, display, wording))
     names = list(bundle["label_names"])
     out = pd.DataFrame({"prediction": [names[int(i)] for i in proba.argmax(1)]})
     for j, name in enumerate(names):
         out[f"proba_{name}"] = proba[:, j]
     return out
+
+
+def predict_file(model_path: Path, input_path: Path) -> list[str]:
+    """One class name per row of ``input_path``, in order (:func:`predict_table`'s
+    ``prediction`` column)."""
+    return predict_table(model_path, input_path)["prediction"].tolist()

@@ -12,7 +12,9 @@ A target with one class, or one that is obviously continuous (fractional values,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,10 +44,15 @@ class Labels:
     rule: str  # "classes" | "decade" | "cut points"
 
 
-def class_word(manifest: dict | None) -> str:
+def class_word(manifest: Any) -> str:
     """What a class is called in tables and plots: ``decade`` for YearPredictionMSD, else
-    the target column's name."""
-    return (manifest or {}).get("target") or "decade"
+    the target column's name. ``manifest``: a :class:`~tuner.data.manifest.Manifest`, its
+    JSON form (a dict), or ``None``."""
+    if isinstance(manifest, Mapping):
+        target = manifest.get("target")
+    else:
+        target = getattr(manifest, "target", None)
+    return target or "decade"
 
 
 def _fmt(v: float) -> str:

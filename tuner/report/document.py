@@ -146,7 +146,7 @@ def _manifest(session: Session, states: list[StageState]) -> dict[str, Any] | No
     directory named by the studies' ``data_key``."""
     prepared = session.loaded()
     if prepared is not None:
-        return prepared.manifest
+        return prepared.manifest.to_dict()
     for state in states:
         key = state.user_attrs.get("data_key")
         if key:
@@ -397,7 +397,7 @@ def _table_lines(m: dict[str, Any]) -> list[str]:
         f"**Target:** `{m['target']}` ({m.get('label_rule', 'classes')}, {m.get('n_classes') or len(m.get('label_names') or [])} classes)"
     ]
     cols = m.get("columns") or {}
-    feats = m.get("features") or {}
+    feats = m.get("encoding") or {}
     if cols:
         lines.append(
             f"**Features:** {len(cols.get('numeric', []))} numeric (missing values: "

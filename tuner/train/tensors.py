@@ -39,5 +39,5 @@ class TensorData:
             val=as_tensors(prepared.x_val, prepared.y_val),
             test=as_tensors(prepared.x_test, prepared.y_test),
             n_classes=prepared.n_classes,
-            key=prepared.manifest["key"],
+            key=prepared.manifest.key,
         )

@@ -1,6 +1,6 @@
 """The final job: retrain the chosen configuration, score it once on test, save the model.
 
-Writes ``models/<plan>/model.pt`` (weights, full config, scaler statistics, label names: all that
+Writes ``models/<plan>/model.pt`` (weights, full config, input encoding, label names: all that
 ``predict`` needs), ``models/<plan>/metrics.json`` and ``models/<plan>/history.json``. The final
 study ``<plan>.final`` holds one trial whose value is the test accuracy; nothing is selected on it.
 """
@@ -20,6 +20,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from tuner import paths
 from tuner.config import planned_epochs
+from tuner.data.manifest import Manifest
 from tuner.data.target import class_word
 from tuner.paths import atomic_write, save_torch
 from tuner.train.config import TrainConfig
@@ -33,13 +34,16 @@ from tuner.tune.stages import FINAL, Session, StageState
 logger = logging.getLogger(__name__)
 
 
-def input_encoding(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What ``predict`` needs to encode raw rows, as plain lists (``model.pt`` loads with
-    ``weights_only=True``): a table's fitted encoding, or YearPredictionMSD's scaler."""
-    if manifest.get("features") is not None:
-        return {"features": manifest["features"], "target": manifest["target"]}
-    scaler = manifest["scaler"]
-    return {"scaler": {"mean": list(scaler["mean"]), "scale": list(scaler["scale"])}}
+def input_encoding(manifest: Manifest) -> dict[str, Any]:
+    """What ``predict`` needs to read and encode raw rows, as plain data (``model.pt`` loads
+    with ``weights_only=True``): the fitted encoding (:meth:`Encoding.to_dict
+    <tuner.data.encoding.Encoding.to_dict>`), how the rows are written (``file_format``) and
+    the target column (a table's, to ignore it in the input)."""
+    return {
+        "encoding": manifest.encoding.to_dict(),
+        "file_format": manifest.file_format,
+        "target": manifest.target,
+    }
 
 
 def model_dir(session: Session) -> Path:

@@ -92,7 +92,7 @@ def fingerprint(
 @dataclass(frozen=True)
 class FinalRule:
     """What the final job keeps of a run: its early stopping replayed on the validation
-    losses (see :func:`tuner.train.fused.train_one`)."""
+    losses (see :func:`tuner.train.loop.train_one`)."""
 
     epochs: int
     patience: int

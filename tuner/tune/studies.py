@@ -337,10 +337,9 @@ def data_summary(prepared: Prepared) -> dict[str, Any]:
         "target",
         "n_features",
     )
-    summary = {k: m.get(k) for k in keys}
+    summary: dict[str, Any] = {k: getattr(m, k) for k in keys}
     summary["n_classes"] = prepared.n_classes
-    if m.get("spec"):
-        summary["spec"] = m["spec"]
+    summary["spec"] = m.spec
     return summary
 
 
