@@ -75,7 +75,10 @@ def _stratify_labels(
             return None
         if counts.min() >= 2 and classes.size <= min(n_train, n_test):
             return labels
-        rare = classes[np.argmin(counts)]
+        # the rarest class other than ``most``: with ties (perfectly balanced classes) the
+        # rarest may be ``most`` itself, and merging it into itself would loop for ever
+        others = classes != most
+        rare = classes[others][np.argmin(counts[others])]
         labels[labels == rare] = most
         if lumped is not None:
             lumped.add(int(rare))
