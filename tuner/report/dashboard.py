@@ -119,18 +119,20 @@ def serve(storage_url: str, workdir: Path, host: str, port: int) -> None:
             "trusted",
             host,
         )
-    print(
-        f"optuna-dashboard: {dash.url}\n  storage {redact(storage_url)}\n"
-        f"  artifacts {Path(workdir) / 'artifacts'}\n  Ctrl-C to stop",
-        flush=True,
-    )
 
     def stop(signum, frame):  # a service manager's SIGTERM stops it like Ctrl-C
         raise KeyboardInterrupt
 
+    # set before the URL is printed: a SIGTERM sent as soon as the URL appears stops the
+    # dashboard, not the CLI's default handler
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
     try:
+        print(
+            f"optuna-dashboard: {dash.url}\n  storage {redact(storage_url)}\n"
+            f"  artifacts {Path(workdir) / 'artifacts'}\n  Ctrl-C to stop",
+            flush=True,
+        )
         dash.serve_forever()
     except KeyboardInterrupt:
         print("dashboard stopped", flush=True)
