@@ -26,12 +26,12 @@ from tuner.config import MAX_FOLDS, Number, StageSpec, TrainConfig
 from tuner.errors import PlanError, StageError
 from tuner.train.engine import History
 from tuner.train.fused import FusedGroup
-from tuner.tune.kinds.base import StageKind
+from tuner.tune.kinds.base import KindOptions, StageKind
 from tuner.tune.runs import Folds, Member, PointResult, Run, diverged, summarize
 
 
 @dataclass(frozen=True)
-class CVOptions:
+class CVOptions(KindOptions, in_every_stage=True):
     folds: int = 0  # stratified folds of the train split (at least 2)
 
 

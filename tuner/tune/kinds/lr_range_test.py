@@ -28,7 +28,7 @@ from tuner.config import (
 )
 from tuner.errors import PlanError
 from tuner.train.options import optimizers
-from tuner.tune.kinds.base import Figure, PointSource, StageKind
+from tuner.tune.kinds.base import Figure, KindOptions, PointSource, StageKind
 from tuner.tune.runs import (
     PointResult,
     Run,
@@ -44,7 +44,7 @@ SNAPS = ("none", "decade")
 
 
 @dataclass(frozen=True)
-class RangeTestOptions:
+class RangeTestOptions(KindOptions, in_every_stage=True):
     param: str = "lr"  # the TrainConfig field the stage chooses
     start_lr: float = 1e-7
     end_lr: float = 1.0

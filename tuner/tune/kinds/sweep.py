@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.config import StageSpec, TrainConfig, epochs_rule
-from tuner.tune.kinds.base import StageKind
+from tuner.tune.kinds.base import KindOptions, StageKind
 from tuner.tune.runs import (
     PointResult,
     Run,
@@ -26,7 +26,7 @@ from tuner.tune.runs import (
 
 
 @dataclass(frozen=True)
-class SweepOptions:
+class SweepOptions(KindOptions, in_every_stage=True):
     patience: int = 0  # a run stops when validation loss stalls this many epochs (0: never)
 
 
