@@ -9,7 +9,6 @@ the storage, its running trials failed and its claims released.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import math
@@ -675,37 +674,13 @@ COMMANDS = {
 }
 
 
-_ENVIRONMENT_ERRNOS = {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.ENOENT,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EIO,
-    errno.ENAMETOOLONG,
-    errno.ELOOP,
-    errno.EMFILE,
-    errno.ENFILE,
-}
-
-
 def _environment_failure(err: BaseException, args: argparse.Namespace) -> str | None:
-    """One line for a failure of the environment behind ``err`` (a lost or corrupt storage, a
-    full disk, a path that cannot be read or written), else ``None`` (a bug: a traceback)."""
-    from tuner.tune.storage import default_storage_url, scrub, storage_failure
+    """One line for a failure of the environment behind ``err`` (see
+    :func:`tuner.tune.storage.failure_line`), else ``None`` (a bug: a traceback)."""
+    from tuner.tune.storage import default_storage_url, failure_line
 
     workdir = getattr(args, "workdir", Path("."))
-    url = getattr(args, "storage", None) or default_storage_url(workdir)
-    failure = storage_failure(err, url)
-    if failure is not None:
-        return str(failure)
-    if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
-        where = f"{err.filename}: " if err.filename else ""
-        return scrub(f"{where}{err.strerror or err}", url)
-    return None
+    return failure_line(err, getattr(args, "storage", None) or default_storage_url(workdir))
 
 
 @contextmanager

@@ -4,11 +4,11 @@
 * :mod:`tuner.tune.runs`: what kinds train with (fused runs of a group, results, reporters);
 * :mod:`tuner.tune.objectives`: a stage's claimed points trained and scored by its kind;
 * :mod:`tuner.tune.stages`: running a stage (points, claims, trials, reuse, observers);
-* :mod:`tuner.tune.studies`: reading and writing stage studies (versions, plan identity);
+* :mod:`tuner.tune.studies`: reading and writing stage studies (names, versions, plan identity);
 * :mod:`tuner.tune.state`: the read model of a stage;
 * :mod:`tuner.tune.coordination`: presence, claims, heartbeats, claim-or-wait;
 * :mod:`tuner.tune.claims`: the claims table;
-* :mod:`tuner.tune.storage`: storage URLs, connections, study names;
+* :mod:`tuner.tune.storage`: storage URLs, connections, failures and their one line;
 * :mod:`tuner.tune.hooks`: observers of a running plan;
 * :mod:`tuner.tune.decide`: noise-aware stage decisions;
 * :mod:`tuner.tune.search`: TPE proposals for model-based stages;

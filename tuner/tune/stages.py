@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from tuner.config import Plan, StageSpec, TrainConfig, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
-from tuner.errors import PlanError, StageError, Terminated, TunerError
+from tuner.errors import PlanError, StageError, Terminated
 from tuner.paths import model_dir
 from tuner.train.fused import Compute
 from tuner.train.tensors import TensorData
@@ -59,6 +59,7 @@ from tuner.tune.state import SETTLED, StageState, incumbent, normalize, point_ke
 from tuner.tune.storage import (
     environment_failure,
     error_line,
+    failure_kind,
     lost_storage,
     open_storage,
     storage_failure,
@@ -501,7 +502,7 @@ class Session:
             )
             if lost is not None:  # nothing more to write (see _storage_errors)
                 raise lost from None
-            kind = _failure_kind(err)  # only "error" counts towards MAX_FAILURES
+            kind = failure_kind(err)  # only "error" counts towards MAX_FAILURES
             for trial in trials:
                 try:
                     trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
@@ -649,17 +650,6 @@ def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
             if v not in space.setdefault(k, []):
                 space[k].append(v)
     return space
-
-
-def _failure_kind(err: BaseException) -> str:
-    """The user attr a failed trial gets: ``interrupted`` (Ctrl-C, SIGTERM), ``environment``
-    (a full disk, a path or storage that cannot be written), else ``error`` (its training
-    raised: counts towards MAX_FAILURES)."""
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(err, (TunerError, OSError)) or environment_failure(err, None) is not None:
-        return "environment"
-    return "error"
 
 
 def plan_states(session: Session) -> list[StageState]:
