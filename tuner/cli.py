@@ -447,73 +447,9 @@ def _run_stages(session, stages: list[str], force: bool) -> None:
         print(stage_table(state), end="\n\n", flush=True)
 
 
-@contextmanager
-def _working(session) -> Iterator[None]:
-    """A worker's run: whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the trials
-    it left RUNNING are failed and its claims released on the way out, so that the next run
-    (or another worker) trains those points again at once; then the session is closed. While
-    it runs it counts as one of the plan's workers (see :meth:`Session.announce`)."""
-    try:
-        session.announce()
-        yield
-    except BaseException as err:
-        _abandon(session, err)
-        raise
-    finally:
-        session.close()
-
-
-def _abandon(session, err: BaseException) -> None:
-    """Fail this worker's RUNNING trials and release its claims (best effort: the storage may
-    be what failed; nothing is tried on a lost connection, whose trials the next worker fails
-    once their heartbeats are stale)."""
-    from optuna.trial import TrialState
-
-    from tuner.errors import StorageLost
-    from tuner.tune.coordination import running_trials_of
-    from tuner.tune.state import SETTLED
-    from tuner.tune.storage import connection_failure, corrupt_database, error_line
-
-    if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
-        return  # nothing can be written there
-    why = "terminated (SIGTERM)" if isinstance(err, Terminated) else type(err).__name__
-    failed = 0
-
-    def fail(trial_id: int) -> None:
-        nonlocal failed
-        session.storage.set_trial_user_attr(trial_id, "interrupted", why)
-        session.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        failed += 1
-
-    try:
-        for claim in session.claims.owned(session.owner):
-            if claim.trial_id is not None:
-                state = session.storage.get_trial(claim.trial_id).state
-                if state in SETTLED:
-                    continue  # the claim marks a finished point: keep it
-                if state == TrialState.RUNNING:
-                    fail(claim.trial_id)
-            else:  # stopped between creating the point's trial and recording it in the claim
-                mine = running_trials_of(
-                    session.storage, claim.study_name, session.owner, claim.point
-                )
-                for trial_id in mine:
-                    fail(trial_id)
-            session.claims.release(claim.study_name, claim.point, session.owner)
-    except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
-        logger.warning(
-            "could not fail this worker's running trials (%s): the next run fails them once "
-            "their heartbeats are stale",
-            error_line(cleanup_err),
-        )
-        return
-    if failed:
-        logger.info("failed %d trial(s) this worker left running", failed)
-
-
 def _cmd_run_stage(args: argparse.Namespace) -> int:
     session = _session(args, stage=args.stage)
-    with _working(session):
+    with session.working():
         _run_stages(session, [args.stage], args.force)
     return 0
 
@@ -523,7 +459,7 @@ def _cmd_run_all(args: argparse.Namespace) -> int:
     from tuner.tune.final import run_final
 
     session = _session(args)
-    with _working(session):
+    with session.working():
         _run_stages(session, [s.name for s in session.plan.stages], args.force)
         run_final(session, force=args.force)
         print(status_table(_status(session)))
@@ -578,7 +514,7 @@ def _cmd_final(args: argparse.Namespace) -> int:
     from tuner.tune.final import final_summary, run_final
 
     session = _session(args)
-    with _working(session):
+    with session.working():
         run_final(session, force=args.force)
         summary = final_summary(session)
         if summary:

@@ -6,7 +6,7 @@
 * :mod:`tuner.tune.stages`: running a stage (points, claims, trials, reuse, observers);
 * :mod:`tuner.tune.studies`: reading and writing stage studies (names, versions, plan identity);
 * :mod:`tuner.tune.state`: the read model of a stage;
-* :mod:`tuner.tune.coordination`: presence, claims, heartbeats, claim-or-wait;
+* :mod:`tuner.tune.coordination`: presence, claims, heartbeats, claim-or-wait, cleanup;
 * :mod:`tuner.tune.claims`: the claims table;
 * :mod:`tuner.tune.storage`: storage URLs, connections, failures and their one line;
 * :mod:`tuner.tune.hooks`: observers of a running plan;

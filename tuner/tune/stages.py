@@ -137,6 +137,22 @@ class Session:
         self.storage.remove_session()
         self.storage.engine.dispose()
 
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """A worker's run: while it runs the session counts as one of the plan's workers
+        (:meth:`announce`); whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the
+        trials it left RUNNING are failed and its claims released on the way out
+        (:meth:`Coordinator.abandon`), so that the next run (or another worker) trains those
+        points again at once; then the session is closed."""
+        try:
+            self.announce()
+            yield
+        except BaseException as err:
+            self.workers.abandon(err)
+            raise
+        finally:
+            self.close()
+
     # -- what other parts ask of a session ------------------------------------------------------
     def announce(self) -> None:
         """Count this session as one of the plan's workers (:meth:`Coordinator.announce`)."""
