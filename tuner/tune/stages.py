@@ -24,7 +24,6 @@ that off.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -51,10 +50,11 @@ from tuner.tune.claims import ClaimTable, new_owner_id
 from tuner.tune.coordination import Coordinator
 from tuner.tune.hooks import Observers, StageObserver
 from tuner.tune.kinds import get_kind
-from tuner.tune.kinds.base import PointSource
+from tuner.tune.kinds.base import PointSource, StageKind
 from tuner.tune.objectives import PointResult, Reporter, evaluate_points
+from tuner.tune.points import KindPoints, StagePoints
 from tuner.tune.pruners import for_stage
-from tuner.tune.search import distributions, propose
+from tuner.tune.samplers import sampler_named
 from tuner.tune.state import SETTLED, StageState, incumbent, normalize, point_key
 from tuner.tune.storage import (
     environment_failure,
@@ -69,7 +69,6 @@ from tuner.tune.studies import FINAL, StudyStore, create_trial
 logger = logging.getLogger(__name__)
 
 REPORT_CLAIM = "__report__"  # the one worker writing run-all's report
-ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
 
 Evaluate = Callable[[list[dict[str, Any]], list[optuna.Trial], Reporter], list[PointResult]]
 """Trains a group of claimed points: ``(points, trials, reporter) -> results``."""
@@ -239,28 +238,19 @@ class Session:
         kind = get_kind(spec.kind)
         n_train = len(data.train[1])
         kind.check_data(spec, n_train)
-        tpe = spec.sampler == "tpe"
-        grid = not tpe and kind.needs_grid
-        # set by the study's creator, with its other attrs (no two workers insert one attr)
-        first = {"planned": spec.trials} if tpe else {"points": grid_points(spec)} if grid else {}
+        source = self._points(spec, kind, base, data)
         study = self.studies.open_study(
-            spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict(), first=first
+            spec.name,
+            fixed,
+            data.key,
+            force=force,
+            stage_attrs=spec.to_dict(),
+            first=source.first_attrs(),
         )
         if study is None:
             return self.stage_state(spec.name)
-        if grid:
-            points = grid_points(spec)
-            if study.user_attrs.get("points") != points:
-                study.set_user_attr("points", points)
-        elif not tpe:  # the kind finds its points (an LR range test's candidates)
-            points = kind.points(_PointSource(self), study, spec, base, data) or []
-        if tpe:
-            if "planned" not in study.user_attrs:
-                study.set_user_attr("planned", spec.trials)  # before any round: not "done"
-            dists = distributions(spec)
-        else:
-            search_space = _search_space(points)
-            dists = {k: CategoricalDistribution(v) for k, v in search_space.items()}
+        source.start(study)
+        dists = source.distributions()
         self.observers.notify("stage_started", self, study, spec.name)
         seed, compute = self.settings.seed, self.settings.compute
         reusing = self.reusing(spec)
@@ -302,15 +292,22 @@ class Session:
         protect = (
             {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
         )
-        if tpe:
-            r = 0
-            while (points := self._round_points(study, spec, r, incumbent(spec, base))) is not None:
-                self._work(study, points, evaluate, dists, epochs, protect, find=find)
-                r += 1
-        else:
+        for points in source.batches(study):
             self._work(study, points, evaluate, dists, epochs, protect, find=find)
         self.observers.notify("stage_done", self, study, spec.name)
         return self.stage_state(spec.name)
+
+    def _points(
+        self, spec: StageSpec, kind: StageKind, base: TrainConfig, data: TensorData
+    ) -> StagePoints:
+        """The stage's point source: what its kind finds as it runs (a kind that finds its
+        own points takes no grid and no TPE space), else its sampler's."""
+        if not kind.needs_grid:
+            services = _KindServices(self)
+            return KindPoints(lambda study: kind.points(services, study, spec, base, data))
+        return sampler_named(spec.sampler).points(
+            spec, incumbent=incumbent(spec, base), seed=self.settings.seed, workers=self.workers
+        )
 
     def reusing(self, spec: StageSpec | None = None) -> bool:
         """Whether this run reuses identical trials (for ``spec``: a stage without a pruner)."""
@@ -371,49 +368,6 @@ class Session:
         metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
         self.observers.notify("final_done", self, study, metrics)
         return self.stage_state(FINAL)
-
-    def _round_points(
-        self, study: optuna.Study, spec: StageSpec, r: int, first: dict[str, Any]
-    ) -> list[dict[str, Any]] | None:
-        """The points of a TPE stage's rounds ``0..r`` (round ``r`` proposed now, by one worker,
-        from the settled trials of the earlier rounds), or ``None`` when no round ``r`` is
-        planned. Every worker reads the same rounds from the study."""
-
-        def rounds() -> list[list[dict[str, Any]]]:
-            return study.user_attrs.get("rounds", [])
-
-        def proposed() -> int:
-            return sum(len(rnd) for rnd in rounds())
-
-        def done() -> bool:
-            return len(rounds()) > r or proposed() >= study.user_attrs.get("planned", spec.trials)
-
-        def propose_round() -> None:
-            before, count = rounds(), proposed()
-            history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            n = min(spec.round_size, spec.trials - count)
-            new = propose(
-                spec,
-                history,
-                n,
-                seed=self.settings.seed + r,
-                first=normalize(first) if r == 0 else None,
-            )
-            logger.info("%s round %d: TPE proposes %d point(s)", study.study_name, r, len(new))
-            if len(new) < n:  # the space is exhausted: plan what there is
-                study.set_user_attr("planned", count + len(new))
-            study.set_user_attr("rounds", [*before, new])
-            study.set_user_attr("points", [p for rnd in [*before, new] for p in rnd])
-
-        self.workers.once(
-            study.study_name,
-            ROUND_CLAIM.format(r),
-            f"round {r} of {study.study_name}'s TPE proposals",
-            done,
-            propose_round,
-        )
-        have = rounds()
-        return [p for rnd in have[: r + 1] for p in rnd] if len(have) > r else None
 
     def _work(
         self,
@@ -607,7 +561,7 @@ class Session:
             raise
 
 
-class _PointSource(PointSource):
+class _KindServices(PointSource):
     """What a kind that finds its own points (:meth:`StageKind.points`) may use of a session."""
 
     def __init__(self, session: Session) -> None:
@@ -649,23 +603,6 @@ class _TrialReporter:
     def progress(self, epoch: int) -> None:
         self.bar.update(1)
         self.check_stop()
-
-
-def grid_points(spec: StageSpec) -> list[dict[str, Any]]:
-    """The stage's grid in plan order (first key slowest)."""
-    names = list(spec.grid)
-    return [
-        dict(zip(names, values, strict=True)) for values in itertools.product(*spec.grid.values())
-    ]
-
-
-def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    space: dict[str, list[Any]] = {}
-    for p in points:
-        for k, v in p.items():
-            if v not in space.setdefault(k, []):
-                space[k].append(v)
-    return space
 
 
 def plan_states(session: Session) -> list[StageState]:

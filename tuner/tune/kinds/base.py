@@ -14,7 +14,6 @@ lives in :class:`tuner.config.StageSpec`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from tuner.config import Invalid, StageSpec, TrainConfig, message
 from tuner.errors import PlanError
 from tuner.tune.runs import PointResult, Run
+from tuner.tune.samplers import SAMPLERS, Grid, sampler_named
 
 if TYPE_CHECKING:
     from tuner.train.tensors import TensorData
@@ -108,7 +108,7 @@ class StageKind(ABC):
     schema: ClassVar[Mapping[str, Any]] = {}  # what each of those keys accepts (tuner.config)
     pruners: ClassVar[tuple[str, ...]] = ("none",)
     objectives: ClassVar[tuple[str, ...]] = ("peak", "final")
-    samplers: ClassVar[tuple[str, ...]] = ("grid", "tpe")
+    samplers: ClassVar[tuple[str, ...]] = tuple(SAMPLERS)
     needs_grid: ClassVar[bool] = True  # a grid (or a TPE space) says which points to train
     keeps_final: ClassVar[bool] = False  # a point trains on the train split as the final does
 
@@ -154,34 +154,23 @@ class StageKind(ABC):
             )
         if spec.sampler not in self.samplers:
             raise PlanError(f"{where}: a {self.name} stage takes no sampler = {spec.sampler!r}")
-        if self.needs_grid and spec.sampler == "grid" and not spec.grid:
+        if self.needs_grid and spec.sampler == Grid.name and not spec.grid:
             raise PlanError(f"{where}: a {self.name} stage needs a non-empty [grid]")
 
     def params(self, spec: StageSpec) -> tuple[str, ...]:
         """The :class:`TrainConfig` fields the stage chooses for later stages."""
-        return tuple(spec.space) if spec.sampler == "tpe" else tuple(spec.grid)
+        return sampler_named(spec.sampler).params(spec)
 
     def n_points(self, spec: StageSpec) -> int:
         """Points the stage trains in all."""
-        if spec.sampler == "tpe":
-            return spec.trials
-        return math.prod(len(v) for v in spec.grid.values())
+        return sampler_named(spec.sampler).n_points(spec)
 
     def contains(self, spec: StageSpec, params: Mapping[str, Any]) -> bool:
         """Whether ``params`` (a point as stored in the stage's study) lies in the stage's grid
         or space: what a finished study carries forward must."""
         if set(params) != set(self.params(spec)):
             return False
-        if spec.sampler == "tpe":
-            for key, rng in spec.space.items():
-                value = params[key]
-                if "choices" in rng:
-                    if value not in rng["choices"]:
-                        return False
-                elif not (isinstance(value, (int, float)) and rng["low"] <= value <= rng["high"]):
-                    return False
-            return True
-        return all(params[key] in values for key, values in spec.grid.items())
+        return sampler_named(spec.sampler).contains(spec, params)
 
     # -- running -------------------------------------------------------------------------------
     def check_data(self, spec: StageSpec, n_train: int) -> None:  # noqa: B027 - optional

@@ -36,6 +36,7 @@ from tuner.tune.runs import (
     holdout_scored_by,
     train_holdout,
 )
+from tuner.tune.samplers import TPE, Grid
 
 if TYPE_CHECKING:
     from tuner.train.tensors import TensorData
@@ -66,7 +67,7 @@ class RangeTest(StageKind):
         "snap": Choice(SNAPS),
         # "candidates" is a list: checked by the plan loader's list rules
     }
-    samplers = ("grid",)
+    samplers = (Grid.name,)
     needs_grid = False
     keeps_final = True  # its verification runs train on the train split
 
@@ -92,8 +93,8 @@ class RangeTest(StageKind):
 
     def validate(self, spec: StageSpec, where: str) -> None:
         opts = spec.options
-        if spec.sampler == "tpe" or spec.space:
-            raise PlanError(f"{where}: an {self.name} stage takes no [space] or tpe sampler")
+        if spec.sampler == TPE.name or spec.space:
+            raise PlanError(f"{where}: an {self.name} stage takes no [space] or {TPE.name} sampler")
         if spec.grid:
             raise PlanError(f"{where}: an {self.name} stage takes 'candidates', not a grid")
         if not 0 < opts.start_lr < opts.end_lr:
