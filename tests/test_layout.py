@@ -90,6 +90,31 @@ def test_imports_follow_the_flow():
     assert "tuner.data.prepare" in tensors
 
 
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 500
+
+
+def test_tune_is_made_of_readable_functions_and_modules():
+    """Every function of tuner/tune fits on a screen and no module of it outgrows one job."""
+    too_long = []
+    for path in sorted((PACKAGE / "tune").rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(REPO))
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{name}: {node.name} has {lines} lines")
+    assert not too_long, too_long
+
+
+def test_the_command_line_parses_and_dispatches_only():
+    """What a command does is in tuner/commands.py; tuner/cli.py parses and dispatches."""
+    assert len((PACKAGE / "cli.py").read_text().splitlines()) <= 450
+
+
 def _files_naming(word: str) -> list[str]:
     pattern = re.compile(rf"(?<![\w]){re.escape(word)}(?![\w])")
     return sorted(
