@@ -81,7 +81,8 @@ class Figure:
 class PointSource(ABC):
     """What :meth:`StageKind.points` may use of the stage runner: the study, the starting
     configuration, the data, one worker doing a thing while the others wait, and the
-    session's observers. Implemented by :class:`tuner.tune.stages.Session`'s stage runs."""
+    session's observers. Implemented by :class:`tuner.tune.stages.Session`'s stage runs (the
+    points themselves reach the runner through :class:`tuner.tune.points.KindPoints`)."""
 
     seed: int  # the run's seed (``--seed``)
 
