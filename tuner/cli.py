@@ -4,27 +4,25 @@ Every command has ``--help``. Errors in the user's input or environment (out-of-
 unwritable paths, a full disk, a corrupt or lost storage) exit with status 2 and one line on
 stderr; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM) with its finished trials kept in
 the storage, its running trials failed and its claims released.
+
+This module parses the arguments and dispatches to the command's function in
+:mod:`tuner.commands`, turning what a command raises into its exit status and one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from tuner.errors import StageError, Terminated, TunerError
-
-logger = logging.getLogger("tuner")
+from tuner import commands
+from tuner.errors import Terminated, TunerError
 
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are unsigned 32-bit integers
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM stopped
@@ -296,446 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_fixes(items: Sequence[str]) -> dict[str, Any]:
-    fixes: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise StageError(f"--fix {item!r}: expected KEY=VALUE, e.g. --fix lr=0.001")
-        fixes[key.strip()] = value.strip()
-    return fixes
-
-
-def _columns(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    return tuple(c.strip() for c in text.split(",") if c.strip())
-
-
-def data_spec(args: argparse.Namespace):
-    """The :class:`~tuner.data.spec.DataSpec` of ``--data`` and the table flags."""
-    from tuner.data.spec import build_spec, parse_bins, parse_split
-
-    split, split_column = parse_split(args.split) if args.split else (None, None)
-    overrides = {
-        "rows": args.rows,
-        "split": split,
-        "split_column": split_column,
-        "seed": args.seed,
-        "target": args.target,
-        "sep": args.sep,
-        "test": args.test_data,
-        "drop": _columns(args.drop),
-        "categorical": _columns(args.categorical),
-        "bins": parse_bins(args.bins, "--bins") if args.bins else None,
-        "impute": args.impute,
-        "scaler": args.scaler,
-    }
-    return build_spec(args.data, overrides)
-
-
-def _session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
-    """Open the plan on its storage. With ``with_data`` the data is read and validated first,
-    so that a bad data file stops the command before anything (a storage file) is written."""
-    from tuner.data.prepare import prepare
-    from tuner.plan import load_plan
-    from tuner.report.notes import DashboardNotes
-    from tuner.train.compute import Compute
-    from tuner.train.config import coerce_params
-    from tuner.tune.stages import Session, Settings, check_stage_name
-    from tuner.tune.storage import default_storage_url
-
-    writes = with_data or (args.command == "report" and args.out is None)
-    workdir = _workdir(args, write=writes)
-    plan = load_plan(args.plan, workdir)
-    if stage is not None:
-        check_stage_name(plan, stage)
-    fixes = _parse_fixes(getattr(args, "fix", []))
-    coerce_params(fixes, where="--fix")  # bad keys or values (inf, nan): before anything runs
-    if args.rows is not None and args.rows < 1:
-        raise TunerError(f"--rows must be positive, got {args.rows}")
-    group_size = getattr(args, "group_size", 0)
-    if group_size < 0:
-        raise TunerError(f"--group-size must be >= 0, got {group_size}")
-    try:
-        compute = Compute.resolve(
-            getattr(args, "device", "auto"), getattr(args, "precision", "fp32")
-        )
-    except ValueError as err:
-        raise TunerError(str(err)) from None
-    settings = Settings(
-        workdir=workdir,
-        storage_url=args.storage or default_storage_url(workdir),
-        data=data_spec(args),
-        seed=args.seed,
-        fixes=fixes,
-        heartbeat_interval=getattr(args, "heartbeat_interval", 5),
-        grace_period=getattr(args, "grace_period", 20),
-        group_size=group_size,
-        compute=compute,
-        reuse=getattr(args, "reuse", True),
-        stop=getattr(args, "stop", None),
-    )
-    if settings.grace_period <= settings.heartbeat_interval:
-        raise TunerError("--grace-period must be longer than --heartbeat-interval")
-    prepared = prepare(settings.data, settings.data_dir) if with_data else None
-    return Session(plan, settings, prepared, observers=[DashboardNotes()])
-
-
-def _writable_dir(path: Path, what: str, *, write: bool = True) -> None:
-    """Refuse (one line starting with ``what``) a directory ``path`` that cannot be one, or
-    cannot be written: the path itself or, where it does not exist yet, the nearest one above
-    it (nothing is created here)."""
-    existing = path.resolve()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TunerError(f"{what}: {existing} is not a directory")
-    if write and not os.access(existing, os.W_OK | os.X_OK):
-        raise TunerError(f"{what}: cannot write in {existing} (permission denied or read-only)")
-
-
-def _workdir(args: argparse.Namespace, *, write: bool) -> Path:
-    """``--workdir``, absolute; a file, or a directory the command cannot write to (``write``),
-    is refused before anything runs."""
-    _writable_dir(args.workdir, f"--workdir {args.workdir}", write=write)
-    return args.workdir.resolve()
-
-
-def _finite(obj: Any) -> Any:
-    """``obj`` with every NaN and infinity replaced by ``None``: strict JSON (``null``)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _status(session) -> dict[str, Any]:
-    from tuner.tune.final import final_summary
-    from tuner.tune.stages import plan_states
-    from tuner.tune.storage import redact
-
-    return {
-        "plan": session.plan.name,
-        "storage": redact(session.settings.storage_url),
-        "stages": [s.to_dict() for s in plan_states(session)],
-        "final": final_summary(session),
-    }
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-    from tuner.data.prepare import prepare
-
-    workdir = _workdir(args, write=True)
-    prepared = prepare(data_spec(args), workdir / "data")
-    m = prepared.manifest
-    print(
-        f"prepared {m['source']} ({m['split']} split, {m['n_rows_total']} rows in source): "
-        f"train {m['n_train']}, val {m['n_val']}, test {m['n_test']} -> "
-        f"{workdir / 'data' / 'prepared' / m['key']}"
-    )
-    return 0
-
-
-def _run_stages(session, stages: list[str], force: bool) -> None:
-    from tuner.report.summary import stage_table
-
-    for name in stages:
-        state = session.run_stage(name, force=force)
-        print(stage_table(state), end="\n\n", flush=True)
-
-
-@contextmanager
-def _working(session) -> Iterator[None]:
-    """A worker's run: whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the trials
-    it left RUNNING are failed and its claims released on the way out, so that the next run
-    (or another worker) trains those points again at once; then the session is closed. While
-    it runs it counts as one of the plan's workers (see :meth:`Session.announce`)."""
-    try:
-        session.announce()
-        yield
-    except BaseException as err:
-        _abandon(session, err)
-        raise
-    finally:
-        session.close()
-
-
-def _abandon(session, err: BaseException) -> None:
-    """Fail this worker's RUNNING trials and release its claims (best effort: the storage may
-    be what failed; nothing is tried on a lost connection, whose trials the next worker fails
-    once their heartbeats are stale)."""
-    from optuna.trial import TrialState
-
-    from tuner.errors import StorageLost
-    from tuner.tune.coordination import running_trials_of
-    from tuner.tune.state import SETTLED
-    from tuner.tune.storage import connection_failure, corrupt_database, error_line
-
-    if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
-        return  # nothing can be written there
-    why = "terminated (SIGTERM)" if isinstance(err, Terminated) else type(err).__name__
-    failed = 0
-
-    def fail(trial_id: int) -> None:
-        nonlocal failed
-        session.storage.set_trial_user_attr(trial_id, "interrupted", why)
-        session.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        failed += 1
-
-    try:
-        for claim in session.claims.owned(session.owner):
-            if claim.trial_id is not None:
-                state = session.storage.get_trial(claim.trial_id).state
-                if state in SETTLED:
-                    continue  # the claim marks a finished point: keep it
-                if state == TrialState.RUNNING:
-                    fail(claim.trial_id)
-            else:  # stopped between creating the point's trial and recording it in the claim
-                mine = running_trials_of(
-                    session.storage, claim.study_name, session.owner, claim.point
-                )
-                for trial_id in mine:
-                    fail(trial_id)
-            session.claims.release(claim.study_name, claim.point, session.owner)
-    except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
-        logger.warning(
-            "could not fail this worker's running trials (%s): the next run fails them once "
-            "their heartbeats are stale",
-            error_line(cleanup_err),
-        )
-        return
-    if failed:
-        logger.info("failed %d trial(s) this worker left running", failed)
-
-
-def _cmd_run_stage(args: argparse.Namespace) -> int:
-    session = _session(args, stage=args.stage)
-    with _working(session):
-        _run_stages(session, [args.stage], args.force)
-    return 0
-
-
-def _cmd_run_all(args: argparse.Namespace) -> int:
-    from tuner.report.summary import status_table
-    from tuner.tune.final import run_final
-
-    session = _session(args)
-    with _working(session):
-        _run_stages(session, [s.name for s in session.plan.stages], args.force)
-        run_final(session, force=args.force)
-        print(status_table(_status(session)))
-        try:
-            if session.claim_report():
-                _print_report(session)
-            else:
-                logger.info("another worker writes the report")
-        except Exception as err:  # the results are in the storage; `tuner report` can retry
-            failure = _environment_failure(err, args)
-            logger.warning(
-                "could not write the report (%s); run `tuner report`",
-                failure or type(err).__name__,
-                exc_info=failure is None,
-            )
-    return 0
-
-
-def _print_report(session, out: Path | None = None) -> None:
-    from tuner.report.document import write_report
-
-    paths = write_report(session, out)
-    print(f"report: {paths.markdown}, {paths.html.name} and {len(paths.plots)} plots", flush=True)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    if args.out is not None:
-        _writable_dir(args.out, f"--out {args.out}")
-    session = _session(args, with_data=False)
-    try:
-        if args.out is not None:
-            try:
-                args.out.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise TunerError(f"--out {args.out}: cannot create it ({err.strerror})") from None
-        _print_report(session, args.out)
-    finally:
-        session.close()
-    return 0
-
-
-def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from tuner.report.dashboard import serve
-    from tuner.tune.storage import default_storage_url
-
-    workdir = _workdir(args, write=False)
-    serve(args.storage or default_storage_url(workdir), workdir, args.host, args.port)
-    return 0
-
-
-def _cmd_final(args: argparse.Namespace) -> int:
-    from tuner.tune.final import final_summary, run_final
-
-    session = _session(args)
-    with _working(session):
-        run_final(session, force=args.force)
-        summary = final_summary(session)
-        if summary:
-            print(
-                f"test accuracy {summary['test_accuracy']:.4f}, test loss {summary['test_loss']:.4f}, "
-                f"n_test {summary['n_test']}; model {summary.get('model', '?')}"
-            )
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from tuner.report.summary import status_table
-
-    session = _session(args, with_data=False)
-    try:
-        status = _status(session)
-    finally:
-        session.close()
-    if args.json:  # strict JSON: a non-finite value (a diverged run's loss) is null
-        print(json.dumps(_finite(status), indent=2, allow_nan=False))
-    else:
-        print(status_table(status))
-    return 0
-
-
-def _write_output(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole (a temporary file renamed into place), or exit 2 with
-    one line when the path cannot be written."""
-    from tuner.paths import write_text
-
-    if path.is_dir():
-        raise TunerError(f"{path}: is a directory; give a file name for --output")
-    if not path.parent.is_dir():
-        raise TunerError(f"{path}: no such directory {str(path.parent)!r}")
-    try:
-        write_text(path, text)
-    except OSError as err:
-        raise TunerError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from tuner.predict import is_table_model, load_bundle, predict_file, predict_table
-
-    _, bundle = load_bundle(args.model)
-    if is_table_model(bundle):
-        table = predict_table(args.model, args.input)
-        text = table.to_csv(index=False, float_format="%.6g")
-        n = len(table)
-    else:
-        labels = predict_file(args.model, args.input)
-        text = "\n".join(labels) + "\n"
-        n = len(labels)
-    if args.output:
-        _write_output(args.output, text)
-        logger.info("wrote %d predictions to %s", n, args.output)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-def _cmd_synthesize(args: argparse.Namespace) -> int:
-    from tuner.data import synthetic
-
-    if args.rows < 100:
-        raise TunerError(f"--rows must be at least 100, got {args.rows}")
-    out = args.out
-    if out.is_dir():
-        raise TunerError(f"--out {out}: is a directory; give a file name, e.g. {out / 'msd.txt'}")
-    _writable_dir(out.parent, f"--out {out}")
-    years, features = synthetic.generate(rows=args.rows, seed=args.seed)
-    existed = out.exists()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        synthetic.write_uci(out, years, features)
-    except OSError as err:
-        if not existed:
-            out.unlink(missing_ok=True)  # no half-written file left behind
-        raise TunerError(f"--out {out}: cannot write ({err.strerror or err})") from None
-    print(f"wrote {args.rows} rows to {out}")
-    return 0
-
-
-COMMANDS = {
-    "prepare": _cmd_prepare,
-    "run-stage": _cmd_run_stage,
-    "run-all": _cmd_run_all,
-    "final": _cmd_final,
-    "status": _cmd_status,
-    "report": _cmd_report,
-    "dashboard": _cmd_dashboard,
-    "predict": _cmd_predict,
-    "synthesize": _cmd_synthesize,
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "prepare": commands.prepare,
+    "run-stage": commands.run_stage,
+    "run-all": commands.run_all,
+    "final": commands.final,
+    "status": commands.status,
+    "report": commands.report,
+    "dashboard": commands.dashboard,
+    "predict": commands.predict,
+    "synthesize": commands.synthesize,
 }
-
-
-_ENVIRONMENT_ERRNOS = {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOTDIR,
-    errno.EISDIR,
-    errno.ENOENT,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EIO,
-    errno.ENAMETOOLONG,
-    errno.ELOOP,
-    errno.EMFILE,
-    errno.ENFILE,
-}
-
-
-def _environment_failure(err: BaseException, args: argparse.Namespace) -> str | None:
-    """One line for a failure of the environment behind ``err`` (a lost or corrupt storage, a
-    full disk, a path that cannot be read or written), else ``None`` (a bug: a traceback)."""
-    from tuner.tune.storage import default_storage_url, scrub, storage_failure
-
-    workdir = getattr(args, "workdir", Path("."))
-    url = getattr(args, "storage", None) or default_storage_url(workdir)
-    failure = storage_failure(err, url)
-    if failure is not None:
-        return str(failure)
-    if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
-        where = f"{err.filename}: " if err.filename else ""
-        return scrub(f"{where}{err.strerror or err}", url)
-    return None
-
-
-@contextmanager
-def _sigterm_stops(stop: threading.Event) -> Iterator[None]:
-    """While a command runs, SIGTERM raises :class:`Terminated` in the main thread (the
-    Ctrl-C path: running trials failed, claims released, exit 143) and sets ``stop``: the
-    exception can land where Python ignores it (a garbage collector's finalizer), so the stage
-    runner also checks ``stop`` every epoch. A second SIGTERM does not interrupt the cleanup."""
-
-    def on_sigterm(signum, frame) -> NoReturn:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop.set()
-        raise Terminated("SIGTERM")
-
-    def unraisable(info) -> None:
-        if isinstance(info.exc_value, Terminated):
-            return  # ignored in a finalizer: ``stop`` ends the run at the next check instead
-        previous_hook(info)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous_hook = sys.unraisablehook
-    sys.unraisablehook = unraisable
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sys.unraisablehook = previous_hook
+"""Each command's function (:mod:`tuner.commands`): parsed arguments -> exit status."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -746,9 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    args.stop = threading.Event()  # set by SIGTERM (see _sigterm_stops)
+    args.stop = threading.Event()  # set by SIGTERM (see commands.sigterm_stops)
     try:
-        with _sigterm_stops(args.stop):
+        with commands.sigterm_stops(args.stop):
             return _run(args)
     except Terminated:
         print(
@@ -784,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
         print("tuner: interrupted; finished trials are kept in the storage", file=sys.stderr)
         return 130
     except Exception as err:  # a lost or corrupt database, a full disk: one line, no traceback
-        failure = _environment_failure(err, args)
+        failure = commands.failure_message(err, args)
         if failure is None:
             raise
         print(f"tuner: error: {failure}", file=sys.stderr)

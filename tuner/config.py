@@ -22,9 +22,6 @@ from typing import Any
 
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
-from tuner.train.options import optimizers
-
-SAMPLERS = ("grid", "tpe")
 
 OBJECTIVES = ("peak", "final", "mean")
 
@@ -32,23 +29,6 @@ OBJECTIVES = ("peak", "final", "mean")
 # stage of 5000 folds) before it runs.
 MAX_FOLDS = 100
 MAX_GRID_VALUES = 1_000
-
-
-LEGACY_OPTION_DEFAULTS: dict[str, Any] = {
-    "folds": 0,
-    "patience": 0,
-    "param": "lr",
-    "start_lr": 1e-7,
-    "end_lr": 1.0,
-    "range_optimizer": optimizers.DEFAULT,
-    "snap": "decade",
-    "candidates": [1.0],
-}
-"""The kind-specific keys every stage's :meth:`StageSpec.to_dict` held when one flat
-dataclass carried every kind's options, with their defaults then. They stay in the dict (a
-kind's own options override them) so that a stage's content hash, and so the studies a plan
-already ran, stay the same: frozen, never extended (a new kind's keys appear only in its own
-stages' dicts)."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +75,10 @@ class StageSpec:
         }
         d["grid"] = {k: list(v) for k, v in self.grid.items()}
         d["space"] = {k: dict(v) for k, v in self.space.items()}
-        own = dataclasses.asdict(self.options) if self.options is not None else {}
-        own = {k: list(v) if isinstance(v, tuple) else v for k, v in own.items()}
-        return {**d, **LEGACY_OPTION_DEFAULTS, **own}
+        # the kind's options (tuner.tune.kinds.base.KindOptions.recorded): its own keys, after
+        # those every stage's dict holds
+        own = self.options.recorded() if self.options is not None else {}
+        return {**d, **own}
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ A plan has three parts:
     optimizer, ...). Every field of :class:`~tuner.train.config.TrainConfig` may be set.
 ``[[stages]]``
     In order. Each stage has a ``kind`` (:mod:`tuner.tune.kinds`: how its points are found,
-    trained and scored) and tunes one or more :class:`~tuner.train.config.TrainConfig` fields
-    over a categorical grid, or over a ``[space]`` of ranges and choices searched by TPE
-    (``sampler = "tpe"``, see :mod:`tuner.tune.search`), and fixes the winners for every later
+    trained and scored) and tunes one or more :class:`~tuner.train.config.TrainConfig`
+    fields over a categorical grid, or over a ``[space]`` of ranges and choices searched by TPE (its
+    ``sampler``, see :mod:`tuner.tune.samplers`), and fixes the winners for every later
     stage. The keys every stage takes are checked here, a kind's own keys by the kind.
 ``[final]``
     How the chosen configuration is retrained and scored once on the test split.
@@ -47,7 +47,6 @@ from tuner.config import (
     MAX_FOLDS,
     MAX_GRID_VALUES,
     OBJECTIVES,
-    SAMPLERS,
     FinalSpec,
     Plan,
     StageSpec,
@@ -55,6 +54,7 @@ from tuner.config import (
 from tuner.errors import PlanError
 from tuner.train.config import FLOAT_FIELDS, TRAIN_FIELDS, TRAIN_SCHEMA, TrainConfig, coerce_params
 from tuner.tune.kinds import KINDS, stage_spec
+from tuner.tune.samplers import SAMPLERS
 
 STAGE_SCHEMA: dict[str, Any] = {
     "name": Name(dots=False),
@@ -69,7 +69,7 @@ STAGE_SCHEMA: dict[str, Any] = {
     "blocks": Number(integer=True, low=2, high=1000),
     "pruner_min_folds": Number(integer=True, low=1, high=MAX_FOLDS),
     "min_steps": Number(integer=True, low=0, high=10**9),
-    "sampler": Choice(SAMPLERS),
+    "sampler": Choice(tuple(SAMPLERS)),
     "trials": Number(integer=True, low=0, high=10_000),
     "round_size": Number(integer=True, low=1, high=1_000),
     "description": Text(),
@@ -118,14 +118,8 @@ def _parse_stage(raw: Mapping[str, Any], defaults: TrainConfig, where: str) -> S
     shared = {k: v for k, v in raw.items() if k in STAGE_SCHEMA}
     options = kind.parse_options({k: v for k, v in raw.items() if k in kind.option_keys}, where)
     spec = stage_spec(grid=grid, space=space, options=options, **shared)
-    _check_choice(f"{where} sampler", spec.sampler, SAMPLERS)
-    if spec.sampler == "tpe":
-        if spec.grid or not spec.space:
-            raise PlanError(f"{where}: a tpe stage searches a [space], not a [grid]")
-        if spec.trials < 1 or spec.round_size < 1:
-            raise PlanError(f"{where}: a tpe stage needs trials >= 1 and round_size >= 1")
-    elif spec.space:
-        raise PlanError(f'{where}: [space] needs sampler = "tpe" (a grid stage takes [grid])')
+    _check_choice(f"{where} sampler", spec.sampler, tuple(SAMPLERS))
+    SAMPLERS[spec.sampler].check(spec, where)
     _check_choice(f"{where} objective", spec.objective, OBJECTIVES)
     if spec.epochs < 1:
         raise PlanError(f"{where}: epochs must be >= 1")

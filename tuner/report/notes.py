@@ -39,6 +39,7 @@ from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
 from tuner.tune.kinds import KINDS, spec_from_dict
 from tuner.tune.kinds.base import Figure
+from tuner.tune.samplers import sampler_named
 
 if TYPE_CHECKING:
     from tuner.tune.stages import Session, StageState
@@ -72,7 +73,7 @@ def tuned_params(stage: Mapping[str, Any]) -> list[str]:
     _, spec = _kind_and_spec(stage)
     if spec is not None:
         return list(spec.params)
-    return list(stage.get("space", {}) if stage.get("sampler") == "tpe" else stage.get("grid", {}))
+    return sampler_named(stage.get("sampler")).recorded_params(stage)
 
 
 def scored_by(stage: Mapping[str, Any]) -> str:
@@ -87,7 +88,7 @@ def fmt_params(params: Mapping[str, Any] | None) -> str:
 
 def search_label(stage: Mapping[str, Any]) -> str:
     """What a stage's searched values are called in notes and the report."""
-    return "Search space" if stage.get("sampler") == "tpe" else "Grid"
+    return sampler_named(stage.get("sampler")).label
 
 
 def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
@@ -95,21 +96,7 @@ def grid_text(stage: Mapping[str, Any], points: list | None) -> str:
     own = kind.points_text(spec, points) if kind is not None else None
     if own is not None:
         return own
-    if stage.get("sampler") == "tpe":
-        ranges = "; ".join(
-            f"{k}: {', '.join(fmt_value(v) for v in r['choices'])}"
-            if "choices" in r
-            else f"{k}: {fmt_value(r['low'])} .. {fmt_value(r['high'])}"
-            + (" (log)" if r.get("log") else "")
-            for k, r in stage.get("space", {}).items()
-        )
-        return (
-            f"TPE over {ranges}: {stage.get('trials')} points in rounds of "
-            f"{stage.get('round_size')}"
-        )
-    return "; ".join(
-        f"{k}: {', '.join(fmt_value(v) for v in vs)}" for k, vs in stage.get("grid", {}).items()
-    )
+    return sampler_named(stage.get("sampler")).describe(stage)
 
 
 def kind_facts(stage: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -1,18 +1,58 @@
-"""Plain-text tables for the terminal: one per stage after it runs, and ``status``."""
+"""Plain-text tables for the terminal: one per stage after it runs, and ``status``.
+
+:func:`plan_status` is what ``status`` reports of a plan (each stage's read model and the final
+job's metrics), as a table (:func:`status_table`) or strict JSON (:func:`status_json`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+from typing import TYPE_CHECKING, Any
 
 from tuner.report import tables
 from tuner.tune.decide import decision_text
 from tuner.tune.state import StageState
+
+if TYPE_CHECKING:
+    from tuner.tune.stages import Session
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def plan_status(session: Session) -> dict[str, Any]:
+    """The plan's status from the storage: its name, the storage (passwords hidden), each
+    stage's read model and the final job's summary (``None`` until it is done)."""
+    from tuner.tune.final import final_summary
+    from tuner.tune.stages import plan_states
+    from tuner.tune.storage import redact
+
+    return {
+        "plan": session.plan.name,
+        "storage": redact(session.settings.storage_url),
+        "stages": [s.to_dict() for s in plan_states(session)],
+        "final": final_summary(session),
+    }
+
+
+def status_json(status: dict[str, Any]) -> str:
+    """``status`` as strict JSON: a non-finite value (a diverged run's loss) is ``null``."""
+    return json.dumps(_finite(status), indent=2, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by ``None``: strict JSON (``null``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def stage_table(state: StageState) -> str:

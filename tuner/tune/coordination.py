@@ -5,7 +5,9 @@ plan's stages, hence how many points each claims at once), its claims on grid po
 their heartbeats, and :meth:`Coordinator.once` -- claim, else wait and log once -- for a thing
 exactly one worker does while the others wait (an LR range test, a TPE round). Claims live in
 ``tuner_claims`` (:mod:`tuner.tune.claims`); a worker that dies stops beating, its claims go
-stale and the next worker takes its points over (failing the trial it left running).
+stale and the next worker takes its points over (failing the trial it left running). A worker
+that is stopped (an error, Ctrl-C, SIGTERM) cleans up after itself on the way out
+(:meth:`Coordinator.abandon`): its RUNNING trials failed, its claims released.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.errors import StageError
+from tuner.errors import StageError, StorageLost, Terminated
 from tuner.tune.claims import Claim, ClaimTable
 from tuner.tune.state import SETTLED, point_key
-from tuner.tune.storage import error_line
+from tuner.tune.storage import connection_failure, corrupt_database, error_line
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,47 @@ class Coordinator:
             return
         for trial_id in running_trials_of(self.storage, study_name, previous.owner, key):
             self.fail_if_running(trial_id)
+
+    def abandon(self, err: BaseException) -> None:
+        """Clean up after this worker, stopped by ``err``: fail its RUNNING trials (user attr
+        ``interrupted``) and release its claims, so that the next run (or another worker)
+        trains those points again at once. Best effort: the storage may be what failed; nothing
+        is tried on a lost connection, whose trials the next worker fails once their heartbeats
+        are stale."""
+        if isinstance(err, StorageLost) or connection_failure(err) or corrupt_database(err):
+            return  # nothing can be written there
+        why = "terminated (SIGTERM)" if isinstance(err, Terminated) else type(err).__name__
+        failed = 0
+
+        def fail(trial_id: int) -> None:
+            nonlocal failed
+            self.storage.set_trial_user_attr(trial_id, "interrupted", why)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed += 1
+
+        try:
+            for claim in self.claims.owned(self.owner):
+                if claim.trial_id is not None:
+                    state = self.storage.get_trial(claim.trial_id).state
+                    if state in SETTLED:
+                        continue  # the claim marks a finished point: keep it
+                    if state == TrialState.RUNNING:
+                        fail(claim.trial_id)
+                else:  # stopped between creating the point's trial and recording it in the claim
+                    for trial_id in running_trials_of(
+                        self.storage, claim.study_name, self.owner, claim.point
+                    ):
+                        fail(trial_id)
+                self.claims.release(claim.study_name, claim.point, self.owner)
+        except Exception as cleanup_err:  # noqa: BLE001 - the storage itself may be what failed
+            logger.warning(
+                "could not fail this worker's running trials (%s): the next run fails them once "
+                "their heartbeats are stale",
+                error_line(cleanup_err),
+            )
+            return
+        if failed:
+            logger.info("failed %d trial(s) this worker left running", failed)
 
     @staticmethod
     def check_failures(study: optuna.Study, trials: list[FrozenTrial], key: str) -> None:

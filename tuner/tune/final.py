@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tuner.data.manifest import Manifest
 from tuner.data.target import class_word
 from tuner.paths import atomic_write, save_torch
 from tuner.train.config import TrainConfig
-from tuner.train.history import EpochStats
+from tuner.train.history import EpochStats, History
 from tuner.train.loop import train_one
 from tuner.train.model import build_model, evaluate
 from tuner.tune import reuse
@@ -94,122 +95,170 @@ def stage_wall_times(session: Session) -> dict[str, float]:
 
 
 def run_final(session: Session, *, force: bool = False) -> StageState:
-    """Run the final job of the session's plan (once across all workers)."""
+    """Run the final job of the session's plan (once across all workers).
+
+    In: a session whose plan's stages are done (or whose ``--fix`` gives their winners);
+    ``force``: redo the final job as a new study. Out: the final study's read model; the
+    model, its metrics and history are under ``models/<plan>/`` (see the module docstring).
+    """
+
+    def evaluate(cfg: TrainConfig, fixed: dict[str, Any], *, trial, reporter) -> PointResult:
+        return evaluate_final(session, cfg, fixed, trial=trial, reporter=reporter)
+
+    return session.run_final(evaluate, force=force)
+
+
+def evaluate_final(
+    session: Session, cfg: TrainConfig, fixed: dict[str, Any], *, trial, reporter
+) -> PointResult:
+    """The final job's one trial: train the chosen configuration ``cfg`` (or take the weights
+    a stage trial kept that trained exactly it, :mod:`tuner.tune.reuse`), score it once on
+    test and write ``models/<plan>/``. ``fixed``: the params the stages fixed; ``reporter``
+    receives each epoch's validation accuracy. Returns the trial's value (test accuracy) and
+    attrs."""
     plan = session.plan
+    prepared = session.prepared()
+    data = session.data()
+    n_train = len(data.train[1])
+    epochs = planned_epochs(plan.final.epochs, plan.final.min_steps, n_train, cfg.batch_size)
+    kept = _kept_weights(session, cfg)
+    t0 = time.perf_counter()
 
-    def evaluate_final(cfg: TrainConfig, fixed: dict[str, Any], *, trial, reporter) -> PointResult:
-        prepared = session.prepared()
-        data = session.data()
-        epochs = planned_epochs(
-            plan.final.epochs, plan.final.min_steps, len(data.train[1]), cfg.batch_size
-        )
-        rule = reuse.FinalRule.of(plan.final, cfg, len(data.train[1]))
-        kept = None
-        if session.reusing():  # a stage trial that trained exactly this: its kept weights
-            key = reuse.final_key(
-                cfg, rule, seed=session.settings.seed, data=data, compute=session.settings.compute
-            )
-            studies = session.studies.earlier_studies(len(plan.stages))
-            kept = reuse.find_kept(
-                session.storage, studies, data.key, key, session.settings.workdir
-            )
-        t0 = time.perf_counter()
-
-        def on_epoch(e: EpochStats) -> None:
-            reporter.report(0, e.val_acc, e.epoch)
-            reporter.progress(e.epoch)
-            logger.info(
-                "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
-                e.epoch,
-                epochs,
-                e.train_loss,
-                e.val_loss,
-                e.val_acc,
-            )
-
-        if kept is not None:
-            model = build_model(cfg, int(data.train[0].shape[1]), data.n_classes)
-            model.load_state_dict(kept.state_dict)
-            model.eval()
-            history = kept.history()
-            logger.info(
-                "final: the model is trial %s's run (the same configuration, seed, epochs and "
-                "early stopping): scoring its weights instead of training again",
-                kept.origin,
-            )
-            for e in history.epochs:
-                on_epoch(e)
-        else:
-            model, history = train_one(
-                cfg,
-                data.train,
-                data.val,
-                epochs=epochs,
-                seed=session.settings.seed,
-                n_classes=data.n_classes,
-                patience=plan.final.patience,
-                restore_best=plan.final.restore_best,
-                on_epoch=on_epoch,
-                compute=session.settings.compute,
-            )
-        reused_from = kept.origin if kept is not None else None
-        train_seconds = time.perf_counter() - t0
-        label_names = list(prepared.label_names)
-        metrics = test_metrics(model, *data.test, label_names)
-        metrics.update(
-            {
-                "plan": plan.name,
-                "plan_content": plan.content,
-                "class_name": class_word(prepared.manifest),
-                "config": cfg.to_dict(),
-                "fixed_params": fixed,
-                "data": session.prepared().manifest["key"],
-                "epochs_trained": len(history.epochs),
-                "stopped_early": history.stopped_early,
-                "wall_times": {
-                    "stages_s": stage_wall_times(session),
-                    "final_train_s": train_seconds,
-                },
-                "study": trial.study.study_name,
-                "reused_from": reused_from,  # the stage trial whose weights are the model
-            }
-        )
-        out = model_dir(session)
-        paths.record_plan(out, plan, "the final model")  # warns before an edited plan overwrites
-        bundle = {
-            "state_dict": model.state_dict(),
-            "config": cfg.to_dict(),
-            "n_features": int(data.train[0].shape[1]),
-            "n_classes": data.n_classes,
-            "label_names": label_names,
-            "plan": plan.name,
-            "data_key": prepared.manifest["key"],
-            "data": session.settings.data.to_dict(),
-            **input_encoding(prepared.manifest),
-        }
-        atomic_write(out / "model.pt", lambda tmp: save_torch(bundle, tmp))
-        write_json(out / "history.json", history.to_dict())
-        write_json(out / "metrics.json", metrics)
+    def on_epoch(e: EpochStats) -> None:
+        reporter.report(0, e.val_acc, e.epoch)
+        reporter.progress(e.epoch)
         logger.info(
-            "final: test accuracy %.4f, test loss %.4f on %d rows; wrote %s",
-            metrics["test_accuracy"],
-            metrics["test_loss"],
-            metrics["n_test"],
-            out,
-        )
-        summary = {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
-        return PointResult(
-            metrics["test_accuracy"],
-            {
-                "metrics": summary,
-                "history": history.to_dict(),
-                "seconds": train_seconds,
-                "model_dir": str(out),
-                **({"reused_from": reused_from} if reused_from else {}),
-            },
+            "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
+            e.epoch,
+            epochs,
+            e.train_loss,
+            e.val_loss,
+            e.val_acc,
         )
 
-    return session.run_final(evaluate_final, force=force)
+    model, history = _final_model(session, cfg, kept, epochs, on_epoch)
+    reused_from = kept.origin if kept is not None else None
+    train_seconds = time.perf_counter() - t0
+    label_names = list(prepared.label_names)
+    metrics = test_metrics(model, *data.test, label_names)
+    metrics.update(
+        {
+            "plan": plan.name,
+            "plan_content": plan.content,
+            "class_name": class_word(prepared.manifest),
+            "config": cfg.to_dict(),
+            "fixed_params": fixed,
+            "data": session.prepared().manifest["key"],
+            "epochs_trained": len(history.epochs),
+            "stopped_early": history.stopped_early,
+            "wall_times": {
+                "stages_s": stage_wall_times(session),
+                "final_train_s": train_seconds,
+            },
+            "study": trial.study.study_name,
+            "reused_from": reused_from,  # the stage trial whose weights are the model
+        }
+    )
+    out = _write_model(session, cfg, model, label_names, history, metrics)
+    summary = {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
+    return PointResult(
+        metrics["test_accuracy"],
+        {
+            "metrics": summary,
+            "history": history.to_dict(),
+            "seconds": train_seconds,
+            "model_dir": str(out),
+            **({"reused_from": reused_from} if reused_from else {}),
+        },
+    )
+
+
+def _kept_weights(session: Session, cfg: TrainConfig) -> reuse.Kept | None:
+    """The weights a stage trial kept that trained exactly what the final job would (the
+    same configuration, seed, epochs and early stopping), when reuse is on and they are there."""
+    if not session.reusing():
+        return None
+    data = session.data()
+    rule = reuse.FinalRule.of(session.plan.final, cfg, len(data.train[1]))
+    key = reuse.final_key(
+        cfg, rule, seed=session.settings.seed, data=data, compute=session.settings.compute
+    )
+    studies = session.studies.earlier_studies(len(session.plan.stages))
+    return reuse.find_kept(session.storage, studies, data.key, key, session.settings.workdir)
+
+
+def _final_model(
+    session: Session,
+    cfg: TrainConfig,
+    kept: reuse.Kept | None,
+    epochs: int,
+    on_epoch: Callable[[EpochStats], None],
+) -> tuple[torch.nn.Module, History]:
+    """The final model and its history: ``kept``'s weights and the epochs they were kept
+    after, else a model trained now on the train split, early-stopped on validation loss."""
+    data, final = session.data(), session.plan.final
+    if kept is not None:
+        model = build_model(cfg, int(data.train[0].shape[1]), data.n_classes)
+        model.load_state_dict(kept.state_dict)
+        model.eval()
+        history = kept.history()
+        logger.info(
+            "final: the model is trial %s's run (the same configuration, seed, epochs and "
+            "early stopping): scoring its weights instead of training again",
+            kept.origin,
+        )
+        for e in history.epochs:
+            on_epoch(e)
+        return model, history
+    return train_one(
+        cfg,
+        data.train,
+        data.val,
+        epochs=epochs,
+        seed=session.settings.seed,
+        n_classes=data.n_classes,
+        patience=final.patience,
+        restore_best=final.restore_best,
+        on_epoch=on_epoch,
+        compute=session.settings.compute,
+    )
+
+
+def _write_model(
+    session: Session,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    label_names: list[str],
+    history: History,
+    metrics: dict[str, Any],
+) -> Path:
+    """Write ``model.pt`` (all that ``predict`` needs), ``history.json`` and ``metrics.json``
+    under ``models/<plan>/``; returns that directory."""
+    plan, prepared, data = session.plan, session.prepared(), session.data()
+    out = model_dir(session)
+    paths.record_plan(out, plan, "the final model")  # warns before an edited plan overwrites
+    bundle = {
+        "state_dict": model.state_dict(),
+        "config": cfg.to_dict(),
+        "n_features": int(data.train[0].shape[1]),
+        "n_classes": data.n_classes,
+        "label_names": label_names,
+        "plan": plan.name,
+        "data_key": prepared.manifest["key"],
+        "data": session.settings.data.to_dict(),
+        **input_encoding(prepared.manifest),
+    }
+    atomic_write(out / "model.pt", lambda tmp: save_torch(bundle, tmp))
+    write_json(out / "history.json", history.to_dict())
+    write_json(out / "metrics.json", metrics)
+    logger.info(
+        "final: test accuracy %.4f, test loss %.4f on %d rows; wrote %s",
+        metrics["test_accuracy"],
+        metrics["test_loss"],
+        metrics["n_test"],
+        out,
+    )
+    return out
 
 
 def final_summary(session: Session) -> dict[str, Any] | None:

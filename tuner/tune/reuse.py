@@ -21,13 +21,17 @@ keep -- the final's early stopping on validation loss replayed on the point's pe
 validation losses (:class:`FinalRule`) -- under ``WORKDIR/weights/<study>/trial-<n>.pt``; its
 trial records them in user attr ``final_weights`` with a ``final_key`` (:func:`final_key`). The
 final job with the same key scores those weights on test instead of training again.
+
+:class:`StageReuse` is a stage run's side of all this: it prepares a claimed group's trials
+(their configuration and fingerprint recorded, the final's rule for the points that keep
+weights), saves the weights they kept, and finds a point's identical trial of an earlier stage.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NOT_COPIED = ("worker", "reused_from", "seconds")  # per-trial bookkeeping, not results
+
+Find = Callable[[dict[str, Any]], "tuple[str, FrozenTrial] | None"]
+"""A point's identical COMPLETE trial in an earlier stage: ``point -> (study, trial)``."""
 
 
 def reusable(spec: StageSpec) -> bool:
@@ -124,6 +131,98 @@ def final_key(
             "n_train": len(data.train[1]),
         }
     )
+
+
+@dataclass(frozen=True)
+class StageReuse:
+    """A stage run's side of reuse: its points' fingerprints, their trials prepared for
+    training, the weights they kept, and their identical trials in earlier stages.
+
+    ``base``: the configuration the stage starts from (a point's configuration is ``base`` with
+    the point's params); ``identity``: what the stage's kind says a configuration's training
+    depends on (:meth:`~tuner.tune.kinds.base.StageKind.training_identity`); ``keeps_final``:
+    whether a point that trains as the final job would keeps the final's weights (the kind's
+    points train on the train split, and reuse is on).
+    """
+
+    spec: StageSpec
+    base: TrainConfig
+    identity: Callable[[TrainConfig], Mapping[str, Any]]
+    final: FinalSpec
+    data: TensorData
+    seed: int
+    compute: Compute
+    workdir: Path
+    keeps_final: bool
+
+    def fingerprint(self, cfg: TrainConfig) -> str | None:
+        """The training fingerprint of the point trained as ``cfg`` (:func:`fingerprint`)."""
+        return fingerprint(
+            self.spec,
+            cfg,
+            self.identity(cfg),
+            seed=self.seed,
+            data=self.data,
+            compute=self.compute,
+        )
+
+    def prepare(
+        self, group: Sequence[Mapping[str, Any]], trials: Sequence[optuna.Trial]
+    ) -> tuple[list[TrainConfig], dict[int, FinalRule]]:
+        """The configurations of a claimed group's points (their trials record them, user
+        attr ``config``, and their ``fingerprint``), and the final's rule for each point (by
+        index) whose first run keeps the weights the final job would keep."""
+        n_train = len(self.data.train[1])
+        cfgs = [self.base.with_params(p) for p in group]
+        keep: dict[int, FinalRule] = {}
+        for i, (trial, cfg) in enumerate(zip(trials, cfgs, strict=True)):
+            trial.set_user_attr("config", cfg.to_dict())
+            fp = self.fingerprint(cfg)
+            if fp is not None:
+                trial.set_user_attr("fingerprint", fp)
+            rule = FinalRule.of(self.final, cfg, n_train)
+            epochs = planned_epochs(self.spec.epochs, self.spec.min_steps, n_train, cfg.batch_size)
+            if self.keeps_final and epochs == rule.epochs:
+                keep[i] = rule
+        return cfgs, keep
+
+    def save_kept(
+        self,
+        study: str,
+        trials: Sequence[optuna.Trial],
+        cfgs: Sequence[TrainConfig],
+        keep: Mapping[int, FinalRule],
+        results: Sequence[Any],
+    ) -> None:
+        """Save the weights each point of a trained group kept (its
+        :class:`~tuner.tune.runs.PointResult`'s ``kept``, unless pruned) and add the
+        ``final_weights`` and ``final_key`` attrs to its result."""
+        for i, (trial, result) in enumerate(zip(trials, results, strict=True)):
+            if result.kept is not None and not result.pruned:
+                result.attrs["final_weights"] = save_weights(
+                    self.workdir, study, trial.number, result.kept
+                )
+                result.attrs["final_key"] = final_key(
+                    cfgs[i], keep[i], seed=self.seed, data=self.data, compute=self.compute
+                )
+
+    def finder(
+        self, storage: optuna.storages.BaseStorage, earlier: Callable[[], list[str]]
+    ) -> Find:
+        """A :data:`Find` over the studies ``earlier()`` names (the earlier stages' latest
+        matching studies, nearest first), read once, on first use."""
+        table: dict[str, tuple[str, FrozenTrial]] | None = None
+
+        def find(point: dict[str, Any]) -> tuple[str, FrozenTrial] | None:
+            nonlocal table
+            fp = self.fingerprint(self.base.with_params(point))
+            if fp is None:
+                return None
+            if table is None:
+                table = sources(storage, earlier(), self.data.key)
+            return table.get(fp)
+
+        return find
 
 
 class Keeper:

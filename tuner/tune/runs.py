@@ -29,7 +29,6 @@ from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
 from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.loop import GroupTraining
-from tuner.train.stack import FusedGroup
 from tuner.train.tensors import TensorData
 from tuner.tune.decide import interval
 from tuner.tune.reuse import FinalRule, Keeper
@@ -150,16 +149,11 @@ class Run:
         cfgs: Sequence[TrainConfig],
         members: list[Member],
         on_epoch: OnEpoch | None = None,
-        group: list[FusedGroup] | None = None,
         folds: Folds | None = None,
     ) -> list[History]:
         """Train :meth:`group` and return each member's history. ``on_epoch`` (default:
-        progress only) may return members to stop; ``group`` receives the trained
-        :class:`FusedGroup` (the CV kind's blocks score its members after training)."""
-        training = self.group(cfgs, members, folds)
-        if group is not None:
-            group.append(training.stack)
-        return training.run(on_epoch or self.progress_only).histories
+        progress only) may return members to stop."""
+        return self.group(cfgs, members, folds).run(on_epoch or self.progress_only).histories
 
     def progress_only(self, epoch: int, stats: list[EpochStats | None]) -> list[int]:
         self.reporter.progress(epoch)

@@ -1,13 +1,13 @@
 """Model-based stages: TPE proposes the points of a stage, a round at a time.
 
-A ``sampler = "tpe"`` stage searches a ``[space]`` of ranges and choices instead of a grid. Its
-points are proposed in rounds of ``round_size``: round ``r`` is drawn by Optuna's
-:class:`~optuna.samplers.TPESampler` from the results of rounds ``0..r-1`` (with the constant
-liar, so the points of one round spread out), and is then claimed, trained as one fused group
-and told like the points of a grid stage. A round is proposed once, by one worker, and stored in
-the study (see :meth:`tuner.tune.stages.Session.run_stage`), so every worker trains the same points,
-a resumed stage continues where it stopped, and the proposals are reproducible: they depend on
-the seed and the results only.
+A stage whose sampler is TPE (:class:`tuner.tune.samplers.TPE`) searches a ``[space]`` of
+ranges and choices instead of a grid. Its points are proposed in rounds of ``round_size``: round
+``r`` is drawn by Optuna's :class:`~optuna.samplers.TPESampler` from the results of rounds
+``0..r-1`` (with the constant liar, so the points of one round spread out), and is then claimed,
+trained as one fused group and told like the points of a grid stage. A round is proposed once,
+by one worker, and stored in the study (:class:`tuner.tune.points.TPERounds`), so every worker
+trains the same points, a resumed stage continues where it stopped, and the proposals are
+reproducible: they depend on the seed and the results only.
 
 The first round starts from the stage's incumbent (the configuration before the stage, when it
 lies inside the space) and fills up with TPE's random start-up draws.

@@ -4,11 +4,12 @@ A :class:`Session` is a plan opened on a storage. It is made of parts with one j
 :class:`~tuner.tune.studies.StudyStore` reads and writes the stage studies (one per stage,
 ``<plan>.<stage>``, versions, plan identity), its :class:`~tuner.tune.coordination.Coordinator`
 claims points and keeps heartbeats, its observers (:mod:`tuner.tune.hooks`) write notes and
-plots, and the stage's kind (:mod:`tuner.tune.kinds`) finds and trains the points. What this
-module does is run a stage: a stage's objective fixes the winners of every earlier stage, read
-from those stages' studies (or given by ``--fix``) and recorded in its study's
-``fixed_params`` user attr; then points are claimed, their trials created, trained together
-and told, until every point is settled.
+plots, a stage's point source (:mod:`tuner.tune.points`: its grid, TPE's rounds, or what its
+kind finds) says which points to train, and the stage's kind (:mod:`tuner.tune.kinds`) trains
+them. What this module does is run a stage: a stage's objective fixes the winners of every
+earlier stage, read from those stages' studies (or given by ``--fix``) and recorded in its
+study's ``fixed_params`` user attr; then, batch after batch of its points, points are claimed,
+their trials created, trained together and told, until every point is settled.
 
 Workers cooperate through the storage only: a worker claims a grid point
 (:mod:`tuner.tune.claims`), creates its trial, trains it with heartbeats running, and tells the
@@ -24,7 +25,6 @@ that off.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import time
@@ -36,13 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.trial import FrozenTrial, TrialState
-from tqdm import tqdm
+from optuna.distributions import BaseDistribution
 
 from tuner.config import Plan, StageSpec, planned_epochs
 from tuner.data.prepare import DataSpec, Prepared, prepare
-from tuner.errors import PlanError, StageError, Terminated, TunerError
+from tuner.errors import PlanError, StageError
 from tuner.paths import model_dir
 from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
@@ -50,31 +48,23 @@ from tuner.train.tensors import TensorData
 from tuner.tune import reuse
 from tuner.tune.claims import ClaimTable, new_owner_id
 from tuner.tune.coordination import Coordinator
+from tuner.tune.groups import GroupRunner, Training, check_stop
 from tuner.tune.hooks import Observers, StageObserver
 from tuner.tune.kinds import get_kind
-from tuner.tune.kinds.base import PointSource
+from tuner.tune.kinds.base import PointSource, StageKind
 from tuner.tune.objectives import PointResult, Reporter, evaluate_points
+from tuner.tune.points import KindPoints, StagePoints
 from tuner.tune.pruners import for_stage
-from tuner.tune.search import distributions, propose
+from tuner.tune.samplers import sampler_named
 from tuner.tune.state import SETTLED, StageState, incumbent, normalize, point_key
-from tuner.tune.storage import (
-    environment_failure,
-    error_line,
-    lost_storage,
-    open_storage,
-    storage_failure,
-)
-from tuner.tune.studies import FINAL, StudyStore, create_trial
+from tuner.tune.storage import open_storage
+from tuner.tune.studies import FINAL, StudyStore
 
 logger = logging.getLogger(__name__)
 
 REPORT_CLAIM = "__report__"  # the one worker writing run-all's report
-ROUND_CLAIM = "__round_{}__"  # who proposes a TPE stage's round r
 
-Evaluate = Callable[[list[dict[str, Any]], list[optuna.Trial], Reporter], list[PointResult]]
-"""Trains a group of claimed points: ``(points, trials, reporter) -> results``."""
-Find = Callable[[dict[str, Any]], "tuple[str, FrozenTrial] | None"]
-"""A point's identical COMPLETE trial in an earlier stage: ``point -> (study, trial)``."""
+Point = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -105,8 +95,34 @@ class Settings:
         return self.workdir / "models"
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """What a run of a stage starts from: the stage, its number in the plan, its kind, the
+    params fixed for it (earlier stages' winners and ``--fix``), the configuration those give
+    (``base``: every point is ``base`` with the point's params) and the data."""
+
+    spec: StageSpec
+    index: int
+    kind: StageKind
+    fixed: dict[str, Any]
+    base: TrainConfig
+    data: TensorData
+
+    @property
+    def n_train(self) -> int:
+        return len(self.data.train[1])
+
+
 class Session:
-    """A plan opened on a storage: studies, claims and (lazily) the prepared data."""
+    """A plan opened on a storage: studies, claims and (lazily) the prepared data.
+
+    In: the ``plan``, the invocation's :class:`Settings` (storage URL, data, seed, ``--fix``,
+    heartbeats, compute...), the ``prepared`` data when the caller has read it already (else it
+    is prepared on first use) and the ``observers`` to tell what happens (notes, plots). Out:
+    :meth:`run_stage` and :meth:`run_final` run the plan's studies in the storage and return
+    their read models (:class:`~tuner.tune.state.StageState`); :meth:`stage_state` reads one
+    without running anything. :meth:`working` wraps a worker's run; :meth:`close` ends it.
+    """
 
     def __init__(
         self,
@@ -130,12 +146,35 @@ class Session:
         # reading and writing studies; presence, claims and heartbeats
         self.workers = Coordinator(plan.name, self.storage, self.claims, self.owner, settings)
         self.studies = StudyStore(plan, self.storage, self.workers, settings, self.prepared)
+        # a claimed group's trials: created, trained together, told
+        self.groups = GroupRunner(
+            self.workers,
+            lambda hook, *args: self.observers.notify(hook, self, *args),
+            settings.storage_url,
+            settings.stop,
+        )
 
     def close(self) -> None:
         self.workers.withdraw()
         self.claims.close()
         self.storage.remove_session()
         self.storage.engine.dispose()
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """A worker's run: while it runs the session counts as one of the plan's workers
+        (:meth:`announce`); whatever stops it (an error, Ctrl-C, SIGTERM, a full disk), the
+        trials it left RUNNING are failed and its claims released on the way out
+        (:meth:`Coordinator.abandon`), so that the next run (or another worker) trains those
+        points again at once; then the session is closed."""
+        try:
+            self.announce()
+            yield
+        except BaseException as err:
+            self.workers.abandon(err)
+            raise
+        finally:
+            self.close()
 
     # -- what other parts ask of a session ------------------------------------------------------
     def announce(self) -> None:
@@ -207,9 +246,44 @@ class Session:
         fixed.update(fixes)
         return fixed
 
-    # -- running ------------------------------------------------------------------------------
+    def reusing(self, spec: StageSpec | None = None) -> bool:
+        """Whether this run reuses identical trials (for ``spec``: a stage without a pruner)."""
+        on = self.settings.reuse and self.plan.reuse
+        return on and (spec is None or reuse.reusable(spec))
+
+    # -- running a stage ----------------------------------------------------------------------
     def run_stage(self, stage_name: str, *, force: bool = False) -> StageState:
-        """Run (or resume, or join) a stage until every grid point is complete."""
+        """Run (or resume, or join) a stage until every one of its points is settled.
+
+        In: the name of one of the plan's stages; ``force``: redo a finished stage as a new
+        study. Out: the stage's read model once its study is done (at once when it was done
+        already). Raises :class:`StageError` when an earlier stage has not run (and ``--fix``
+        does not give its winner), ``--fix`` names what the stage tunes, or the data is too
+        small for the stage.
+        """
+        run = self._stage_run(stage_name)
+        points = self._points(run)
+        study = self.studies.open_study(
+            run.spec.name,
+            run.fixed,
+            run.data.key,
+            force=force,
+            stage_attrs=run.spec.to_dict(),
+            first=points.first_attrs(),
+        )
+        if study is None:
+            return self.stage_state(run.spec.name)
+        points.start(study)
+        self.observers.notify("stage_started", self, study, run.spec.name)
+        training = self._training(run, study, points.distributions())
+        for batch in points.batches(study):
+            self._work(study, batch, training)
+        self.observers.notify("stage_done", self, study, run.spec.name)
+        return self.stage_state(run.spec.name)
+
+    def _stage_run(self, stage_name: str) -> StageRun:
+        """What the stage starts from; refuses a ``--fix`` of what it tunes, and data it cannot
+        train on, before anything is written."""
         spec = self.plan.stage(stage_name)
         index = self.plan.index(stage_name)
         clash = set(normalize(self.settings.fixes)) & set(spec.params)
@@ -221,116 +295,78 @@ class Session:
         base = self.plan.defaults.with_params(fixed)
         data = self.data()
         kind = get_kind(spec.kind)
-        n_train = len(data.train[1])
-        kind.check_data(spec, n_train)
-        tpe = spec.sampler == "tpe"
-        grid = not tpe and kind.needs_grid
-        # set by the study's creator, with its other attrs (no two workers insert one attr)
-        first = {"planned": spec.trials} if tpe else {"points": grid_points(spec)} if grid else {}
-        study = self.studies.open_study(
-            spec.name, fixed, data.key, force=force, stage_attrs=spec.to_dict(), first=first
+        kind.check_data(spec, len(data.train[1]))
+        return StageRun(spec, index, kind, fixed, base, data)
+
+    def _points(self, run: StageRun) -> StagePoints:
+        """The stage's point source: what its kind finds as it runs (a kind that finds its
+        own points takes no grid and no TPE space), else its sampler's."""
+        if not run.kind.needs_grid:
+            source = _KindServices(self)
+            return KindPoints(
+                lambda study: run.kind.points(source, study, run.spec, run.base, run.data)
+            )
+        return sampler_named(run.spec.sampler).points(
+            run.spec,
+            incumbent=incumbent(run.spec, run.base),
+            seed=self.settings.seed,
+            workers=self.workers,
         )
-        if study is None:
-            return self.stage_state(spec.name)
-        if grid:
-            points = grid_points(spec)
-            if study.user_attrs.get("points") != points:
-                study.set_user_attr("points", points)
-        elif not tpe:  # the kind finds its points (an LR range test's candidates)
-            points = kind.points(_PointSource(self), study, spec, base, data) or []
-        if tpe:
-            if "planned" not in study.user_attrs:
-                study.set_user_attr("planned", spec.trials)  # before any round: not "done"
-            dists = distributions(spec)
-        else:
-            search_space = _search_space(points)
-            dists = {k: CategoricalDistribution(v) for k, v in search_space.items()}
-        self.observers.notify("stage_started", self, study, spec.name)
-        seed, compute = self.settings.seed, self.settings.compute
+
+    def _training(
+        self, run: StageRun, study: optuna.Study, dists: dict[str, BaseDistribution]
+    ) -> Training:
+        """How the stage's claimed groups train (its kind, reuse, the final's kept weights),
+        and the study's pruner."""
+        spec, kind, seed, compute = run.spec, run.kind, self.settings.seed, self.settings.compute
         reusing = self.reusing(spec)
+        stage_reuse = reuse.StageReuse(
+            spec,
+            run.base,
+            lambda cfg: kind.training_identity(spec, cfg, run.n_train),
+            self.plan.final,
+            run.data,
+            seed,
+            compute,
+            self.settings.workdir,
+            keeps_final=reusing and kind.keeps_final,
+        )
 
         def evaluate(
-            group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
+            group: list[Point], trials: list[optuna.Trial], reporter: Reporter
         ) -> list[PointResult]:
-            cfgs = [base.with_params(p) for p in group]
-            keep: dict[int, reuse.FinalRule] = {}
-            for i, (trial, cfg) in enumerate(zip(trials, cfgs, strict=True)):
-                trial.set_user_attr("config", cfg.to_dict())
-                identity = kind.training_identity(spec, cfg, n_train)
-                fp = reuse.fingerprint(spec, cfg, identity, seed=seed, data=data, compute=compute)
-                if fp is not None:
-                    trial.set_user_attr("fingerprint", fp)
-                rule = reuse.FinalRule.of(self.plan.final, cfg, n_train)
-                epochs = planned_epochs(spec.epochs, spec.min_steps, n_train, cfg.batch_size)
-                if reusing and kind.keeps_final and epochs == rule.epochs:
-                    keep[i] = rule
+            cfgs, keep = stage_reuse.prepare(group, trials)
             results = evaluate_points(
-                spec, cfgs, data, seed=seed, reporter=reporter, compute=compute, keep=keep
+                spec, cfgs, run.data, seed=seed, reporter=reporter, compute=compute, keep=keep
             )
-            for i, (trial, result) in enumerate(zip(trials, results, strict=True)):
-                if result.kept is not None and not result.pruned:
-                    result.attrs["final_weights"] = reuse.save_weights(
-                        self.settings.workdir, study.study_name, trial.number, result.kept
-                    )
-                    result.attrs["final_key"] = reuse.final_key(
-                        cfgs[i], keep[i], seed=seed, data=data, compute=compute
-                    )
+            stage_reuse.save_kept(study.study_name, trials, cfgs, keep, results)
             return results
 
-        find = self._reuse_lookup(spec, index, base, data) if reusing else None
+        def earlier() -> list[str]:
+            return self.studies.earlier_studies(run.index)
 
         study.pruner = for_stage(spec)
-        n_rows = kind.rows_per_run(spec, n_train)
-        per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, base.batch_size)
-        epochs = per_run * kind.runs_in_sequence(spec)  # the progress bar's length
-        protect = (
-            {point_key(incumbent(spec, base))} if spec.keep_incumbent_unless_significant else set()
+        n_rows = kind.rows_per_run(spec, run.n_train)
+        per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, run.base.batch_size)
+        keep_incumbent = spec.keep_incumbent_unless_significant
+        return Training(
+            evaluate,
+            dists,
+            epochs=per_run * kind.runs_in_sequence(spec),
+            protect=frozenset({point_key(incumbent(spec, run.base))} if keep_incumbent else ()),
+            find=stage_reuse.finder(self.storage, earlier) if reusing else None,
         )
-        if tpe:
-            r = 0
-            while (points := self._round_points(study, spec, r, incumbent(spec, base))) is not None:
-                self._work(study, points, evaluate, dists, epochs, protect, find=find)
-                r += 1
-        else:
-            self._work(study, points, evaluate, dists, epochs, protect, find=find)
-        self.observers.notify("stage_done", self, study, spec.name)
-        return self.stage_state(spec.name)
 
-    def reusing(self, spec: StageSpec | None = None) -> bool:
-        """Whether this run reuses identical trials (for ``spec``: a stage without a pruner)."""
-        on = self.settings.reuse and self.plan.reuse
-        return on and (spec is None or reuse.reusable(spec))
-
-    def _reuse_lookup(
-        self, spec: StageSpec, index: int, base: TrainConfig, data: TensorData
-    ) -> Find:
-        """A :data:`Find` over the earlier stages' studies (read once, on first use)."""
-        table: dict[str, tuple[str, FrozenTrial]] | None = None
-
-        def find(point: dict[str, Any]) -> tuple[str, FrozenTrial] | None:
-            nonlocal table
-            cfg = base.with_params(point)
-            identity = get_kind(spec.kind).training_identity(spec, cfg, len(data.train[1]))
-            fp = reuse.fingerprint(
-                spec,
-                cfg,
-                identity,
-                seed=self.settings.seed,
-                data=data,
-                compute=self.settings.compute,
-            )
-            if fp is None:
-                return None
-            if table is None:
-                table = reuse.sources(self.storage, self.studies.earlier_studies(index), data.key)
-            return table.get(fp)
-
-        return find
-
+    # -- running the final job ----------------------------------------------------------------
     def run_final(
         self, evaluate_final: Callable[..., PointResult], *, force: bool = False
     ) -> StageState:
-        """Run the final job once (a one-trial study ``<plan>.final``)."""
+        """Run the final job once across workers (a one-trial study ``<plan>.final``).
+
+        In: ``evaluate_final(cfg, fixed, *, trial, reporter) -> PointResult``, which trains (or
+        loads) and scores the chosen configuration ``cfg`` (:func:`tuner.tune.final.run_final`);
+        ``force``: redo it as a new study. Out: the final study's read model.
+        """
         fixed = self.resolve_fixed(len(self.plan.stages))
         cfg = self.plan.defaults.with_params(fixed)
         data = self.data()
@@ -344,73 +380,21 @@ class Session:
             study.set_user_attr("points", [{}])
 
         def evaluate(
-            group: list[dict[str, Any]], trials: list[optuna.Trial], reporter: Reporter
+            group: list[Point], trials: list[optuna.Trial], reporter: Reporter
         ) -> list[PointResult]:
             trials[0].set_user_attr("config", cfg.to_dict())
             return [evaluate_final(cfg, fixed, trial=trials[0], reporter=reporter)]
 
         final = self.plan.final
         epochs = planned_epochs(final.epochs, final.min_steps, len(data.train[1]), cfg.batch_size)
-        self._work(study, [{}], evaluate, {}, epochs)
+        self._work(study, [{}], Training(evaluate, {}, epochs))
         metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
         self.observers.notify("final_done", self, study, metrics)
         return self.stage_state(FINAL)
 
-    def _round_points(
-        self, study: optuna.Study, spec: StageSpec, r: int, first: dict[str, Any]
-    ) -> list[dict[str, Any]] | None:
-        """The points of a TPE stage's rounds ``0..r`` (round ``r`` proposed now, by one worker,
-        from the settled trials of the earlier rounds), or ``None`` when no round ``r`` is
-        planned. Every worker reads the same rounds from the study."""
-
-        def rounds() -> list[list[dict[str, Any]]]:
-            return study.user_attrs.get("rounds", [])
-
-        def proposed() -> int:
-            return sum(len(rnd) for rnd in rounds())
-
-        def done() -> bool:
-            return len(rounds()) > r or proposed() >= study.user_attrs.get("planned", spec.trials)
-
-        def propose_round() -> None:
-            before, count = rounds(), proposed()
-            history = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            n = min(spec.round_size, spec.trials - count)
-            new = propose(
-                spec,
-                history,
-                n,
-                seed=self.settings.seed + r,
-                first=normalize(first) if r == 0 else None,
-            )
-            logger.info("%s round %d: TPE proposes %d point(s)", study.study_name, r, len(new))
-            if len(new) < n:  # the space is exhausted: plan what there is
-                study.set_user_attr("planned", count + len(new))
-            study.set_user_attr("rounds", [*before, new])
-            study.set_user_attr("points", [p for rnd in [*before, new] for p in rnd])
-
-        self.workers.once(
-            study.study_name,
-            ROUND_CLAIM.format(r),
-            f"round {r} of {study.study_name}'s TPE proposals",
-            done,
-            propose_round,
-        )
-        have = rounds()
-        return [p for rnd in have[: r + 1] for p in rnd] if len(have) > r else None
-
-    def _work(
-        self,
-        study: optuna.Study,
-        points: list[dict[str, Any]],
-        evaluate: Evaluate,
-        dists: dict[str, BaseDistribution],
-        epochs: int,
-        protect: set[str] | None = None,
-        *,
-        find: Find | None = None,
-    ) -> None:
-        """Claim, train and tell points until every point of the study is complete.
+    # -- claimed groups -----------------------------------------------------------------------
+    def _work(self, study: optuna.Study, points: list[Point], training: Training) -> None:
+        """Claim, train and tell ``points`` until every one of them is settled in the study.
 
         A worker claims up to ``Settings.group_size`` pending points (all it can get when 0)
         and trains them together as one fused group; each point keeps its own claim and
@@ -419,7 +403,7 @@ class Session:
         keys = {point_key(p): i for i, p in enumerate(points)}
         waited = False
         while True:
-            self._check_stop()
+            check_stop(self.settings.stop)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -440,158 +424,15 @@ class Session:
                 time.sleep(self.settings.poll_interval)
                 continue
             waited = False
-            group = [points[keys[k]] for k in claimed]
-            self._run_group(study, group, evaluate, dists, epochs, protect or set(), find=find)
+            self._run_group(study, [points[keys[k]] for k in claimed], training)
 
-    def _run_group(
-        self,
-        study: optuna.Study,
-        group: list[dict[str, Any]],
-        evaluate: Evaluate,
-        dists: dict[str, BaseDistribution],
-        epochs: int,
-        protect: set[str],
-        *,
-        find: Find | None = None,
-    ) -> None:
-        """Create the claimed points' trials, train them together, tell each result.
-
-        ``find``: where a point's identical trial of an earlier stage is (:mod:`tuner.tune.reuse`);
-        such a point's trial is recorded from it and the group trains without it.
-
-        ``epochs``: how many epochs the group trains in all (the progress bar's length);
-        ``protect``: keys of points never pruned (the incumbent of a keep-incumbent stage).
-        """
-        trials: list[optuna.Trial] = []
-        trial_ids: dict[int, int] = {}  # trial number -> storage id (heartbeats, claims)
-        with self._storage_errors(f"starting {study.study_name} trials"):
-            for point in group:
-                trial, trial_id = create_trial(self.storage, study, point, dists, self.owner)
-                # a first heartbeat at once: a worker dying here leaves a trial Optuna can fail
-                self.storage.record_heartbeat(trial_id)
-                self.claims.set_trial(study.study_name, point_key(point), self.owner, trial_id)
-                trials.append(trial)
-                trial_ids[trial.number] = trial_id
-        if find is not None:
-            group, trials = self._reuse_trials(study, group, trials, find)
-            if not group:
-                return
-        labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p in group]
-        numbers = ", ".join(str(t.number) for t in trials)
-        logger.info(
-            "%s trial(s) %s (%s): training together",
-            study.study_name,
-            numbers,
-            "; ".join(labels),
-        )
-        desc = f"{study.study_name} {labels[0]}" + (
-            f" +{len(group) - 1} more" if len(group) > 1 else ""
-        )
-        bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False, disable=None)
-
-        reporter = _TrialReporter(
-            trials, bar, [point_key(p) in protect for p in group], self._check_stop
-        )
-        ids = [trial_ids[t.number] for t in trials]
-        try:
-            with self.workers.heartbeat([study.study_name], ids), bar:
-                results = evaluate(group, trials, reporter)
-        except BaseException as err:
-            lost = lost_storage(
-                err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
-            )
-            if lost is not None:  # nothing more to write (see _storage_errors)
-                raise lost from None
-            kind = _failure_kind(err)  # only "error" counts towards MAX_FAILURES
-            for trial in trials:
-                try:
-                    trial.set_user_attr(kind, f"{type(err).__name__}: {err}")
-                except Exception:  # noqa: BLE001 - a full disk: failing the trial matters more
-                    pass
-                try:
-                    study.tell(trial, state=TrialState.FAIL)
-                except Exception as tell_err:  # the storage itself may be what failed
-                    logger.warning(
-                        "could not mark trial %d as failed: %s", trial.number, error_line(tell_err)
-                    )
-            failure = environment_failure(
-                err, self.settings.storage_url, f"training {study.study_name} trial(s) {numbers}"
-            )
-            if failure is not None:  # a full disk, a corrupt storage: one line
-                raise failure from None
-            raise
-        with self._storage_errors(f"telling {study.study_name} trial(s) {numbers}"):
-            for point, trial, label, result in zip(group, trials, labels, results, strict=True):
-                for name, value in result.attrs.items():
-                    trial.set_user_attr(name, value)
-                self.observers.notify("trial_done", self, study, trial, point, result.attrs)
-                if result.pruned:
-                    study.tell(trial, state=TrialState.PRUNED)
-                    logger.info("%s trial %d (%s): pruned", study.study_name, trial.number, label)
-                    continue
-                study.tell(trial, result.value)
-                logger.info(
-                    "%s trial %d (%s): %.4f", study.study_name, trial.number, label, result.value
-                )
-
-    def _reuse_trials(
-        self,
-        study: optuna.Study,
-        group: list[dict[str, Any]],
-        trials: list[optuna.Trial],
-        find: Find,
-    ) -> tuple[list[dict[str, Any]], list[optuna.Trial]]:
-        """Record each claimed point that has an identical trial in an earlier stage from that
-        trial (no training); return the points (and trials) left to train."""
-        left: list[tuple[dict[str, Any], optuna.Trial]] = []
-        with self._storage_errors(f"reusing trials for {study.study_name}"):
-            for point, trial in zip(group, trials, strict=True):
-                source = find(point)
-                if source is None:
-                    left.append((point, trial))
-                    continue
-                try:
-                    value = reuse.copy_into(trial, *source)
-                    self.observers.notify(
-                        "trial_done", self, study, trial, point, source[1].user_attrs
-                    )
-                    study.tell(trial, value)
-                except BaseException:
-                    for t in trials:  # none stays RUNNING: the next worker retries them
-                        try:
-                            study.tell(t, state=TrialState.FAIL)
-                        except Exception:  # noqa: BLE001 - already told, or the storage is gone
-                            pass
-                    raise
-                logger.info(
-                    "%s trial %d (%s): %.4f, reused from %s (identical training)",
-                    study.study_name,
-                    trial.number,
-                    ", ".join(f"{k}={v}" for k, v in point.items()),
-                    value,
-                    reuse.origin(*source),
-                )
-        return [p for p, _ in left], [t for _, t in left]
-
-    def _check_stop(self) -> None:
-        """Raise :class:`Terminated` when the worker was told to stop (``Settings.stop``)."""
-        if self.settings.stop is not None and self.settings.stop.is_set():
-            raise Terminated("SIGTERM")
-
-    @contextmanager
-    def _storage_errors(self, doing: str) -> Iterator[None]:
-        """Turn a lost database connection into the one-line error that names what was being
-        done; the trials' heartbeats stop, so the next worker (or run) fails and retries them."""
-        try:
-            yield
-        except Exception as err:
-            lost = storage_failure(err, self.settings.storage_url, doing)
-            if lost is not None:  # a full disk too: the worker fails its trials on the way out
-                raise lost from None
-            raise
+    def _run_group(self, study: optuna.Study, group: list[Point], training: Training) -> None:
+        """Create the claimed points' trials, train them together, tell each result
+        (:meth:`GroupRunner.run`)."""
+        self.groups.run(study, group, training)
 
 
-class _PointSource(PointSource):
+class _KindServices(PointSource):
     """What a kind that finds its own points (:meth:`StageKind.points`) may use of a session."""
 
     def __init__(self, session: Session) -> None:
@@ -604,63 +445,6 @@ class _PointSource(PointSource):
 
     def notify(self, hook: str, *args: Any) -> None:
         self.session.observers.notify(hook, self.session, *args)
-
-
-class _TrialReporter:
-    """A group's :class:`~tuner.tune.objectives.Reporter`: intermediate values go to the points'
-    trials, pruning is the study's pruner, progress a tqdm bar; every epoch it checks whether
-    the worker was told to stop (``check_stop``)."""
-
-    def __init__(
-        self,
-        trials: list[optuna.Trial],
-        bar: tqdm,
-        protected: list[bool],
-        check_stop: Callable[[], None],
-    ) -> None:
-        self.trials, self.bar, self.protected = trials, bar, protected
-        self.check_stop = check_stop
-        self.last: dict[int, float] = {}
-
-    def report(self, point: int, value: float, step: int) -> None:
-        self.trials[point].report(value, step)
-        self.last[point] = value
-        self.bar.set_postfix(best=f"{max(self.last.values()):.4f}", refresh=False)
-
-    def should_prune(self, point: int) -> bool:
-        return not self.protected[point] and self.trials[point].should_prune()
-
-    def progress(self, epoch: int) -> None:
-        self.bar.update(1)
-        self.check_stop()
-
-
-def grid_points(spec: StageSpec) -> list[dict[str, Any]]:
-    """The stage's grid in plan order (first key slowest)."""
-    names = list(spec.grid)
-    return [
-        dict(zip(names, values, strict=True)) for values in itertools.product(*spec.grid.values())
-    ]
-
-
-def _search_space(points: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    space: dict[str, list[Any]] = {}
-    for p in points:
-        for k, v in p.items():
-            if v not in space.setdefault(k, []):
-                space[k].append(v)
-    return space
-
-
-def _failure_kind(err: BaseException) -> str:
-    """The user attr a failed trial gets: ``interrupted`` (Ctrl-C, SIGTERM), ``environment``
-    (a full disk, a path or storage that cannot be written), else ``error`` (its training
-    raised: counts towards MAX_FAILURES)."""
-    if isinstance(err, KeyboardInterrupt):
-        return "interrupted"
-    if isinstance(err, (TunerError, OSError)) or environment_failure(err, None) is not None:
-        return "environment"
-    return "error"
 
 
 def plan_states(session: Session) -> list[StageState]:

@@ -1,4 +1,4 @@
-"""Where studies live: storage URLs, connections, and the names of stage studies.
+"""Where studies live: storage URLs and connections, and what a failure of them is.
 
 The default storage is SQLite under the workdir (``sqlite:///<workdir>/studies/tuner.sqlite3``);
 any SQLAlchemy URL works, PostgreSQL for many workers (``postgresql://`` and ``postgres://`` URLs
@@ -7,7 +7,11 @@ worker is failed and its grid point trained again.
 
 A storage that cannot be reached, or whose connection breaks during a run, is a
 :class:`~tuner.errors.StorageError` (one line, exit status 2): connecting gives up after
-``CONNECT_TIMEOUT_S`` seconds instead of hanging.
+``CONNECT_TIMEOUT_S`` seconds instead of hanging. Failures are classified here, once: a lost
+storage (:func:`lost_storage`), a failure of the machine (:func:`environment_failure`: a full
+disk, a corrupt or read-only database), either (:func:`storage_failure`), the one line the
+command line prints for any of those or a path the machine refuses (:func:`failure_line`), and
+what a failed trial records (:func:`failure_kind`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from tuner.errors import StorageError, StorageLost
+from tuner.errors import StorageError, StorageLost, TunerError
 
 logger = logging.getLogger(__name__)
 
@@ -326,6 +330,51 @@ def storage_failure(err: BaseException, url: str, doing: str = "") -> StorageErr
     return environment_failure(err, url, doing) or lost_storage(err, url, doing)
 
 
+ENVIRONMENT_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EIO,
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EMFILE,
+        errno.ENFILE,
+    }
+)
+"""``OSError`` numbers of a path the machine refuses (permissions, a read-only or full disk,
+a missing directory, too many open files): the user's to fix, not tuner's."""
+
+
+def failure_line(err: BaseException, url: str) -> str | None:
+    """The one line the command line prints for a failure of the environment behind ``err``
+    (a lost or corrupt storage ``url``, a full disk, a path that cannot be read or written),
+    else ``None`` (a bug: a traceback)."""
+    failure = storage_failure(err, url)
+    if failure is not None:
+        return str(failure)
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        where = f"{err.filename}: " if err.filename else ""
+        return scrub(f"{where}{err.strerror or err}", url)
+    return None
+
+
+def failure_kind(err: BaseException) -> str:
+    """The user attr a trial failed by ``err`` gets: ``interrupted`` (Ctrl-C, SIGTERM),
+    ``environment`` (a full disk, a path or storage that cannot be written), else ``error``
+    (its training raised: counts towards ``MAX_FAILURES``)."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, (TunerError, OSError)) or environment_failure(err, None) is not None:
+        return "environment"
+    return "error"
+
+
 SCHEMA_LOCK = 0x7475_6E65_7231  # "tuner1": the advisory lock that serializes schema creation
 
 
@@ -437,20 +486,3 @@ def scrub(text: str, url: str | None = None) -> str:
         else:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", HIDDEN, text)
     return _redact_unparsed(text)
-
-
-def study_name(plan: str, stage: str, version: int = 1) -> str:
-    """``seed.weight_decay`` for the first study of a stage, ``seed.weight_decay.v2`` after --force."""
-    return f"{plan}.{stage}" if version <= 1 else f"{plan}.{stage}.v{version}"
-
-
-def latest_version(study_names: list[str], plan: str, stage: str) -> int:
-    """The highest version of the stage's study among ``study_names``; 0 when there is none."""
-    return max((study_version(n, plan, stage) for n in study_names), default=0)
-
-
-def study_version(name: str, plan: str, stage: str) -> int:
-    """The version of study ``name`` as a study of the plan's stage; 0 when it is not one."""
-    pattern = re.compile(rf"^{re.escape(plan)}\.{re.escape(stage)}(?:\.v(\d+))?$")
-    m = pattern.match(name)
-    return int(m.group(1) or 1) if m else 0

@@ -1,6 +1,7 @@
 """Reading and writing a plan's stage studies: versions, plan identity, attrs and trials.
 
-One study per stage, named ``<plan>.<stage>`` (``.v2``, ``.v3``... when a stage is redone). A
+One study per stage, named ``<plan>.<stage>`` (``.v2``, ``.v3``... when a stage is redone:
+:func:`study_name`). A
 :class:`StudyStore` finds the study of a stage that ran with this plan's content for it (user
 attr ``plan_content``, :meth:`tuner.config.Plan.content_key`), on the same data with the same
 fixed params; creates a new version otherwise (one worker at a time, behind the study's
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,7 +29,6 @@ from tuner.tune.coordination import Coordinator
 from tuner.tune.decide import Decision, PointStats, decide
 from tuner.tune.kinds import get_kind, stage_spec
 from tuner.tune.state import StageState, incumbent, pending, read_stage
-from tuner.tune.storage import study_name, study_version
 
 logger = logging.getLogger(__name__)
 
@@ -358,3 +359,20 @@ def legacy_spec_matches(stored: Any, spec: StageSpec) -> bool:
         for key, value in current.items()
         if key != "description"
     )
+
+
+def study_name(plan: str, stage: str, version: int = 1) -> str:
+    """``seed.weight_decay`` for the first study of a stage, ``seed.weight_decay.v2`` after --force."""
+    return f"{plan}.{stage}" if version <= 1 else f"{plan}.{stage}.v{version}"
+
+
+def latest_version(study_names: list[str], plan: str, stage: str) -> int:
+    """The highest version of the stage's study among ``study_names``; 0 when there is none."""
+    return max((study_version(n, plan, stage) for n in study_names), default=0)
+
+
+def study_version(name: str, plan: str, stage: str) -> int:
+    """The version of study ``name`` as a study of the plan's stage; 0 when it is not one."""
+    pattern = re.compile(rf"^{re.escape(plan)}\.{re.escape(stage)}(?:\.v(\d+))?$")
+    m = pattern.match(name)
+    return int(m.group(1) or 1) if m else 0

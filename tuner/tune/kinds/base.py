@@ -14,7 +14,7 @@ lives in :class:`tuner.config.StageSpec`.
 from __future__ import annotations
 
 import dataclasses
-import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,13 +24,46 @@ from tuner.config import StageSpec
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
 from tuner.tune.runs import PointResult, Run
+from tuner.tune.samplers import SAMPLERS, Grid, sampler_named
 
 if TYPE_CHECKING:
     from tuner.train.tensors import TensorData
 
 
+_IN_EVERY_STAGE: list[type[KindOptions]] = []  # see KindOptions
+
+
+class KindOptions:
+    """Base of a kind's :attr:`StageKind.Options`: a frozen dataclass whose fields are the
+    kind's own plan keys, and whose defaults are the plan's defaults.
+
+    ``class XOptions(KindOptions, in_every_stage=True)`` marks the options of a kind from the
+    time when one flat dataclass carried every kind's options: every stage's dict
+    (:meth:`StageSpec.to_dict`, what a stage's content hash is taken of) held their keys with
+    their defaults, and still does (a stage's own options override them), so that the studies
+    a plan already ran keep their identity. Only the first kinds are marked, and their
+    defaults never change: a new kind's keys appear only in its own stages' dicts.
+    """
+
+    def __init_subclass__(cls, *, in_every_stage: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if in_every_stage:
+            _IN_EVERY_STAGE.append(cls)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as a stage's dict records them (tuples as lists), after the keys and
+        defaults every stage's dict holds."""
+        every = {k: v for cls in _IN_EVERY_STAGE for k, v in _plain(cls()).items()}
+        return {**every, **_plain(self)}
+
+
+def _plain(options: Any) -> dict[str, Any]:
+    own = dataclasses.asdict(options)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in own.items()}
+
+
 @dataclass(frozen=True)
-class NoOptions:
+class NoOptions(KindOptions):
     """A kind without keys of its own."""
 
 
@@ -47,34 +80,38 @@ class Figure:
     data: Mapping[str, Any]
 
 
-class PointSource:
+class PointSource(ABC):
     """What :meth:`StageKind.points` may use of the stage runner: the study, the starting
     configuration, the data, one worker doing a thing while the others wait, and the
-    session's observers. Implemented by :class:`tuner.tune.stages.Session`'s stage runs."""
+    session's observers. Implemented by :class:`tuner.tune.stages.Session`'s stage runs (the
+    points themselves reach the runner through :class:`tuner.tune.points.KindPoints`)."""
 
     seed: int  # the run's seed (``--seed``)
 
+    @abstractmethod
     def once(self, study: Any, what: str, done: Callable[[], bool], do: Callable[[], None]) -> None:
         """Run ``do`` in exactly one worker until ``done()`` (the others wait for it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def notify(self, hook: str, *args: Any) -> None:
         """Tell the session's observers (``hook`` as in :class:`tuner.tune.hooks.StageObserver`)."""
-        raise NotImplementedError
 
 
-class StageKind:
-    """Base class of stage kinds. Subclasses set :attr:`name`, :attr:`summary`, their
-    :attr:`Options`, the :attr:`pruners` and :attr:`objectives` they accept, and implement
-    :meth:`train`, :meth:`training_identity` and :meth:`scored_by`."""
+class StageKind(ABC):
+    """What a stage kind is. A kind sets :attr:`name` and :attr:`summary` and implements the
+    abstract methods: :meth:`train` (train and score a claimed group), :meth:`training_identity`
+    (what its training depends on, for reuse) and :meth:`scored_by` (how a point is scored, in
+    words). Where the defaults do not fit, it sets its :attr:`Options` (its own plan keys), the
+    :attr:`pruners`, :attr:`objectives` and :attr:`samplers` it accepts, and overrides the
+    other methods (how its points are found, its checks, how it describes itself)."""
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for the README and ``--help``
-    Options: ClassVar[type] = NoOptions  # the kind's own plan keys, with their defaults
+    Options: ClassVar[type[KindOptions]] = NoOptions  # its own plan keys, with their defaults
     schema: ClassVar[Mapping[str, Any]] = {}  # what each of those keys accepts (tuner.config)
     pruners: ClassVar[tuple[str, ...]] = ("none",)
     objectives: ClassVar[tuple[str, ...]] = ("peak", "final")
-    samplers: ClassVar[tuple[str, ...]] = ("grid", "tpe")
+    samplers: ClassVar[tuple[str, ...]] = tuple(SAMPLERS)
     needs_grid: ClassVar[bool] = True  # a grid (or a TPE space) says which points to train
     keeps_final: ClassVar[bool] = False  # a point trains on the train split as the final does
 
@@ -120,39 +157,28 @@ class StageKind:
             )
         if spec.sampler not in self.samplers:
             raise PlanError(f"{where}: a {self.name} stage takes no sampler = {spec.sampler!r}")
-        if self.needs_grid and spec.sampler == "grid" and not spec.grid:
+        if self.needs_grid and spec.sampler == Grid.name and not spec.grid:
             raise PlanError(f"{where}: a {self.name} stage needs a non-empty [grid]")
 
     def params(self, spec: StageSpec) -> tuple[str, ...]:
         """The :class:`TrainConfig` fields the stage chooses for later stages."""
-        return tuple(spec.space) if spec.sampler == "tpe" else tuple(spec.grid)
+        return sampler_named(spec.sampler).params(spec)
 
     def n_points(self, spec: StageSpec) -> int:
         """Points the stage trains in all."""
-        if spec.sampler == "tpe":
-            return spec.trials
-        return math.prod(len(v) for v in spec.grid.values())
+        return sampler_named(spec.sampler).n_points(spec)
 
     def contains(self, spec: StageSpec, params: Mapping[str, Any]) -> bool:
         """Whether ``params`` (a point as stored in the stage's study) lies in the stage's grid
         or space: what a finished study carries forward must."""
         if set(params) != set(self.params(spec)):
             return False
-        if spec.sampler == "tpe":
-            for key, rng in spec.space.items():
-                value = params[key]
-                if "choices" in rng:
-                    if value not in rng["choices"]:
-                        return False
-                elif not (isinstance(value, (int, float)) and rng["low"] <= value <= rng["high"]):
-                    return False
-            return True
-        return all(params[key] in values for key, values in spec.grid.items())
+        return sampler_named(spec.sampler).contains(spec, params)
 
     # -- running -------------------------------------------------------------------------------
-    def check_data(self, spec: StageSpec, n_train: int) -> None:
+    def check_data(self, spec: StageSpec, n_train: int) -> None:  # noqa: B027 - optional
         """Refuse (:class:`tuner.errors.StageError`) data the stage cannot train on, before
-        anything is written."""
+        anything is written (by default, none is refused)."""
 
     def points(
         self, source: PointSource, study: Any, spec: StageSpec, base: TrainConfig, data: TensorData
@@ -161,11 +187,11 @@ class StageKind:
         TPE's rounds, say which)."""
         return None
 
+    @abstractmethod
     def train(
         self, run: Run, cfgs: Sequence[TrainConfig], points: list[int]
     ) -> dict[int, PointResult]:
         """Train and score ``points`` (indices into ``cfgs``) of one fused group."""
-        raise NotImplementedError
 
     def rows_per_run(self, spec: StageSpec, n_train: int) -> int:
         """Rows a run of a point trains on (what the planned epochs count steps over)."""
@@ -175,15 +201,15 @@ class StageKind:
         """How many times the planned epochs run one after the other (the progress bar)."""
         return 1
 
+    @abstractmethod
     def training_identity(self, spec: StageSpec, cfg: TrainConfig, n_train: int) -> dict[str, Any]:
         """What a point's numbers depend on beyond its configuration, seeds, compute and data
         (part of its training fingerprint, :func:`tuner.tune.reuse.fingerprint`)."""
-        raise NotImplementedError
 
     # -- describing ----------------------------------------------------------------------------
+    @abstractmethod
     def scored_by(self, spec: StageSpec) -> str:
         """How a point of the stage is scored, in words."""
-        raise NotImplementedError
 
     def objective_name(self, spec: StageSpec) -> str:
         """What the stage study's value is, for the dashboard's axis labels."""

@@ -27,13 +27,12 @@ from tuner.config import MAX_FOLDS, StageSpec
 from tuner.errors import PlanError, StageError
 from tuner.train.config import TrainConfig
 from tuner.train.history import History
-from tuner.train.stack import FusedGroup
-from tuner.tune.kinds.base import StageKind
+from tuner.tune.kinds.base import KindOptions, StageKind
 from tuner.tune.runs import Folds, Member, PointResult, Run, diverged, summarize
 
 
 @dataclass(frozen=True)
-class CVOptions:
+class CVOptions(KindOptions, in_every_stage=True):
     folds: int = 0  # stratified folds of the train split (at least 2)
 
 
@@ -149,11 +148,11 @@ def _by_fold(
         if not active:
             break
         members = [Member(i, r, f) for i in active for r in range(len(run.seeds))]
-        holder: list[FusedGroup] = []
-        histories = run.train(cfgs, members, group=holder, folds=folds)
+        training = run.group(cfgs, members, folds)
+        histories = training.run(run.progress_only).histories
         for m, h in zip(members, histories, strict=True):
             mine[m.point].append((m, h))
-        fg = holder[0]
+        fg = training.stack  # its members score the validation blocks after training
         positions = list(range(len(fg.order)))
         block_accs = []  # [block][stack position]
         for block in torch.tensor_split(va, blocks):

@@ -22,7 +22,7 @@ from tuner.config import StageSpec, fmt_value, point_label
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
 from tuner.train.options import optimizers
-from tuner.tune.kinds.base import Figure, PointSource, StageKind
+from tuner.tune.kinds.base import Figure, KindOptions, PointSource, StageKind
 from tuner.tune.runs import (
     PointResult,
     Run,
@@ -30,6 +30,7 @@ from tuner.tune.runs import (
     holdout_scored_by,
     train_holdout,
 )
+from tuner.tune.samplers import TPE, Grid
 
 if TYPE_CHECKING:
     from tuner.train.tensors import TensorData
@@ -38,7 +39,7 @@ SNAPS = ("none", "decade")
 
 
 @dataclass(frozen=True)
-class RangeTestOptions:
+class RangeTestOptions(KindOptions, in_every_stage=True):
     param: str = "lr"  # the TrainConfig field the stage chooses
     start_lr: float = 1e-7
     end_lr: float = 1.0
@@ -60,7 +61,7 @@ class RangeTest(StageKind):
         "snap": Choice(SNAPS),
         # "candidates" is a list: checked by the plan loader's list rules
     }
-    samplers = ("grid",)
+    samplers = (Grid.name,)
     needs_grid = False
     keeps_final = True  # its verification runs train on the train split
 
@@ -86,8 +87,8 @@ class RangeTest(StageKind):
 
     def validate(self, spec: StageSpec, where: str) -> None:
         opts = spec.options
-        if spec.sampler == "tpe" or spec.space:
-            raise PlanError(f"{where}: an {self.name} stage takes no [space] or tpe sampler")
+        if spec.sampler == TPE.name or spec.space:
+            raise PlanError(f"{where}: an {self.name} stage takes no [space] or {TPE.name} sampler")
         if spec.grid:
             raise PlanError(f"{where}: an {self.name} stage takes 'candidates', not a grid")
         if not 0 < opts.start_lr < opts.end_lr:

@@ -17,7 +17,7 @@ from typing import Any
 from tuner.checks import epochs_rule
 from tuner.config import StageSpec
 from tuner.train.config import TrainConfig
-from tuner.tune.kinds.base import StageKind
+from tuner.tune.kinds.base import KindOptions, StageKind
 from tuner.tune.runs import (
     PointResult,
     Run,
@@ -28,7 +28,7 @@ from tuner.tune.runs import (
 
 
 @dataclass(frozen=True)
-class SweepOptions:
+class SweepOptions(KindOptions, in_every_stage=True):
     patience: int = 0  # a run stops when validation loss stalls this many epochs (0: never)
 
 
