@@ -11,7 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+from tuner.train.options import (
+    FIELDS,
+    activations,
+    embeddings,
+    inits,
+    losses,
+    norms,
+    optimizers,
+    schedules,
+)
 from tuner.train.options.registry import Option, registry
 
 
@@ -214,6 +223,7 @@ def test_every_field_default_is_registered_and_lookups_name_the_choices():
         "optimizer": optimizers,
         "class_weight": losses,
         "schedule": schedules,
+        "embedding": embeddings,
     }
     assert set(modules) == set(FIELDS)
     for field, module in modules.items():

@@ -63,7 +63,8 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
                 f"{bundle['n_features']}"
             )
         cfg = TrainConfig().with_params(bundle["config"])
-        model = build_model(cfg, int(bundle["n_features"]), int(bundle["n_classes"]))
+        n_features, n_classes = int(bundle["n_features"]), int(bundle["n_classes"])
+        model = build_model(cfg, n_features, n_classes, bundle.get("fitted"))
         model.load_state_dict(bundle["state_dict"])
     except Exception as err:  # weights or an encoding that do not fit the stored configuration
         text = " ".join(str(err).split())[:160]

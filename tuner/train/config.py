@@ -15,7 +15,16 @@ from typing import Any
 
 from tuner.checks import Choice, Invalid, Number, Widths, message
 from tuner.errors import PlanError
-from tuner.train.options import FIELDS, activations, inits, losses, norms, optimizers, schedules
+from tuner.train.options import (
+    FIELDS,
+    activations,
+    embeddings,
+    inits,
+    losses,
+    norms,
+    optimizers,
+    schedules,
+)
 
 MAX_BATCH = 1 << 24  # far beyond any sensible batch, low enough to catch a typo
 
@@ -38,6 +47,10 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "label_smoothing": FRACTION,
     "class_weight": _OPTIONS["class_weight"],
     "schedule": _OPTIONS["schedule"],
+    "embedding": _OPTIONS["embedding"],
+    "embedding_dim": Number(integer=True, low=1, high=1024),
+    "bins": Number(integer=True, low=2, high=1024),
+    "frequency_scale": Number(low=0, low_open=True, high=100),
 }
 """What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
 
@@ -65,6 +78,11 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
     class_weight: str = losses.DEFAULT  # training loss weights per class
     schedule: str = schedules.DEFAULT  # learning rate over the planned steps
+    # numeric feature embeddings (tuner.train.options.embeddings); see ADDED
+    embedding: str = embeddings.DEFAULT
+    embedding_dim: int = 16  # per feature: the MLP reads n_features * embedding_dim values
+    bins: int = 48  # piecewise-linear: quantile bins per feature (fewer where values repeat)
+    frequency_scale: float = 0.01  # periodic: sigma of the frequencies' initial draw
 
     def __post_init__(self) -> None:
         errors = []
@@ -81,14 +99,24 @@ class TrainConfig:
         """Return a copy with ``params`` applied, coerced to each field's type."""
         return dataclasses.replace(self, **coerce_params(params))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, full: bool = False) -> dict[str, Any]:
+        """The fields as plain data. Fields added after the first plans (:data:`ADDED`) are
+        left out while at their defaults (unless ``full``), so that configurations written
+        before them keep their content hashes, study names and training fingerprints."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        if not full:
+            for name in ADDED:
+                if d[name] == _DEFAULTS[name]:
+                    del d[name]
         return d
 
 
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
-FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing")
+FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing", "frequency_scale")
+ADDED: tuple[str, ...] = ("embedding", "embedding_dim", "bins", "frequency_scale")
+"""Fields that :meth:`TrainConfig.to_dict` leaves out at their defaults (identity unchanged)."""
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def coerce_params(

@@ -34,7 +34,7 @@ from tuner.train.batches import BatchPlan, dedupe
 from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
 from tuner.train.history import EarlyStopping, EpochStats, History
-from tuner.train.model import class_weights
+from tuner.train.model import class_weights, fit_inputs
 from tuner.train.options import norms
 from tuner.train.stack import FusedGroup, check_group
 
@@ -103,6 +103,7 @@ class GroupTraining:
                 class_weights(c.class_weight, y if t is None else y[t], n_classes)
                 for c, t in zip(cfgs, rows, strict=True)
             ],
+            fitted=_fit_inputs(cfgs, x, rows),
         )
         self.batches = batches
         self.x, self.y = x.to(self.device), y.to(self.device)
@@ -183,6 +184,21 @@ class GroupTraining:
             for i in gone:
                 histories[i].stopped_early = True
             self.stack.drop(gone)
+
+
+def _fit_inputs(
+    cfgs: Sequence[TrainConfig], x: torch.Tensor, rows: Sequence[torch.Tensor | None]
+) -> list[dict | None]:
+    """What each member's embedding fits on its own training rows, once per distinct
+    (embedding, bins, rows)."""
+    done: dict[tuple, dict | None] = {}
+    out = []
+    for c, t in zip(cfgs, rows, strict=True):
+        key = (c.embedding, c.bins, None if t is None else id(t))
+        if key not in done:
+            done[key] = fit_inputs(c, x if t is None else x[t])
+        out.append(done[key])
+    return out
 
 
 def train_group(

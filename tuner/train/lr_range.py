@@ -23,7 +23,7 @@ from torch_lr_finder import LRFinder
 
 from tuner.train.batches import batch_indices
 from tuner.train.config import TrainConfig
-from tuner.train.model import build_model, make_optimizer, seeded
+from tuner.train.model import build_model, fit_inputs, make_optimizer, seeded
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def range_test(
     x, y = train_xy
     range_cfg = cfg.with_params({"optimizer": optimizer})
     with seeded(seed):
-        model = build_model(range_cfg, x.shape[1], n_classes)
+        model = build_model(range_cfg, x.shape[1], n_classes, fit_inputs(range_cfg, x))
     opt = make_optimizer(range_cfg, model.parameters(), lr=start_lr)
     loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
     num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)

@@ -1,8 +1,11 @@
 """The MLP that every stage trains, built from a :class:`~tuner.train.config.TrainConfig`, and
 how it is optimised (optimizer, learning-rate schedule, training-loss class weights) and scored.
 
-``Linear(in, h1) -> [norm] -> act -> [dropout] -> ... -> Linear(hk, classes)``; the published
-Model_2 is ``hidden = (256, 256)``, Model_1 ``(128, 128)`` and Model_3 ``(256, 128, 64)``.
+``[embedding] -> Linear(in, h1) -> [norm] -> act -> [dropout] -> ... -> Linear(hk, classes)``;
+the published Model_2 is ``hidden = (256, 256)``, Model_1 ``(128, 128)`` and Model_3
+``(256, 128, 64)``. A numeric feature embedding (``cfg.embedding``) comes first where there is
+one; what it fits on the training rows (:func:`fit_inputs`: bin edges, plain lists) is passed
+to :func:`build_model` as ``fitted`` and read back from a model by :func:`fitted_of`.
 
 The configuration's named choices (activation, norm, init, optimizer, schedule, class weight)
 are entries of :mod:`tuner.train.options`; this module reads a configuration and asks each
@@ -15,12 +18,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from tuner.train.config import TrainConfig
-from tuner.train.options import activations, inits, losses, norms, optimizers, schedules
+from tuner.train.options import (
+    activations,
+    embeddings,
+    inits,
+    losses,
+    norms,
+    optimizers,
+    schedules,
+)
 
 EVAL_BATCH = 16_384  # rows per evaluation batch
 
@@ -33,17 +45,43 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def build_model(cfg: TrainConfig, n_features: int, n_classes: int) -> nn.Sequential:
+def fit_inputs(cfg: TrainConfig, x: torch.Tensor) -> dict[str, Any] | None:
+    """What ``cfg``'s embedding learns from the training rows ``x`` (``None``: nothing)."""
+    return embeddings.get(cfg.embedding).fit(x, cfg.bins)
+
+
+def fitted_of(model: nn.Module) -> dict[str, Any] | None:
+    """The ``fitted`` data ``model`` was built with (``None``: none)."""
+    for m in model.modules():
+        fitted = getattr(m, "fitted", None)
+        if isinstance(fitted, dict):
+            return fitted
+    return None
+
+
+def build_model(
+    cfg: TrainConfig,
+    n_features: int,
+    n_classes: int,
+    fitted: dict[str, Any] | None = None,
+) -> nn.Sequential:
     """Build the MLP and initialise its Linear layers as ``cfg.init`` says.
 
     Each Linear layer is drawn by ``nn.Linear`` and then re-drawn by the initialization entry
     (its default keeps PyTorch's own). Draws come from torch's global generator: seed it (see
-    :func:`seeded`) for reproducible weights.
+    :func:`seeded`) for reproducible weights. The embedding (drawn first, with its own init)
+    takes ``fitted``, what :func:`fit_inputs` fitted on the training rows.
     """
     norm = norms.get(cfg.norm)
     activation = activations.get(cfg.activation)
     layers: list[nn.Module] = []
     width = n_features
+    embed = embeddings.get(cfg.embedding).module(
+        n_features, cfg.embedding_dim, cfg.bins, cfg.frequency_scale, fitted
+    )
+    if embed is not None:
+        layers.append(embed)
+        width = n_features * cfg.embedding_dim
     for h in cfg.hidden:
         layers.append(nn.Linear(width, h))
         norm_module = norm.module(h)

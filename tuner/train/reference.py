@@ -25,6 +25,7 @@ from tuner.train.model import (
     build_model,
     class_weights,
     evaluate,
+    fit_inputs,
     make_optimizer,
     make_scheduler,
     seeded,
@@ -55,7 +56,7 @@ def train(
     """
     x, y = train_xy
     with seeded(seed):
-        model = build_model(cfg, x.shape[1], n_classes)
+        model = build_model(cfg, x.shape[1], n_classes, fit_inputs(cfg, x))
     optimizer = make_optimizer(cfg, model.parameters())
     generator = torch.Generator().manual_seed(seed)
     min_batch = norms.get(cfg.norm).min_batch

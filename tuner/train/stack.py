@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ from tuner.train.layers import mlp
 from tuner.train.layers.base import Layout, Pass
 from tuner.train.loss import DROPOUT_SEED, LossSpec, loss_and_grad
 from tuner.train.model import EVAL_BATCH, build_model, seeded
-from tuner.train.options import optimizers, schedules
+from tuner.train.options import embeddings, optimizers, schedules
 from tuner.train.options.optimizers import Optimizer
 from tuner.train.options.schedules import Schedule
 
@@ -93,6 +94,7 @@ class FusedGroup:
         device: str | torch.device = "cpu",
         total_steps: Sequence[int] | None = None,
         weights: Sequence[torch.Tensor | None] | None = None,
+        fitted: Sequence[dict[str, Any] | None] | None = None,
     ) -> None:
         cfgs = list(cfgs)
         check_group(cfgs, seeds, precision)
@@ -117,11 +119,18 @@ class FusedGroup:
             torch.Generator(device=self.device).manual_seed(s ^ DROPOUT_SEED) for s in self.seeds
         ]
         self.order: list[int] = sorted(range(len(cfgs)), key=lambda i: _stack_key(cfgs[i]))
+        # what each member's embedding fitted on its training rows (bin edges)
+        self.fitted = list(fitted or [None] * len(cfgs))
         models = []
         for i in self.order:
             with seeded(self.seeds[i]):
-                models.append(build_model(cfgs[i], n_features, n_classes))
-        self.layers = mlp(len(self.hidden), precision)
+                models.append(build_model(cfgs[i], n_features, n_classes, self.fitted[i]))
+        embedding = cfgs[0].embedding
+        self.layers = mlp(
+            len(self.hidden),
+            precision,
+            None if embeddings.get(embedding).module_free else embedding,
+        )
         self._build_stack(models)
 
     # ---------------------------------------------------------------- construction
@@ -264,7 +273,7 @@ class FusedGroup:
         with torch.inference_mode(False):  # export() may run inside train_group's on_epoch
             pos = self.order.index(member)
             cfg = self.cfgs[member]
-            model = build_model(cfg, self.n_features, self.n_classes)
+            model = build_model(cfg, self.n_features, self.n_classes, self.fitted[member])
             with torch.no_grad():
                 for layer in self.layers:
                     layer.export(self.params, self.running, pos, model, cfg, self.n_steps[member])
@@ -377,7 +386,10 @@ class FusedGroup:
             layout = Layout.of([self.cfgs[self.order[pos]] for pos in positions])
             p = Pass(params, [], running, layout, None)
         n = len(x)
-        chunk = max(1, min(EVAL_BATCH, _EVAL_ELEMENTS // (k * max(*self.hidden, self.n_classes))))
+        cfg = self.cfgs[self.order[0]]
+        embed = embeddings.get(cfg.embedding).elements(self.n_features, cfg.embedding_dim, cfg.bins)
+        widest = max(*self.hidden, self.n_classes, embed)
+        chunk = max(1, min(EVAL_BATCH, _EVAL_ELEMENTS // (k * widest)))
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.long, device=self.device)
         for start in range(0, n, chunk):
@@ -407,6 +419,11 @@ def check_group(cfgs: Sequence[TrainConfig], seeds: Sequence[int], precision: st
     batch = {c.batch_size for c in cfgs}
     if len(batch) != 1:
         raise ValueError(f"all members must share `batch_size`; got {sorted(batch)}")
+    shapes = {
+        (c.embedding, *embeddings.get(c.embedding).shape(c.embedding_dim, c.bins)) for c in cfgs
+    }
+    if len(shapes) != 1:
+        raise ValueError(f"all members must share their embedding's shape; got {sorted(shapes)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 

@@ -1,7 +1,7 @@
 """The final job: retrain the chosen configuration, score it once on test, save the model.
 
-Writes ``models/<plan>/model.pt`` (weights, full config, input encoding, label names: all that
-``predict`` needs), ``models/<plan>/metrics.json`` and ``models/<plan>/history.json``. The final
+Writes ``models/<plan>/model.pt`` (weights, full config, input encoding, label names and, for a
+model with a fitted embedding, its bin edges under ``fitted``: all that ``predict`` needs), ``models/<plan>/metrics.json`` and ``models/<plan>/history.json``. The final
 study ``<plan>.final`` holds one trial whose value is the test accuracy; nothing is selected on it.
 """
 
@@ -27,7 +27,7 @@ from tuner.paths import atomic_write, save_torch
 from tuner.train.config import TrainConfig
 from tuner.train.history import EpochStats, History
 from tuner.train.loop import train_one
-from tuner.train.model import build_model, evaluate
+from tuner.train.model import build_model, evaluate, fit_inputs, fitted_of
 from tuner.tune import reuse
 from tuner.tune.objectives import PointResult
 from tuner.tune.stages import FINAL, Session, StageState
@@ -198,7 +198,8 @@ def _final_model(
     after, else a model trained now on the train split, early-stopped on validation loss."""
     data, final = session.data(), session.plan.final
     if kept is not None:
-        model = build_model(cfg, int(data.train[0].shape[1]), data.n_classes)
+        fitted = fit_inputs(cfg, data.train[0])  # what the stage's run fitted, the same rows
+        model = build_model(cfg, int(data.train[0].shape[1]), data.n_classes, fitted)
         model.load_state_dict(kept.state_dict)
         model.eval()
         history = kept.history()
@@ -248,6 +249,9 @@ def _write_model(
         "data": session.settings.data.to_dict(),
         **input_encoding(prepared.manifest),
     }
+    fitted = fitted_of(model)
+    if fitted is not None:  # an embedding's bin edges: plain lists
+        bundle["fitted"] = fitted
     atomic_write(out / "model.pt", lambda tmp: save_torch(bundle, tmp))
     write_json(out / "history.json", history.to_dict())
     write_json(out / "metrics.json", metrics)

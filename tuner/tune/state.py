@@ -40,7 +40,7 @@ def normalize(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def incumbent(spec: StageSpec, base: TrainConfig) -> dict[str, Any]:
     """The grid point equal to the configuration the stage starts from."""
-    current = normalize(base.to_dict())
+    current = normalize(base.to_dict(full=True))
     return {p: current[p] for p in spec.params}
 
 

@@ -13,19 +13,23 @@ evaluation passes) and its place in :func:`mlp` -- and, for the tests' oracle, i
 * :mod:`~tuner.train.layers.base`: the :class:`~tuner.train.layers.base.Layer` interface, the
   tensors of a pass, the runs of members that share a norm or an activation;
 * :mod:`~tuner.train.layers.linear`: Linear layers and the output layer (batched GEMMs);
-* :mod:`~tuner.train.layers.hidden`: a hidden layer's normalisation, activation and dropout.
+* :mod:`~tuner.train.layers.hidden`: a hidden layer's normalisation, activation and dropout;
+* :mod:`~tuner.train.layers.embed`: a numeric feature embedding before the first Linear layer.
 """
 
 from __future__ import annotations
 
 from tuner.train.layers.base import Layer
+from tuner.train.layers.embed import Embed
 from tuner.train.layers.hidden import Hidden
 from tuner.train.layers.linear import Linear, Output
 
 
-def mlp(n_hidden: int, precision: str) -> list[Layer]:
-    """The layers of an MLP with ``n_hidden`` hidden layers, input first."""
-    layers: list[Layer] = []
+def mlp(n_hidden: int, precision: str, embedding: str | None = None) -> list[Layer]:
+    """The layers of an MLP with ``n_hidden`` hidden layers, input first; ``embedding``: the
+    numeric feature embedding in front (``None``: the first Linear layer reads the features)."""
+    layers: list[Layer] = [] if embedding is None else [Embed(embedding)]
+    first = embedding is None  # the first Linear layer's input needs no gradient
     for i in range(n_hidden):
-        layers += [Linear(i, precision, first=i == 0), Hidden(i)]
-    return [*layers, Output(n_hidden, precision, first=n_hidden == 0)]
+        layers += [Linear(i, precision, first=first and i == 0), Hidden(i)]
+    return [*layers, Output(n_hidden, precision, first=first and n_hidden == 0)]

@@ -15,6 +15,7 @@ so an entry that one engine cannot run fails a test, not a run.
 * :mod:`~tuner.train.options.optimizers`: ``optimizer`` (and an LR range test's optimizer);
 * :mod:`~tuner.train.options.schedules`: ``schedule``;
 * :mod:`~tuner.train.options.losses`: ``class_weight``;
+* :mod:`~tuner.train.options.embeddings`: ``embedding`` (numeric feature embeddings);
 * :mod:`~tuner.train.options.registry`: the base class and registry they share.
 
 Each family module has ``REGISTRY`` (name -> entry, in the order choices are listed),
@@ -27,7 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from tuner.train.options import activations, inits, losses, norms, optimizers, schedules
+from tuner.train.options import (
+    activations,
+    embeddings,
+    inits,
+    losses,
+    norms,
+    optimizers,
+    schedules,
+)
 from tuner.train.options.registry import Option
 
 FIELDS: dict[str, Mapping[str, Option]] = {
@@ -37,7 +46,18 @@ FIELDS: dict[str, Mapping[str, Option]] = {
     "optimizer": optimizers.REGISTRY,
     "class_weight": losses.REGISTRY,
     "schedule": schedules.REGISTRY,
+    "embedding": embeddings.REGISTRY,
 }
 """Each option field of :class:`~tuner.train.config.TrainConfig` and the registry of its choices."""
 
-__all__ = ["FIELDS", "Option", "activations", "inits", "losses", "norms", "optimizers", "schedules"]
+__all__ = [
+    "FIELDS",
+    "Option",
+    "activations",
+    "embeddings",
+    "inits",
+    "losses",
+    "norms",
+    "optimizers",
+    "schedules",
+]
