@@ -142,6 +142,13 @@ def test_embedded_members_train_in_a_stack_as_in_the_reference_engine(name):
     assert max(h.final_acc for h in fused) > 0.2  # it learns (chance: 0.1)
 
 
+def test_a_stage_grid_over_embeddings_trains_one_stack_per_shape():
+    from tuner.tune.runs import fusable
+
+    cfgs = [_cfg("none"), _cfg("ple"), _cfg("ple", bins=8), _cfg("ple"), _cfg("plr"), _cfg("none")]
+    assert fusable(cfgs) == [[0, 5], [1, 3], [2], [4]]
+
+
 def test_a_stack_refuses_members_with_different_embedding_shapes():
     with pytest.raises(ValueError, match="embedding"):
         FusedGroup(

@@ -406,6 +406,13 @@ class FusedGroup:
         return (loss_sum / denom).tolist(), (correct.double() / denom).tolist()
 
 
+def stack_shape(cfg: TrainConfig) -> tuple:
+    """What members of one stack must share: the hidden widths, the batch size and the
+    embedding's kind and shape (:func:`tuner.tune.runs.fusable` groups a stage's points by it)."""
+    embedding = embeddings.get(cfg.embedding).shape(cfg.embedding_dim, cfg.bins)
+    return (tuple(cfg.hidden), cfg.batch_size, cfg.embedding, *embedding)
+
+
 def check_group(cfgs: Sequence[TrainConfig], seeds: Sequence[int], precision: str) -> None:
     """Raise ``ValueError`` unless ``cfgs`` can be one stack: at least one member, a seed
     each, the same widths and batch size, a known precision."""
@@ -413,17 +420,12 @@ def check_group(cfgs: Sequence[TrainConfig], seeds: Sequence[int], precision: st
         raise ValueError("train_group needs at least one configuration")
     if len(seeds) != len(cfgs):
         raise ValueError(f"got {len(seeds)} seeds for {len(cfgs)} configurations")
-    hidden = {tuple(c.hidden) for c in cfgs}
-    if len(hidden) != 1:
-        raise ValueError(f"all members must share `hidden`; got {sorted(hidden)}")
-    batch = {c.batch_size for c in cfgs}
-    if len(batch) != 1:
-        raise ValueError(f"all members must share `batch_size`; got {sorted(batch)}")
-    shapes = {
-        (c.embedding, *embeddings.get(c.embedding).shape(c.embedding_dim, c.bins)) for c in cfgs
-    }
+    shapes = {stack_shape(c) for c in cfgs}
     if len(shapes) != 1:
-        raise ValueError(f"all members must share their embedding's shape; got {sorted(shapes)}")
+        raise ValueError(
+            "all members must share their widths, batch size and embedding shape "
+            f"(`hidden`, `batch_size`, embedding); got {sorted(shapes)}"
+        )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 

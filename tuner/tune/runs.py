@@ -29,6 +29,7 @@ from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
 from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.loop import GroupTraining
+from tuner.train.stack import stack_shape
 from tuner.train.tensors import TensorData
 from tuner.tune.decide import interval
 from tuner.tune.reuse import FinalRule, Keeper
@@ -161,10 +162,11 @@ class Run:
 
 
 def fusable(cfgs: Sequence[TrainConfig]) -> list[list[int]]:
-    """Point indices grouped by what one stack must share (widths, batch size), in order."""
+    """Point indices grouped by what one stack must share (widths, batch size, embedding
+    shape: :func:`tuner.train.stack.stack_shape`), in order."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, c in enumerate(cfgs):
-        groups.setdefault((tuple(c.hidden), c.batch_size), []).append(i)
+        groups.setdefault(stack_shape(c), []).append(i)
     return list(groups.values())
 
 
