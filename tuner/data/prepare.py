@@ -277,6 +277,7 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
         min_frequency=spec.min_frequency,
         max_levels=spec.max_levels,
         seed=spec.seed,
+        missing_indicators=spec.missing_indicators,
     )
     x_train = encoding.fit_transform(frame.iloc[train], display, rows.wording)
     n_classes = len(labels.names)

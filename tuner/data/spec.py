@@ -14,7 +14,8 @@ TOML file, so a study is reproducible from files alone::
     numeric = ["rating"]        # these must be numbers (text in them is an error)
     missing = ["-", "n/a"]      # more missing-value markers ("", "?", "NA", ... always are)
     impute = "median"           # numeric missing values: median | mean | refuse
-    scaler = "standard"         # numeric scaling: standard | quantile
+    scaler = "standard"         # numeric scaling: standard | quantile | robust
+    missing_indicators = false  # a 0/1 column per numeric column with missing values in train
     bins = "decade"             # a numeric target: "decade" or cut points [1990, 2000]
     split = "stratified"        # stratified | column | group (column and group need split_column)
     split_column = "fold"
@@ -40,7 +41,7 @@ from tuner.errors import DataError
 
 SPLITS = ("stratified", "canonical", "column", "group")
 IMPUTE = ("median", "mean", "refuse")
-SCALERS = ("standard", "quantile")
+SCALERS = ("standard", "quantile", "robust")
 BIN_RULES = ("decade",)
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq")
 COMPRESSIONS = (".gz", ".zip", ".bz2", ".xz")
@@ -66,6 +67,7 @@ class DataSpec:
     missing: tuple[str, ...] = ()
     impute: str = "median"
     scaler: str = "standard"
+    missing_indicators: bool = False
     bins: str | tuple[float, ...] | None = None
     split_column: str | None = None
     test: str | None = None
@@ -146,6 +148,10 @@ class DataSpec:
             raise DataError(f"impute {self.impute!r}: expected one of {', '.join(IMPUTE)}")
         if self.scaler not in SCALERS:
             raise DataError(f"scaler {self.scaler!r}: expected one of {', '.join(SCALERS)}")
+        if not isinstance(self.missing_indicators, bool):
+            raise DataError(
+                f"missing_indicators must be true or false, got {self.missing_indicators!r}"
+            )
         if isinstance(self.bins, str) and self.bins not in BIN_RULES:
             raise DataError(
                 f"bins {self.bins!r}: expected {', '.join(BIN_RULES)} or a list of cut points"
@@ -190,7 +196,8 @@ def _non_defaults(spec: DataSpec) -> dict[str, Any]:
 _LIST_KEYS = ("drop", "categorical", "numeric", "missing")
 _STR_KEYS = ("target", "sep", "impute", "scaler", "split", "split_column")
 _INT_KEYS = ("min_frequency", "max_levels", "rows")
-_KNOWN = {"path", "test", "bins", *_LIST_KEYS, *_STR_KEYS, *_INT_KEYS}
+_BOOL_KEYS = ("missing_indicators",)
+_KNOWN = {"path", "test", "bins", *_LIST_KEYS, *_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS}
 
 
 def is_description(source: str) -> bool:
@@ -246,6 +253,10 @@ def read_description(path: Path) -> dict[str, Any]:
         elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise DataError(f"{where}: expected an integer, got {value!r}")
+            out[key] = value
+        elif key in _BOOL_KEYS:
+            if not isinstance(value, bool):
+                raise DataError(f"{where}: expected true or false, got {value!r}")
             out[key] = value
         elif key == "bins":
             out[key] = parse_bins(value, where)
