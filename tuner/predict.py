@@ -128,10 +128,15 @@ _Input = tuple[pd.DataFrame, str, Wording]
 
 
 def _read_table(path: Path, bundle: dict[str, Any]) -> _Input:
-    from tuner.data.table import read_table
+    from tuner.data.table import DEFAULT_MAX_COLUMNS, read_table
 
     data = bundle.get("data") or {}
-    table = read_table(path, sep=data.get("sep"), missing=tuple(data.get("missing") or ()))
+    table = read_table(
+        path,
+        sep=data.get("sep"),
+        missing=tuple(data.get("missing") or ()),
+        max_columns=int(data.get("max_columns") or DEFAULT_MAX_COLUMNS),
+    )
     return table.frame, table.display, TABLE_WORDING
 
 
