@@ -259,3 +259,82 @@ def test_text_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
     test.write_text("a,c,y\n" + "1.5,a1,y\n" * 6 + "oops,a1,n\n" + "2.5,b2,n\n" * 3)
     message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
     assert message.startswith(f"{test}: column 'a' is numeric but row 7 holds 'oops'"), message
+
+
+# -- 10, 17: predict's output and a hand-edited model.pt --------------------------------------
+def _model(tmp_path: Path, labels: list[str]) -> tuple[Path, Path, dict]:
+    import torch
+
+    from tests.test_encoding import _bundle
+    from tuner.tune.final import input_encoding
+
+    rng = np.random.default_rng(3)
+    n = 300
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n),
+                          "c": rng.choice(["u", "v"], size=n),
+                          "y": rng.choice(labels, size=n)})  # fmt: skip
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+    spec = DataSpec(source=str(csv), target="y")
+    prepared = prepare(spec, tmp_path / "data")
+    bundle = _bundle(prepared, spec, **input_encoding(prepared.manifest))
+    path = tmp_path / "model.pt"
+    torch.save(bundle, path)
+    return path, csv, bundle
+
+
+def test_predict_neutralises_formulas_in_class_names(tmp_path):
+    from tuner.predict import csv_safe, predict_table
+
+    labels = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2", "ok"]
+    model, csv, _ = _model(tmp_path, labels)
+    out = predict_table(model, csv)
+    assert set(out["prediction"]) <= {"'" + v for v in labels[:3]} | {"-2", "ok"}
+    assert set(out["prediction"]) & {"'" + v for v in labels[:3]}
+    text = out.to_csv(index=False)
+    for line in text.splitlines():
+        for cell in line.split(","):
+            assert not cell.startswith(("=", "+", "@", "\t", "\r")), cell
+    assert [csv_safe(v) for v in ("-1.5", "+3", "\tx", "\rx", "-x", "a=b")] == [
+        "-1.5",
+        "+3",
+        "'\tx",
+        "'\rx",
+        "'-x",
+        "a=b",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda b: b.__setitem__("label_names", b["label_names"][:1]), "label_names"),
+        (lambda b: b.__setitem__("label_names", [1, 2]), "label_names"),
+        (lambda b: b.__setitem__("n_classes", "2"), "n_classes"),
+        (lambda b: b["encoding"].__setitem__("numeric", "ab"), "numeric"),
+        (lambda b: b["encoding"].__setitem__("mean", [float("nan"), 1.0]), "mean"),
+        (lambda b: b["encoding"].__setitem__("fill", "ab"), "fill"),
+        (lambda b: b.__setitem__("data", 5), "data"),
+        (lambda b: b["encoding"]["categorical"][0].__setitem__("levels", ["u", "u"]), "levels"),
+    ],
+    ids=[
+        "short labels",
+        "int labels",
+        "str n_classes",
+        "str numeric",
+        "nan mean",
+        "str fill",
+        "int data",
+        "repeated levels",
+    ],  # fmt: skip
+)
+def test_a_hand_edited_model_file_is_one_damaged_line(tmp_path, edit, expected):
+    import torch
+
+    from tuner.predict import predict_table
+
+    model, csv, bundle = _model(tmp_path, ["p", "q"])
+    edit(bundle)
+    torch.save(bundle, model)
+    with pytest.raises(DataError, match=f"a damaged tuner model file .*{expected}"):
+        predict_table(model, csv)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.data.features import MISSING_LEVEL, OTHER_LEVEL, as_numbers, as_text
+from tuner.data.scaling import floats, names_list, robust_statistics, smooth_clip
 from tuner.data.table import column_list
 from tuner.errors import DataError
 
@@ -40,8 +41,6 @@ IMPUTE = ("median", "mean", "refuse")
 SCALERS = ("standard", "quantile", "robust")
 QUANTILES = 1000
 """``n_quantiles`` of the quantile transform (scikit-learn's default), at most the train rows."""
-CLIP = 3.0
-"""The robust scaler's smooth clipping: ``z / sqrt(1 + (z / CLIP)**2)`` keeps |z| below it."""
 INDICATOR = "(missing)"
 """The level a numeric column's missing-value indicator is named after (``b=(missing)``)."""
 
@@ -80,35 +79,6 @@ class Levels:
 def _row(frame: pd.DataFrame, position: int) -> int:
     """1-based data row number of a frame position (the frame's index counts file rows)."""
     return int(frame.index[position]) + 1
-
-
-def _robust_statistics(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per column of ``x`` (filled, float64): the median and the factor that scales by the
-    inter-quartile range; where that is 0, by half the range (as RealMLP-TD's robust scaling
-    does); where that is 0 too (a constant column), 0, so the column encodes as 0."""
-    median = np.median(x, axis=0)
-    spread = np.quantile(x, 0.75, axis=0) - np.quantile(x, 0.25, axis=0)
-    flat = spread == 0
-    spread[flat] = 0.5 * (x.max(axis=0) - x.min(axis=0))[flat]
-    with np.errstate(divide="ignore", over="ignore"):
-        factor = np.where((spread > 0) & np.isfinite(spread), 1.0 / spread, 0.0)
-    factor[~np.isfinite(factor)] = 0.0
-    return [float(v) for v in median], [float(v) for v in factor]
-
-
-def _smooth_clip(z: np.ndarray) -> np.ndarray:
-    """``z / sqrt(1 + (z / CLIP)**2)``: about ``z`` near 0, tending to +-CLIP; an infinite
-    ``z`` (a value far beyond the train rows) gives +-CLIP."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = z / np.hypot(1.0, z / CLIP)
-    return np.where(np.isinf(z), np.sign(z) * CLIP, out)
-
-
-def _floats(values: Any, n: int, what: str) -> list[float]:
-    out = [float(v) for v in values]
-    if len(out) != n:
-        raise ValueError(f"{what}: expected {n} values, got {len(out)}")
-    return out
 
 
 class Encoding:
@@ -270,7 +240,7 @@ class Encoding:
             self.mean_ = [float(v) for v in scaler.mean_]
             self.scale_ = [float(v) for v in scaler.scale_]
         elif self.scaler == "robust":
-            self.center_, self.factor_ = _robust_statistics(filled)
+            self.center_, self.factor_ = robust_statistics(filled)
         else:
             from sklearn.preprocessing import QuantileTransformer
 
@@ -373,7 +343,7 @@ class Encoding:
             factor = np.asarray(self.factor_)
             with np.errstate(invalid="ignore", over="ignore"):
                 z = (x - np.asarray(self.center_)) * factor
-            return _smooth_clip(np.where(factor == 0, 0.0, z))  # a constant column: 0
+            return smooth_clip(np.where(factor == 0, 0.0, z))  # a constant column: 0
         from sklearn.preprocessing import QuantileTransformer
 
         # scikit-learn's QuantileTransformer (normal output), restored from its fitted state
@@ -438,13 +408,18 @@ class Encoding:
         ``model.pt`` files of earlier versions stored under ``features``). Raises
         :class:`ValueError` (or ``KeyError``/``TypeError``) for a state that does not fit
         together."""
+        if not isinstance(state.get("categorical"), list) or not all(
+            isinstance(c, Mapping) and isinstance(c.get("name"), str)
+            and isinstance(c.get("other"), bool) for c in state["categorical"]
+        ):  # fmt: skip
+            raise ValueError("categorical: expected a list of {name, levels, other}")
         levels = [
-            Levels(name=str(c["name"]), levels=tuple(str(v) for v in c["levels"]),
-                   other=bool(c["other"]))
+            Levels(name=c["name"], levels=tuple(names_list(c["levels"], f"levels of {c['name']!r}")),
+                   other=c["other"])
             for c in state["categorical"]
         ]  # fmt: skip
         enc = cls(
-            state["numeric"],
+            names_list(state["numeric"], "numeric"),
             [c.name for c in levels],
             impute=state["impute"],
             scaler=state["scaler"],
@@ -454,24 +429,33 @@ class Encoding:
             missing_indicators=state.get("missing_indicators", False),
         )
         n = len(enc.numeric)
+        if len(set(enc.required_columns)) != len(enc.required_columns):
+            raise ValueError("a column is both numeric and categorical")
         if enc.missing_indicators:
-            enc.indicators_ = [str(v) for v in state["indicators"]]
+            enc.indicators_ = names_list(state["indicators"], "indicators")
             if not set(enc.indicators_) <= set(enc.numeric) or len(set(enc.indicators_)) != len(
                 enc.indicators_
             ):
                 raise ValueError("indicators: each a numeric column, once")
         if n:
             if enc.impute != "refuse":
-                enc.fill_ = _floats(state["fill"], n, "fill")
+                enc.fill_ = floats(state["fill"], n, "fill")
             if enc.scaler == "standard":
-                enc.mean_ = _floats(state["mean"], n, "mean")
-                enc.scale_ = _floats(state["scale"], n, "scale")
+                enc.mean_ = floats(state["mean"], n, "mean")
+                enc.scale_ = floats(state["scale"], n, "scale")
             elif enc.scaler == "robust":
-                enc.center_ = _floats(state["center"], n, "center")
-                enc.factor_ = _floats(state["factor"], n, "factor")
+                enc.center_ = floats(state["center"], n, "center")
+                enc.factor_ = floats(state["factor"], n, "factor")
             else:
-                enc.quantiles_ = [_floats(q, len(q), "quantiles") for q in state["quantiles"]]
-                enc.references_ = [float(v) for v in state["references"]]
+                if not isinstance(state["quantiles"], list) or not isinstance(
+                    state["references"], list
+                ):
+                    raise ValueError("quantiles and references: expected lists")
+                enc.references_ = floats(state["references"], len(state["references"]),
+                                          "references")  # fmt: skip
+                enc.quantiles_ = [
+                    floats(q, len(enc.references_), "quantiles") for q in state["quantiles"]
+                ]
                 if len(enc.quantiles_) != n or any(
                     len(q) != len(enc.references_) for q in enc.quantiles_
                 ):
@@ -490,7 +474,7 @@ class Encoding:
         given statistics (one per column) and refuses missing values: what
         YearPredictionMSD's scaler was in ``model.pt`` files of earlier versions."""
         enc = cls(names, impute="refuse", scaler="standard")
-        enc.mean_ = _floats(mean, len(enc.numeric), "mean")
-        enc.scale_ = _floats(scale, len(enc.numeric), "scale")
+        enc.mean_ = floats(mean, len(enc.numeric), "mean")
+        enc.scale_ = floats(scale, len(enc.numeric), "scale")
         enc.levels_ = []
         return enc

@@ -190,9 +190,7 @@ def _read_decimal_commas(
             )
 
 
-def _read_parquet(
-    path: Path, display: str, max_columns: int
-) -> tuple[pd.DataFrame, list[str]]:
+def _read_parquet(path: Path, display: str, max_columns: int) -> tuple[pd.DataFrame, list[str]]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -217,8 +215,10 @@ def _read_parquet(
         )
     _check_duplicates(names, display)
     for name, kind in zip(names, schema.types, strict=True):
-        if pa.types.is_nested(kind) or pa.types.is_dictionary(kind) and pa.types.is_nested(
-            kind.value_type
+        if (
+            pa.types.is_nested(kind)
+            or pa.types.is_dictionary(kind)
+            and pa.types.is_nested(kind.value_type)
         ):
             raise DataError(
                 f"{display}: column {quote(name)} holds {kind} values (lists or records), not "
