@@ -338,3 +338,17 @@ def test_a_hand_edited_model_file_is_one_damaged_line(tmp_path, edit, expected):
     torch.save(bundle, model)
     with pytest.raises(DataError, match=f"a damaged tuner model file .*{expected}"):
         predict_table(model, csv)
+
+
+# -- 21: class names that differ only in how a number is written ------------------------------
+def test_classes_spelled_as_different_numbers_stay_apart_with_a_warning(caplog):
+    from tuner.data.target import encode
+
+    with caplog.at_level("WARNING", logger="tuner.data.target"):
+        labels = encode(pd.Series(["1", "1.0", "'1'", "2", "x"]), "k", "t.csv", None)
+    assert labels.names == ("'1'", "1", "1.0", "2", "x")  # the documented rule: as they are
+    assert "the same number written differently" in caplog.text and "'1.0'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tuner.data.target"):
+        encode(pd.Series(["1", "2", "x"]), "k", "t.csv", None)
+    assert not caplog.text
