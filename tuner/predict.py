@@ -13,7 +13,9 @@ depends on how the training rows were written (the bundle's ``file_format``):
   header, either the 90 feature columns or 91 in the UCI layout (the year first, ignored).
 
 The result is a table in the input's row order: a ``prediction`` column with the class names and
-one ``proba_<class>`` column per class.
+one ``proba_<class>`` column per class. A class name that a spreadsheet would read as a formula
+(``=HYPERLINK(...)``, ``+cmd|...``, ``@SUM(...)``) is written with a leading ``'``
+(:func:`csv_safe`).
 
 ``model.pt`` files written by earlier versions (a table's encoding under ``features``,
 YearPredictionMSD's scaler statistics under ``scaler``) still load: :func:`load_bundle` converts
@@ -54,6 +56,7 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise DataError(f"{path}: not a tuner model file (a torch file without tuner's fields)")
     try:
         bundle = _upgrade(bundle)
+        _check_fields(bundle)
         encoding = Encoding.from_dict(bundle["encoding"])
         if bundle["file_format"] not in _READERS:
             raise ValueError(f"unknown file_format {bundle['file_format']!r}")
@@ -62,6 +65,8 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
                 f"the encoding makes {encoding.n_features} features, the model takes "
                 f"{bundle['n_features']}"
             )
+        if bundle.get("target") is not None and bundle["target"] in encoding.required_columns:
+            raise ValueError(f"the target {bundle['target']!r} is also a feature")
         cfg = TrainConfig().with_params(bundle["config"])
         n_features, n_classes = int(bundle["n_features"]), int(bundle["n_classes"])
         model = build_model(cfg, n_features, n_classes, bundle.get("fitted"))
@@ -71,6 +76,34 @@ def load_bundle(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         raise DataError(f"{path}: a damaged tuner model file ({text})") from None
     model.eval()
     return model, {**bundle, "encoding": encoding}
+
+
+def _check_fields(bundle: dict[str, Any]) -> None:
+    """The types and sizes of a bundle's fields (a hand-edited file must not predict
+    silently wrong): ``ValueError`` naming the first that is wrong."""
+
+    def count(name: str) -> int:
+        value = bundle[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return value
+
+    count("n_features")
+    n_classes = count("n_classes")
+    names = bundle["label_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError("label_names must be a list of class names (strings)")
+    if len(names) != n_classes or len(set(names)) != len(names):
+        raise ValueError(f"label_names: {len(names)} distinct names for {n_classes} classes")
+    for name, kind in (("config", dict), ("encoding", dict), ("state_dict", dict)):
+        if not isinstance(bundle[name], kind):
+            raise ValueError(f"{name} must be a {kind.__name__}")
+    if not isinstance(bundle.get("data") or {}, dict):
+        raise ValueError("data must be a dict")
+    if not isinstance(bundle.get("target"), (str, type(None))):
+        raise ValueError("target must be a column name")
+    if not isinstance(bundle.get("file_format"), str):
+        raise ValueError("file_format must be a string")
 
 
 def _upgrade(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +162,15 @@ _Input = tuple[pd.DataFrame, str, Wording]
 
 
 def _read_table(path: Path, bundle: dict[str, Any]) -> _Input:
-    from tuner.data.table import read_table
+    from tuner.data.table import DEFAULT_MAX_COLUMNS, read_table
 
     data = bundle.get("data") or {}
-    table = read_table(path, sep=data.get("sep"), missing=tuple(data.get("missing") or ()))
+    table = read_table(
+        path,
+        sep=data.get("sep"),
+        missing=tuple(data.get("missing") or ()),
+        max_columns=int(data.get("max_columns") or DEFAULT_MAX_COLUMNS),
+    )
     return table.frame, table.display, TABLE_WORDING
 
 
@@ -169,11 +207,27 @@ def predict_table(model_path: Path, input_path: Path) -> pd.DataFrame:
     model, bundle = load_bundle(model_path)
     frame, display, wording = _READERS[bundle["file_format"]](input_path, bundle)
     proba = _probabilities(model, bundle["encoding"].transform(frame, display, wording))
-    names = list(bundle["label_names"])
+    names = [csv_safe(name) for name in bundle["label_names"]]
     out = pd.DataFrame({"prediction": [names[int(i)] for i in proba.argmax(1)]})
-    for j, name in enumerate(names):
-        out[f"proba_{name}"] = proba[:, j]
+    for j, name in enumerate(bundle["label_names"]):
+        out[csv_safe(f"proba_{name}")] = proba[:, j]  # "proba_" never starts a formula
     return out
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet will not run: one that begins with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading single quote (OWASP's advice
+    against CSV injection), unless it is a number (``-1``, ``+2.5``)."""
+    if not text.startswith(_FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
 
 
 def predict_file(model_path: Path, input_path: Path) -> list[str]:

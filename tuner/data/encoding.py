@@ -12,8 +12,11 @@ not depend on the scikit-learn version that fitted them. Standardization is writ
 once: :meth:`Encoding.transform` is the only place that applies a mean and a scale.
 
 The encoded columns, in order: the numeric columns (missing values filled with the train
-rows' median or mean, or refused; then standardized or mapped to a normal distribution), then
-one 0/1 indicator per kept level of each categorical column. Categorical missing values are a
+rows' median or mean, or refused; then standardized, mapped to a normal distribution, or
+robustly scaled: minus the median, divided by the inter-quartile range, then smoothly clipped
+to (-3, 3)), then, with ``missing_indicators``, one 0/1 indicator ``NAME=(missing)`` per numeric
+column that has missing values in the train rows, then one 0/1 indicator per kept level of
+each categorical column. Categorical missing values are a
 level of their own (``(missing)``); a level never seen in train, or seen fewer than
 ``min_frequency`` times (or beyond the ``max_levels`` most frequent), goes to the column's
 ``(other)`` indicator (absent when train had no rare level, so such a level encodes as all
@@ -30,13 +33,16 @@ import numpy as np
 import pandas as pd
 
 from tuner.data.features import MISSING_LEVEL, OTHER_LEVEL, as_numbers, as_text
+from tuner.data.scaling import floats, names_list, robust_statistics, smooth_clip
 from tuner.data.table import column_list
 from tuner.errors import DataError
 
 IMPUTE = ("median", "mean", "refuse")
-SCALERS = ("standard", "quantile")
+SCALERS = ("standard", "quantile", "robust")
 QUANTILES = 1000
 """``n_quantiles`` of the quantile transform (scikit-learn's default), at most the train rows."""
+INDICATOR = "(missing)"
+"""The level a numeric column's missing-value indicator is named after (``b=(missing)``)."""
 
 __all__ = ["MISSING_LEVEL", "OTHER_LEVEL", "Encoding", "Levels", "Wording"]
 
@@ -51,7 +57,7 @@ class Wording:
     large to standardize (a table's columns have names; a UCI file's are numbered)."""
 
     column: Callable[[str], str] = _column
-    remedy: str = "use scaler = 'quantile' (or --scaler quantile), or rescale the column"
+    remedy: str = "use scaler = 'robust' or 'quantile' (--scaler robust), or rescale the column"
 
 
 TABLE_WORDING = Wording()
@@ -75,21 +81,15 @@ def _row(frame: pd.DataFrame, position: int) -> int:
     return int(frame.index[position]) + 1
 
 
-def _floats(values: Any, n: int, what: str) -> list[float]:
-    out = [float(v) for v in values]
-    if len(out) != n:
-        raise ValueError(f"{what}: expected {n} values, got {len(out)}")
-    return out
-
-
 class Encoding:
     """Raw feature columns -> float32 model inputs, fitted on the train rows only.
 
     ``numeric`` and ``categorical`` name the input columns (a frame may hold others: they are
     ignored). ``impute`` (median, mean, refuse) fills numeric missing values or refuses them;
-    ``scaler`` (standard, quantile) scales the numeric columns; ``min_frequency`` and
-    ``max_levels`` decide which categorical levels get their own indicator; ``seed`` is the
-    quantile transform's ``random_state``. The fitted state (attributes ending in ``_``) is
+    ``scaler`` (standard, quantile, robust) scales the numeric columns;
+    ``missing_indicators`` adds a 0/1 column per numeric column with missing values in the
+    train rows; ``min_frequency`` and ``max_levels`` decide which categorical levels get their
+    own indicator; ``seed`` is the quantile transform's ``random_state``. The fitted state (attributes ending in ``_``) is
     plain floats and strings.
     """
 
@@ -103,6 +103,7 @@ class Encoding:
         min_frequency: int = 5,
         max_levels: int = 50,
         seed: int = 0,
+        missing_indicators: bool = False,
     ) -> None:
         if impute not in IMPUTE:
             raise ValueError(f"impute {impute!r}: expected one of {', '.join(IMPUTE)}")
@@ -117,11 +118,15 @@ class Encoding:
         self.min_frequency = int(min_frequency)
         self.max_levels = int(max_levels)
         self.seed = int(seed)
+        self.missing_indicators = bool(missing_indicators)
         self.fill_: list[float] | None = None  # per numeric column (impute median/mean)
         self.mean_: list[float] | None = None  # scaler standard
         self.scale_: list[float] | None = None
         self.quantiles_: list[list[float]] | None = None  # scaler quantile: per column
         self.references_: list[float] | None = None
+        self.center_: list[float] | None = None  # scaler robust: the median
+        self.factor_: list[float] | None = None  # 1 / IQR (or / half the range; 0: constant)
+        self.indicators_: list[str] | None = None  # missing_indicators: numeric columns with holes
         self.levels_: list[Levels] | None = None  # per categorical column
 
     # ------------------------------------------------------------------ description
@@ -140,6 +145,7 @@ class Encoding:
         """Names of the encoded columns, in order: numeric, then ``column=level`` indicators."""
         self._check_fitted()
         names = list(self.numeric)
+        names += [f"{name}={INDICATOR}" for name in self.indicators_ or ()]
         for col in self.levels_ or ():
             names += [f"{col.name}={level}" for level in col.levels]
             if col.other:
@@ -190,6 +196,8 @@ class Encoding:
         self._check_columns(frame, display)
         x = self._numbers(frame, display)
         self.fill_ = self.mean_ = self.scale_ = self.quantiles_ = self.references_ = None
+        self.center_ = self.factor_ = None
+        self.indicators_ = [] if self.missing_indicators else None
         if x is not None:
             self._fit_numeric(x, frame, display, wording)
         self.levels_ = [self._fit_levels(frame[name]) for name in self.categorical]
@@ -199,6 +207,8 @@ class Encoding:
         self, x: np.ndarray, frame: pd.DataFrame, display: str, wording: Wording
     ) -> None:
         holes = np.isnan(x)
+        if self.missing_indicators:
+            self.indicators_ = [self.numeric[c] for c in np.flatnonzero(holes.any(axis=0))]
         if self.impute == "refuse":
             if holes.any():
                 r, c = np.argwhere(holes)[0]
@@ -229,6 +239,8 @@ class Encoding:
                 )
             self.mean_ = [float(v) for v in scaler.mean_]
             self.scale_ = [float(v) for v in scaler.scale_]
+        elif self.scaler == "robust":
+            self.center_, self.factor_ = robust_statistics(filled)
         else:
             from sklearn.preprocessing import QuantileTransformer
 
@@ -284,6 +296,9 @@ class Encoding:
         parts: list[np.ndarray] = []
         if x is not None:
             parts.append(self._scale(self._impute(x, frame, display, wording)))
+            if self.indicators_:
+                where = [self.numeric.index(name) for name in self.indicators_]
+                parts.append(np.isnan(x[:, where]).astype(np.float64))
         for col in self.levels_ or ():
             codes = pd.Index(col.levels, dtype=object).get_indexer(as_text(frame[col.name]))
             onehot = np.zeros((len(frame), len(col.levels) + int(col.other)), dtype=np.float64)
@@ -324,6 +339,11 @@ class Encoding:
         if self.mean_ is not None and self.scale_ is not None:
             # StandardScaler.transform: subtract the mean, then divide by the scale
             return (x - np.asarray(self.mean_)) / np.asarray(self.scale_)
+        if self.center_ is not None and self.factor_ is not None:
+            factor = np.asarray(self.factor_)
+            with np.errstate(invalid="ignore", over="ignore"):
+                z = (x - np.asarray(self.center_)) * factor
+            return smooth_clip(np.where(factor == 0, 0.0, z))  # a constant column: 0
         from sklearn.preprocessing import QuantileTransformer
 
         # scikit-learn's QuantileTransformer (normal output), restored from its fitted state
@@ -366,12 +386,17 @@ class Encoding:
             "max_levels": self.max_levels,
             "seed": self.seed,
         }
+        if self.missing_indicators:  # absent otherwise: earlier encodings' dicts are unchanged
+            out["missing_indicators"] = True
+            out["indicators"] = list(self.indicators_ or ())
         fitted = {
             "fill": self.fill_,
             "mean": self.mean_,
             "scale": self.scale_,
             "quantiles": self.quantiles_,
             "references": self.references_,
+            "center": self.center_,
+            "factor": self.factor_,
         }
         out.update({k: v for k, v in fitted.items() if v is not None})
         out["feature_names"] = self.feature_names
@@ -383,30 +408,54 @@ class Encoding:
         ``model.pt`` files of earlier versions stored under ``features``). Raises
         :class:`ValueError` (or ``KeyError``/``TypeError``) for a state that does not fit
         together."""
+        if not isinstance(state.get("categorical"), list) or not all(
+            isinstance(c, Mapping) and isinstance(c.get("name"), str)
+            and isinstance(c.get("other"), bool) for c in state["categorical"]
+        ):  # fmt: skip
+            raise ValueError("categorical: expected a list of {name, levels, other}")
         levels = [
-            Levels(name=str(c["name"]), levels=tuple(str(v) for v in c["levels"]),
-                   other=bool(c["other"]))
+            Levels(name=c["name"], levels=tuple(names_list(c["levels"], f"levels of {c['name']!r}")),
+                   other=c["other"])
             for c in state["categorical"]
         ]  # fmt: skip
         enc = cls(
-            state["numeric"],
+            names_list(state["numeric"], "numeric"),
             [c.name for c in levels],
             impute=state["impute"],
             scaler=state["scaler"],
             min_frequency=state.get("min_frequency", 5),
             max_levels=state.get("max_levels", 50),
             seed=state.get("seed", 0),
+            missing_indicators=state.get("missing_indicators", False),
         )
         n = len(enc.numeric)
+        if len(set(enc.required_columns)) != len(enc.required_columns):
+            raise ValueError("a column is both numeric and categorical")
+        if enc.missing_indicators:
+            enc.indicators_ = names_list(state["indicators"], "indicators")
+            if not set(enc.indicators_) <= set(enc.numeric) or len(set(enc.indicators_)) != len(
+                enc.indicators_
+            ):
+                raise ValueError("indicators: each a numeric column, once")
         if n:
             if enc.impute != "refuse":
-                enc.fill_ = _floats(state["fill"], n, "fill")
+                enc.fill_ = floats(state["fill"], n, "fill")
             if enc.scaler == "standard":
-                enc.mean_ = _floats(state["mean"], n, "mean")
-                enc.scale_ = _floats(state["scale"], n, "scale")
+                enc.mean_ = floats(state["mean"], n, "mean")
+                enc.scale_ = floats(state["scale"], n, "scale")
+            elif enc.scaler == "robust":
+                enc.center_ = floats(state["center"], n, "center")
+                enc.factor_ = floats(state["factor"], n, "factor")
             else:
-                enc.quantiles_ = [_floats(q, len(q), "quantiles") for q in state["quantiles"]]
-                enc.references_ = [float(v) for v in state["references"]]
+                if not isinstance(state["quantiles"], list) or not isinstance(
+                    state["references"], list
+                ):
+                    raise ValueError("quantiles and references: expected lists")
+                enc.references_ = floats(state["references"], len(state["references"]),
+                                          "references")  # fmt: skip
+                enc.quantiles_ = [
+                    floats(q, len(enc.references_), "quantiles") for q in state["quantiles"]
+                ]
                 if len(enc.quantiles_) != n or any(
                     len(q) != len(enc.references_) for q in enc.quantiles_
                 ):
@@ -425,7 +474,7 @@ class Encoding:
         given statistics (one per column) and refuses missing values: what
         YearPredictionMSD's scaler was in ``model.pt`` files of earlier versions."""
         enc = cls(names, impute="refuse", scaler="standard")
-        enc.mean_ = _floats(mean, len(enc.numeric), "mean")
-        enc.scale_ = _floats(scale, len(enc.numeric), "scale")
+        enc.mean_ = floats(mean, len(enc.numeric), "mean")
+        enc.scale_ = floats(scale, len(enc.numeric), "scale")
         enc.levels_ = []
         return enc

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.data.spec import DataSpec
-from tuner.data.table import column_list
+from tuner.data.table import column_list, quote
 from tuner.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,10 @@ def as_numbers(values: pd.Series, name: str, display: str) -> np.ndarray:
         if bad.any():
             i = int(np.argmax(bad.to_numpy()))
             raise DataError(
-                f"{display}: column {name!r} is numeric but row {int(values.index[i]) + 1} "
-                f"holds {values.iloc[i]!r}; fix the value, mark it as missing (missing = "
-                f"[{str(values.iloc[i])!r}] in a data description), or declare the column "
-                "categorical"
+                f"{display}: column {quote(name)} is numeric but row "
+                f"{int(values.index[i]) + 1} holds {quote(values.iloc[i])}; fix the value, mark "
+                f"it as missing (missing = [{quote(values.iloc[i])}] in a data description), or "
+                "declare the column categorical"
             )
         x = converted.to_numpy(dtype=np.float64)
     inf = np.isinf(x)

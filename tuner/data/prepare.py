@@ -219,12 +219,21 @@ def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
 def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...]]:
     """The table (and the test file's rows appended), the main file's row count, a display
     name and the unnamed columns."""
-    from tuner.data.table import column_list, read_table
+    from tuner.data.table import column_list, quote, read_table
 
-    table = read_table(spec.source, sep=spec.sep, missing=spec.missing)
+    table = read_table(
+        spec.source, sep=spec.sep, missing=spec.missing, max_columns=spec.max_columns
+    )
     frame = table.frame
     display = table.display
     for name, what in ((spec.target, "target"), (spec.split_column, "split column")):
+        if name is not None and name not in frame.columns and frame.shape[1] == 1:
+            # not a table (or another delimiter): its first line is not echoed
+            raise DataError(
+                f"{display}: no {what} column {quote(name)}: the file reads as a single column, "
+                "not a delimited table (name its delimiter with --sep, or sep in a data "
+                "description, if it has one)"
+            )
         if name is not None and name not in frame.columns:
             raise DataError(
                 f"{display}: no {what} column {name!r}; the columns are "
@@ -232,7 +241,9 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
             )
     n_main = len(frame)
     if spec.test is not None:
-        test = read_table(spec.test, sep=spec.sep, missing=spec.missing)
+        test = read_table(
+            spec.test, sep=spec.sep, missing=spec.missing, max_columns=spec.max_columns
+        )
         needed = [c for c in frame.columns if c not in table.unnamed and c not in spec.drop]
         absent = [c for c in needed if c not in test.frame.columns]
         if absent:
@@ -240,8 +251,26 @@ def _read_frames(spec: DataSpec) -> tuple[pd.DataFrame, int, str, tuple[str, ...
                 f"{test.display}: the test file lacks column(s) {column_list(absent)} of {display}"
             )
         part = test.frame[[c for c in frame.columns if c in test.frame.columns]]
+        _check_test_numbers(frame, part, spec, test.display)
         frame = pd.concat([frame, part], ignore_index=True)
     return frame, n_main, display, table.unnamed
+
+
+def _check_test_numbers(
+    main: pd.DataFrame, test: pd.DataFrame, spec: DataSpec, display: str
+) -> None:
+    """Text in a column that is numbers in the main file is an error naming the test file and
+    its own row (once appended, the row would count on from the main file's and be reported
+    against it)."""
+    from tuner.data.features import as_numbers
+    from tuner.data.table import is_text
+
+    for name in test.columns:
+        if name in spec.categorical or name in (spec.target, spec.split_column):
+            continue
+        numeric = name in spec.numeric or pd.api.types.is_numeric_dtype(main[name])
+        if numeric and is_text(test[name]):
+            as_numbers(test[name], name, display)
 
 
 # --------------------------------------------------------------------------- the one path
@@ -277,6 +306,7 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
         min_frequency=spec.min_frequency,
         max_levels=spec.max_levels,
         seed=spec.seed,
+        missing_indicators=spec.missing_indicators,
     )
     x_train = encoding.fit_transform(frame.iloc[train], display, rows.wording)
     n_classes = len(labels.names)

@@ -14,13 +14,15 @@ TOML file, so a study is reproducible from files alone::
     numeric = ["rating"]        # these must be numbers (text in them is an error)
     missing = ["-", "n/a"]      # more missing-value markers ("", "?", "NA", ... always are)
     impute = "median"           # numeric missing values: median | mean | refuse
-    scaler = "standard"         # numeric scaling: standard | quantile
+    scaler = "standard"         # numeric scaling: standard | quantile | robust
+    missing_indicators = false  # a 0/1 column per numeric column with missing values in train
     bins = "decade"             # a numeric target: "decade" or cut points [1990, 2000]
     split = "stratified"        # stratified | column | group (column and group need split_column)
     split_column = "fold"
     test = "songs_test.csv"     # a separate test file (the main file is then train + val)
     min_frequency = 5           # category levels seen fewer times in train are grouped
     max_levels = 50             # at most this many levels per categorical column (the rest grouped)
+    max_columns = 10000         # a wider table is refused after reading its header alone
 
 Command-line flags (``--target``, ``--sep``, ``--split column:NAME``, ``--test-data``,
 ``--scaler``, ...) are shorthands for these keys and override the file's values.
@@ -40,7 +42,7 @@ from tuner.errors import DataError
 
 SPLITS = ("stratified", "canonical", "column", "group")
 IMPUTE = ("median", "mean", "refuse")
-SCALERS = ("standard", "quantile")
+SCALERS = ("standard", "quantile", "robust")
 BIN_RULES = ("decade",)
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq")
 COMPRESSIONS = (".gz", ".zip", ".bz2", ".xz")
@@ -66,11 +68,13 @@ class DataSpec:
     missing: tuple[str, ...] = ()
     impute: str = "median"
     scaler: str = "standard"
+    missing_indicators: bool = False
     bins: str | tuple[float, ...] | None = None
     split_column: str | None = None
     test: str | None = None
     min_frequency: int = 5
     max_levels: int = 50
+    max_columns: int = 10_000
     described_by: str | None = field(default=None, compare=False)  # the TOML file, if any
 
     @property
@@ -85,7 +89,7 @@ class DataSpec:
             return {}
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name in ("source", "rows", "split", "seed", "described_by", "test"):
+            if f.name in ("source", "rows", "split", "seed", "described_by", "test", "max_columns"):
                 continue
             value = getattr(self, f.name)
             if value != f.default or f.name == "target":
@@ -103,6 +107,8 @@ class DataSpec:
         out.update(self.table_options())
         if self.test is not None:
             out["test"] = self.test
+        if self.max_columns != DataSpec.max_columns:  # a limit, not part of the cache key
+            out["max_columns"] = self.max_columns
         if self.described_by is not None:
             out["described_by"] = self.described_by
         return out
@@ -146,6 +152,10 @@ class DataSpec:
             raise DataError(f"impute {self.impute!r}: expected one of {', '.join(IMPUTE)}")
         if self.scaler not in SCALERS:
             raise DataError(f"scaler {self.scaler!r}: expected one of {', '.join(SCALERS)}")
+        if not isinstance(self.missing_indicators, bool):
+            raise DataError(
+                f"missing_indicators must be true or false, got {self.missing_indicators!r}"
+            )
         if isinstance(self.bins, str) and self.bins not in BIN_RULES:
             raise DataError(
                 f"bins {self.bins!r}: expected {', '.join(BIN_RULES)} or a list of cut points"
@@ -155,7 +165,7 @@ class DataSpec:
                 raise DataError("bins: give one or more finite cut points, e.g. [1990, 2000]")
             if any(b >= a for a, b in zip(self.bins[1:], self.bins, strict=False)):
                 raise DataError(f"bins {list(self.bins)}: cut points must increase")
-        for name in ("min_frequency", "max_levels"):
+        for name in ("min_frequency", "max_levels", "max_columns"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DataError(f"{name} must be a positive integer, got {value!r}")
@@ -189,8 +199,9 @@ def _non_defaults(spec: DataSpec) -> dict[str, Any]:
 
 _LIST_KEYS = ("drop", "categorical", "numeric", "missing")
 _STR_KEYS = ("target", "sep", "impute", "scaler", "split", "split_column")
-_INT_KEYS = ("min_frequency", "max_levels", "rows")
-_KNOWN = {"path", "test", "bins", *_LIST_KEYS, *_STR_KEYS, *_INT_KEYS}
+_INT_KEYS = ("min_frequency", "max_levels", "max_columns", "rows")
+_BOOL_KEYS = ("missing_indicators",)
+_KNOWN = {"path", "test", "bins", *_LIST_KEYS, *_STR_KEYS, *_INT_KEYS, *_BOOL_KEYS}
 
 
 def is_description(source: str) -> bool:
@@ -202,7 +213,7 @@ def read_description(path: Path) -> dict[str, Any]:
     """The keys of a TOML data description, checked and with paths made absolute."""
     display = str(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        text = Path(path).read_bytes().decode("utf-8-sig")  # a byte-order mark is fine
         raw = tomllib.loads(text)
     except FileNotFoundError:
         raise DataError(f"{display}: no such data description") from None
@@ -246,6 +257,12 @@ def read_description(path: Path) -> dict[str, Any]:
         elif key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise DataError(f"{where}: expected an integer, got {value!r}")
+            if value < 1:
+                raise DataError(f"{where}: expected a positive integer, got {value!r}")
+            out[key] = value
+        elif key in _BOOL_KEYS:
+            if not isinstance(value, bool):
+                raise DataError(f"{where}: expected true or false, got {value!r}")
             out[key] = value
         elif key == "bins":
             out[key] = parse_bins(value, where)
@@ -297,4 +314,10 @@ def build_spec(source: str, overrides: Mapping[str, Any]) -> DataSpec:
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
+    if is_description(source) and values.get("target") is None:
+        raise DataError(
+            f"{source}: 'target' (the class column) is required in a data description (or "
+            "--target COLUMN); a YearPredictionMSD file in the UCI format takes no description: "
+            "pass the file itself with --data"
+        )
     return DataSpec(**values).check()

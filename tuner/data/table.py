@@ -16,25 +16,30 @@ spreadsheets in much of Europe export, with ``;`` between fields) is read as num
 
 from __future__ import annotations
 
-import bz2
 import csv
 import functools
-import gzip
 import hashlib
 import io
 import logging
-import lzma
 import re
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
 
+from tuner.data.delimited import (
+    check_field_counts,
+    check_header_width,
+    compression,
+    one_line,
+    open_bytes,
+    read_all,
+    sample,
+    sniff_sep,
+)
 from tuner.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -42,10 +47,11 @@ logger = logging.getLogger(__name__)
 MISSING_MARKERS: tuple[str, ...] = ("?",)
 """Markers of a missing value on top of pandas' defaults ("", "NA", "N/A", "NaN", "null", ...)."""
 
-_SNIFF_BYTES = 1 << 16
-_DELIMITERS = ",;\t|"
 _DECIMAL_COMMA = re.compile(r"[+-]?(?:\d+,\d*|,\d+|\d+)(?:[eE][+-]?\d+)?")
 """A number written with a decimal comma (or an integer, which such a column may also hold)."""
+_NUMERIC_SHARE = 0.9
+"""As :data:`tuner.data.features.NUMERIC_SHARE`: a column of at least this share of numbers is
+numeric, and its text cells are errors."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,14 +77,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _compression(path: Path) -> str | None:
-    return {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}.get(path.suffix.lower())
-
-
 def _format(path: Path) -> str:
     """``parquet``, ``tsv`` or ``text`` from the suffix under any compression suffix."""
     name = path.name.lower()
-    if _compression(path) is not None:
+    if compression(path) is not None:
         name = name.rsplit(".", 1)[0]
     if name.endswith((".parquet", ".pq")):
         return "parquet"
@@ -87,84 +89,29 @@ def _format(path: Path) -> str:
     return "text"
 
 
-def _open_bytes(path: Path, display: str) -> IO[bytes]:
-    """The decompressed bytes of ``path`` as a stream (one member of a zip)."""
-    kind = _compression(path)
-    if kind == "gzip":
-        return gzip.open(path, "rb")
-    if kind == "bz2":
-        return bz2.open(path, "rb")
-    if kind == "xz":
-        return lzma.open(path, "rb")
-    if kind == "zip":
-        try:
-            zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
-            raise DataError(f"{display}: not a zip file") from None
-        members = [
-            i.filename
-            for i in zf.infolist()
-            if not i.is_dir()
-            and not i.filename.startswith("__MACOSX/")
-            and not Path(i.filename).name.startswith("._")
-        ]
-        if len(members) != 1:
-            raise DataError(
-                f"{display}: the zip holds {len(members)} files ({', '.join(members[:5])}); "
-                "it must hold exactly one table"
-            )
-        return zf.open(members[0])
-    return open(path, "rb")
-
-
-def _sample(path: Path, display: str) -> str:
-    """The first ~64 KiB of decompressed text (complete lines only)."""
-    try:
-        with _open_bytes(path, display) as fh:
-            raw = fh.read(_SNIFF_BYTES)
-    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as err:
-        raise DataError(f"{display}: cannot decompress the file ({err})") from None
-    if len(raw) == _SNIFF_BYTES and b"\n" in raw:
-        raw = raw[: raw.rindex(b"\n")]
-    return raw.decode("utf-8", errors="replace").lstrip("\ufeff")
-
-
-def sniff_sep(sample: str, display: str) -> str:
-    """The delimiter of delimited text: the csv sniffer among ``, ; tab |``, else a comma."""
-    lines = [line for line in sample.splitlines() if line.strip()][:50]
-    if not lines:
-        raise DataError(f"{display}: the file is empty")
-    if len(lines) == 1:  # a header alone: the most frequent candidate
-        counts = {d: lines[0].count(d) for d in _DELIMITERS}
-        best = max(counts, key=counts.__getitem__)
-        return best if counts[best] else ","
-    try:
-        return csv.Sniffer().sniff("\n".join(lines), delimiters=_DELIMITERS).delimiter
-    except csv.Error:
-        return ","
+def _read_bytes(data: bytes, **options: object) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), **options)
 
 
 def _read_text(
-    path: Path, display: str, sep: str | None, markers: list[str]
+    path: Path, display: str, sep: str | None, markers: list[str], max_columns: int
 ) -> tuple[pd.DataFrame, list[str]]:
     """A delimited text table and its raw header names."""
     fmt = _format(path)
     if sep is None:
-        sep = "\t" if fmt == "tsv" else sniff_sep(_sample(path, display), display)
-    common = {"sep": sep, "compression": _compression(path), "skipinitialspace": True}
+        sep = "\t" if fmt == "tsv" else sniff_sep(sample(path, display), display)
+    check_header_width(path, display, sep, max_columns)
+    data = read_all(path, display)
+    layout = check_field_counts(data, sep, display)
+    if layout.n_fields > max_columns:  # a header that only the full read could measure
+        raise DataError(f"{display}: the header has {layout.n_fields:,} columns, more than "
+                        f"{max_columns:,}; raise the limit with max_columns = N")  # fmt: skip
+    common = {"sep": sep, "skipinitialspace": True, "index_col": False}
     for encoding in ("utf-8-sig", "latin-1"):
         try:
-            header = pd.read_csv(
-                path,
-                header=None,
-                nrows=1,
-                dtype=str,
-                keep_default_na=False,
-                encoding=encoding,
-                **common,
-            )
+            header = [field.decode(encoding).lstrip("\ufeff") for field in layout.header]
             frame = pd.read_csv(
-                path,
+                io.BytesIO(data),
                 header=0,
                 na_values=markers,
                 keep_default_na=True,
@@ -178,15 +125,13 @@ def _read_text(
         except pd.errors.EmptyDataError:
             raise DataError(f"{display}: the file is empty") from None
         except pd.errors.ParserError as err:
-            text = " ".join(str(err).split())
-            raise DataError(f"{display}: not a well-formed table ({text})") from None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as err:
-            text = " ".join(str(err).split())
-            raise DataError(f"{display}: cannot read the table ({text})") from None
+            raise DataError(f"{display}: not a well-formed table ({one_line(err)})") from None
+        except (ValueError, csv.Error) as err:
+            raise DataError(f"{display}: cannot read the table ({one_line(err)})") from None
         if sep != ",":
             reread = functools.partial(
-                pd.read_csv,
-                path,
+                _read_bytes,
+                data,
                 header=0,
                 decimal=",",
                 na_values=markers,
@@ -196,7 +141,7 @@ def _read_text(
                 **common,
             )
             _read_decimal_commas(frame, reread, display)
-        return frame, ["" if pd.isna(v) else str(v).strip() for v in header.iloc[0].tolist()]
+        return frame, [v.strip() for v in header]
     raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
 
 
@@ -230,24 +175,76 @@ def _read_decimal_commas(
         if pd.api.types.is_float_dtype(numbers) and (numbers.isna() == column.isna()).all():
             frame[frame.columns[position]] = numbers.to_numpy()
             logger.info("%s: column %r holds numbers with a decimal comma", display, name)
+            continue
+        # Mostly such numbers and some text (a stray word after the first 1,000 rows): the
+        # numbers are written with a decimal point, so that the feature rules judge the
+        # column as they judge one with decimal points (text in a numeric column is an error
+        # naming the cell; a column declared categorical stays text).
+        present = column.dropna()
+        text = present.astype(str).str.strip()
+        numeric = text.str.fullmatch(_DECIMAL_COMMA)
+        if float(numeric.mean()) >= _NUMERIC_SHARE:
+            fixed = text.where(~numeric, text.str.replace(",", ".", regex=False))
+            frame[frame.columns[position]] = column.astype(object).where(
+                column.isna(), fixed.reindex(column.index)
+            )
 
 
-def _read_parquet(path: Path, display: str) -> tuple[pd.DataFrame, list[str]]:
+def _read_parquet(path: Path, display: str, max_columns: int) -> tuple[pd.DataFrame, list[str]]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - a dependency of the package
         raise DataError(f"{display}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        with _open_bytes(path, display) as fh:
-            data = fh.read() if _compression(path) else None
-        source = io.BytesIO(data) if data is not None else path
-        frame = pq.read_table(source).to_pandas()
+        with open_bytes(path, display) as fh:
+            data = fh.read() if compression(path) else None
+        source = pa.BufferReader(data) if data is not None else path
+        parquet = pq.ParquetFile(source)
+        schema = parquet.schema_arrow
     except DataError:
         raise
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
-        text = " ".join(str(err).split())[:200]
-        raise DataError(f"{display}: not a Parquet file ({text})") from None
-    return frame, [str(c) for c in frame.columns]
+        raise DataError(f"{display}: not a Parquet file ({one_line(err)})") from None
+    names = [str(name) for name in schema.names]
+    if len(names) > max_columns:
+        raise DataError(
+            f"{display}: the file has {len(names):,} columns, more than {max_columns:,}; raise "
+            "the limit with max_columns = N in a data description (or --max-columns N) if the "
+            "table really is that wide"
+        )
+    _check_duplicates(names, display)
+    for name, kind in zip(names, schema.types, strict=True):
+        if (
+            pa.types.is_nested(kind)
+            or pa.types.is_dictionary(kind)
+            and pa.types.is_nested(kind.value_type)
+        ):
+            raise DataError(
+                f"{display}: column {quote(name)} holds {kind} values (lists or records), not "
+                "numbers or text; flatten it or leave it out of the file"
+            )
+    try:
+        frame = parquet.read().to_pandas()
+    except Exception as err:  # a damaged file whose schema still reads
+        raise DataError(f"{display}: not a Parquet file ({one_line(err)})") from None
+    return frame, names
+
+
+def _check_duplicates(header: list[str], display: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name and name in seen:
+            raise DataError(
+                f"{display}: duplicate column name {quote(name)} (columns {seen[name] + 1} and "
+                f"{i + 1})"
+            )
+        seen[name] = i
+
+
+DEFAULT_MAX_COLUMNS = 10_000
+"""The most columns a table may have unless told otherwise (``max_columns``): a wider header
+is refused after reading the header line alone, before pandas parses anything."""
 
 
 def read_table(
@@ -256,6 +253,7 @@ def read_table(
     display: str | None = None,
     sep: str | None = None,
     missing: tuple[str, ...] = (),
+    max_columns: int = DEFAULT_MAX_COLUMNS,
 ) -> Table:
     """Read and validate a table file (see the module doc)."""
     path = Path(path).expanduser()
@@ -268,19 +266,15 @@ def read_table(
     markers = list(dict.fromkeys([*MISSING_MARKERS, *missing]))
     try:
         if _format(path) == "parquet":
-            frame, header = _read_parquet(path, display)
+            frame, header = _read_parquet(path, display, max_columns)
         else:
-            frame, header = _read_text(path, display, sep, markers)
+            frame, header = _read_text(path, display, sep, markers, max_columns)
         sha256 = file_sha256(path)
     except PermissionError:
         raise DataError(f"{display}: cannot read the file (permission denied)") from None
-    seen: dict[str, int] = {}
-    for i, name in enumerate(header):
-        if name and name in seen:
-            raise DataError(
-                f"{display}: duplicate column name {name!r} (columns {seen[name] + 1} and {i + 1})"
-            )
-        seen[name] = i
+    except OSError as err:
+        raise DataError(f"{display}: cannot read the file ({err.strerror or 'error'})") from None
+    _check_duplicates(header, display)
     if len(header) > 1 and all(_is_number(name) for name in header):
         raise DataError(
             f"{display}: the first line holds numbers, not column names; a table needs a header "
@@ -292,7 +286,13 @@ def read_table(
             f"{display}: the header has {len(names)} names for {frame.shape[1]} columns"
         )
     frame.columns = names
-    unnamed = tuple(n for n, h in zip(names, header, strict=True) if not h)
+    if len(names) > 1 and not header[-1] and frame.iloc[:, -1].isna().all():
+        # every line ends with a delimiter: an empty column without a name, not data
+        frame = frame.iloc[:, :-1]
+        names, header = names[:-1], header[:-1]
+    # only the first column can be a row index written without a name (DataFrame.to_csv);
+    # an unnamed column elsewhere holds data
+    unnamed = (names[0],) if not header[0] else ()
     if frame.empty:
         raise DataError(f"{display}: the file has a header but no data rows")
     for name in frame.columns:
@@ -322,9 +322,18 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def quote(value: object, limit: int = 40) -> str:
+    """A cell value or a name for a message: ``repr`` of its text (control characters
+    escaped), cut after ``limit`` characters."""
+    text = str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
+
 def column_list(columns: list[str] | pd.Index, limit: int = 20) -> str:
-    """``'a', 'b', ...`` for messages, cut after ``limit`` names."""
-    names = [repr(str(c)) for c in columns]
+    """``'a', 'b', ...`` for messages, cut after ``limit`` names (each quoted, bounded)."""
+    names = [quote(c) for c in columns]
     if len(names) <= limit:
         return ", ".join(names)
     return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"

@@ -12,6 +12,7 @@ A target with one class, or one that is obviously continuous (fractional values,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from tuner.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 MAX_CLASSES = 100
 """More classes than this is refused: a tabular classifier with so many is rarely meant."""
@@ -127,12 +130,37 @@ def encode(
             f"{display}: target {column!r} has {classes.size:,} distinct values, more than "
             f"{MAX_CLASSES} classes: {hint}"
         )
+    if not numeric:
+        _warn_numeric_spellings([str(c) for c in classes], column, display)
     return Labels(
         y=np.asarray(y, dtype=np.int64).reshape(-1),
         names=tuple(str(c) for c in classes),
         keep=keep,
         rule="classes",
     )
+
+
+def _warn_numeric_spellings(names: list[str], column: str, display: str) -> None:
+    """Text classes are the values as they are (``1``, ``1.0`` and ``'1'`` are three classes):
+    warn when some differ only in how a number is written."""
+    spellings: dict[float, list[str]] = {}
+    for name in names:
+        try:
+            value = float(name.strip().strip("'\""))
+        except ValueError:
+            continue
+        spellings.setdefault(value, []).append(name)
+    same = [group for group in spellings.values() if len(group) > 1]
+    if same:
+        shown = "; ".join(", ".join(repr(n[:20]) for n in group[:4]) for group in same[:3])
+        logger.warning(
+            "%s: target %r: classes %s are the same number written differently; they stay "
+            "separate classes (text classes are the values as they are): write them one way "
+            "if they are one class",
+            display,
+            column,
+            shown,
+        )
 
 
 def _example_fraction(x: np.ndarray) -> str:
