@@ -156,3 +156,19 @@ def test_the_new_options_are_data_spec_keys_and_change_the_cache_key_only_when_u
         build_spec(str(desc), {})
     with pytest.raises(DataError, match="scaler 'minmax'"):
         DataSpec(source="t.csv", target="y", scaler="minmax").check()
+
+
+def test_the_command_line_flags_set_the_same_spec_keys(tmp_path):
+    from tuner.cli import build_parser
+    from tuner.commands import data_spec
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,y\n1,2,x\n3,4,z\n")
+    args = build_parser().parse_args(
+        ["prepare", "--data", str(table), "--target", "y", "--scaler", "robust",
+         "--missing-indicators", "--max-columns", "50"]  # fmt: skip
+    )
+    spec = data_spec(args)
+    assert (spec.scaler, spec.missing_indicators, spec.max_columns) == ("robust", True, 50)
+    plain = data_spec(build_parser().parse_args(["prepare", "--data", str(table), "--target", "y"]))
+    assert (plain.scaler, plain.missing_indicators, plain.max_columns) == ("standard", False, 10_000)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tuner import commands
+from tuner.data.spec import SCALERS
 from tuner.errors import Terminated, TunerError
 
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are unsigned 32-bit integers
@@ -120,10 +121,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--scaler",
-        choices=("standard", "quantile"),
+        choices=SCALERS,
         default=None,
-        help="numeric scaling fitted on the train rows: standard (default) or quantile "
-        "(normal output)",
+        help="numeric scaling fitted on the train rows: standard (default), quantile (normal "
+        "output) or robust (median and inter-quartile range, then a smooth clip to about +-3)",
+    )
+    t.add_argument(
+        "--missing-indicators",
+        action="store_true",
+        default=None,
+        help="add a 0/1 column for each numeric column with missing values in the train rows",
+    )
+    t.add_argument(
+        "--max-columns",
+        type=_int_in(1),
+        default=None,
+        metavar="N",
+        help="refuse a table with more columns than this, after reading its header alone "
+        "(default: 10000)",
     )
     g.add_argument(
         "--seed",

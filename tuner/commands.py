@@ -61,6 +61,8 @@ def data_spec(args: argparse.Namespace):
         "bins": parse_bins(args.bins, "--bins") if args.bins else None,
         "impute": args.impute,
         "scaler": args.scaler,
+        "missing_indicators": args.missing_indicators,
+        "max_columns": args.max_columns,
     }
     return build_spec(args.data, overrides)
 
