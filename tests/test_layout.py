@@ -1,5 +1,5 @@
 """The package's shape: no import cycle, imports that follow the flow, modules and functions of
-a readable size, each option and stage kind named in one place, and a README whose layout lists
+a readable size, each option and stage kind named in one place, and a layout in CONTRIBUTING.md that lists
 the tree as it is."""
 
 from __future__ import annotations
@@ -197,13 +197,13 @@ def test_each_stage_kind_is_named_in_its_module_and_the_registry(kind):
 
 
 def _layout_block() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "CONTRIBUTING.md").read_text()
     section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     blocks = section.split("```")[1::2]  # the fenced blocks: the flow diagram, then the tree
     return next(b for b in blocks if b.lstrip().startswith("studies/"))
 
 
-def test_the_readme_layout_lists_every_module_of_the_package():
+def test_the_contributing_layout_lists_every_module_of_the_package():
     listed: set[str] = set()
     stack: list[tuple[int, str]] = []  # (indent, directory)
     for line in _layout_block().splitlines():
@@ -223,5 +223,5 @@ def test_the_readme_layout_lists_every_module_of_the_package():
         for p in PACKAGE.rglob("*.py")
         if p.name not in ("__init__.py", "__main__.py")
     }
-    assert listed - actual == set(), "the README lists modules that do not exist"
-    assert actual - listed == set(), "modules missing from the README's layout"
+    assert listed - actual == set(), "CONTRIBUTING.md lists modules that do not exist"
+    assert actual - listed == set(), "modules missing from the layout in CONTRIBUTING.md"
