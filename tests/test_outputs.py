@@ -71,3 +71,37 @@ def test_a_character_device_is_written_to_not_replaced(tmp_path):
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError):
         write_text(tmp_path, "x")
+
+
+def test_predict_refuses_an_output_that_is_its_input(tmp_path, capsys):
+    from tuner.cli import main
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b\n1,2\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(rows)
+    for output in (rows, link):
+        code = main(["predict", "--model", str(tmp_path / "model.pt"), "--input", str(rows),
+                     "--output", str(output)])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "is the --input file" in err, err
+    assert rows.read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("prepare", "prepare interrupted; no file was left half-written"),
+        ("status", "status interrupted; no file was left half-written"),
+        ("run-all", "interrupted; finished trials are kept in the storage"),
+    ],
+)
+def test_an_interruption_says_what_was_interrupted(command, expected, monkeypatch, capsys):
+    from tuner import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+    assert cli.main([command]) == 130
+    assert capsys.readouterr().err.strip().startswith(f"tuner: {expected}")

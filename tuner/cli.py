@@ -293,7 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
         "features (or 91 with the year first)",
     )
     p.add_argument(
-        "--output", type=Path, default=None, help="write the predictions here (default: stdout)"
+        "--output",
+        type=Path,
+        default=None,
+        help="write the predictions here (default, or -: stdout); a symlink is written through, "
+        "a device or FIFO written directly, and the --input file refused",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
 
@@ -336,12 +340,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         with commands.sigterm_stops(args.stop):
             return _run(args)
     except Terminated:
-        print(
-            "tuner: terminated by SIGTERM; finished trials are kept in the storage, running ones "
-            "were failed and are trained again by the next run",
-            file=sys.stderr,
-        )
+        print(f"tuner: {_interrupted(args, 'terminated by SIGTERM')}", file=sys.stderr)
         return EXIT_TERMINATED
+
+
+TRAINING_COMMANDS = ("run-stage", "run-all", "final")
+"""Commands that run trials: what an interruption keeps is the trials' business."""
+
+
+def _interrupted(args: argparse.Namespace, how: str) -> str:
+    """What an interruption of ``args.command`` leaves behind, in one line."""
+    if args.command in TRAINING_COMMANDS:
+        return (
+            f"{how}; finished trials are kept in the storage, running ones were failed and are "
+            "trained again by the next run"
+        )
+    return f"{args.command} {how}; no file was left half-written (files are written whole)"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -366,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     except Terminated:
         raise
     except KeyboardInterrupt:
-        print("tuner: interrupted; finished trials are kept in the storage", file=sys.stderr)
+        print(f"tuner: {_interrupted(args, 'interrupted')}", file=sys.stderr)
         return 130
     except Exception as err:  # a lost or corrupt database, a full disk: one line, no traceback
         failure = commands.failure_message(err, args)

@@ -276,12 +276,26 @@ def _write_output(path: Path, text: str) -> None:
         raise TunerError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same existing file (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def predict(args: argparse.Namespace) -> int:
     """``predict``: the predictions of ``--model`` for each row of ``--input`` (a CSV with a
     prediction and one probability per class, or one decade per line for a YearPredictionMSD
-    model), to ``--output`` or stdout."""
+    model), to ``--output`` or stdout (no ``--output``, or ``-``). An ``--output`` that is the
+    ``--input`` file is refused."""
     from tuner.predict import is_table_model, load_bundle, predict_file, predict_table
 
+    if args.output is not None and str(args.output) != "-" and _same_file(args.output, args.input):
+        raise TunerError(
+            f"--output {args.output} is the --input file: the predictions would replace the "
+            "rows they were made from; give another path"
+        )
     _, bundle = load_bundle(args.model)
     if is_table_model(bundle):
         table = predict_table(args.model, args.input)
@@ -291,7 +305,7 @@ def predict(args: argparse.Namespace) -> int:
         labels = predict_file(args.model, args.input)
         text = "\n".join(labels) + "\n"
         n = len(labels)
-    if args.output:
+    if args.output is not None and str(args.output) != "-":
         _write_output(args.output, text)
         logger.info("wrote %d predictions to %s", n, args.output)
     else:
