@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -243,3 +244,12 @@ def test_model_pt_with_an_ensemble_loads_weights_only_and_predicts_as_trained(
     names = prepared.label_names
     hits = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True))
     assert hits / len(labels) == pytest.approx(metrics["test_accuracy"], abs=3 / len(labels))
+
+
+def test_the_lr_range_test_takes_the_mean_of_the_members_losses():
+    from tuner.train.lr_range import range_test
+
+    x, y, *_ = DATA
+    result = range_test(_cfg(3, "batch"), (x, y), n_classes=N_CLASSES, seed=0, optimizer="adam")
+    assert len(result.lrs) == len(result.losses) > 0
+    assert all(np.isfinite(result.losses[:10]))
