@@ -30,6 +30,12 @@ MAX_BATCH = 1 << 24  # far beyond any sensible batch, low enough to catch a typo
 
 FRACTION = Number(low=0, high=1, high_open=True)
 
+ENSEMBLE_KINDS = ("batch", "packed")
+"""How an ensemble's members are built (:mod:`tuner.train.ensemble`): ``batch`` (TabM's
+BatchEnsemble: shared weights, per-member scalings, biases and heads), ``packed`` (independent
+MLPs)."""
+MAX_ENSEMBLE = 64  # members of one ensemble
+
 # The option fields accept exactly the names registered in tuner.train.options.
 _OPTIONS = {key: Choice(tuple(entries)) for key, entries in FIELDS.items()}
 
@@ -51,6 +57,8 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "embedding_dim": Number(integer=True, low=1, high=1024),
     "bins": Number(integer=True, low=2, high=1024),
     "frequency_scale": Number(low=0, low_open=True, high=100),
+    "ensemble": Number(integer=True, low=1, high=MAX_ENSEMBLE),
+    "ensemble_kind": Choice(ENSEMBLE_KINDS),
 }
 """What each :class:`TrainConfig` field accepts (in ``[defaults]``, grids, spaces, ``--fix``)."""
 
@@ -83,6 +91,11 @@ class TrainConfig:
     embedding_dim: int = 16  # per feature: the MLP reads n_features * embedding_dim values
     bins: int = 48  # piecewise-linear: quantile bins per feature (fewer where values repeat)
     frequency_scale: float = 0.01  # periodic: sigma of the frequencies' initial draw
+    # ensembles trained as one model (tuner.train.ensemble); 1: a plain MLP. See ADDED
+    ensemble: int = (
+        1  # members; trained on the mean of their losses, scored on their mean probability
+    )
+    ensemble_kind: str = "batch"  # batch (TabM's BatchEnsemble) or packed (independent MLPs)
 
     def __post_init__(self) -> None:
         errors = []
@@ -114,7 +127,14 @@ class TrainConfig:
 
 TRAIN_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 FLOAT_FIELDS = ("lr", "weight_decay", "momentum", "dropout", "label_smoothing", "frequency_scale")
-ADDED: tuple[str, ...] = ("embedding", "embedding_dim", "bins", "frequency_scale")
+ADDED: tuple[str, ...] = (
+    "embedding",
+    "embedding_dim",
+    "bins",
+    "frequency_scale",
+    "ensemble",
+    "ensemble_kind",
+)
 """Fields that :meth:`TrainConfig.to_dict` leaves out at their defaults (identity unchanged)."""
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 

@@ -2,8 +2,10 @@
 
 :func:`train_group` trains ``K`` configurations of the same widths and batch size as one
 :class:`~tuner.train.stack.FusedGroup`; :func:`train_one` is one trial through it (the final
-job). Per epoch: every member's batches (:class:`~tuner.train.batches.BatchPlan`), a step per
-batch, an evaluation per validation subset, then ``on_epoch``, which may stop members.
+job). Ensembles (``cfg.ensemble > 1``) train through
+:class:`~tuner.train.ensemble_group.EnsembleGroup` instead, in the same loop. Per epoch:
+every member's batches (:class:`~tuner.train.batches.BatchPlan`), a step per batch, an
+evaluation per validation subset, then ``on_epoch``, which may stop members.
 
 What is measured does not change: member ``k``'s per-epoch train loss, validation loss and
 validation accuracy equal what :func:`tuner.train.reference.train` reports for ``cfgs[k]``
@@ -33,6 +35,7 @@ from torch import nn
 from tuner.train.batches import BatchPlan, dedupe
 from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
+from tuner.train.ensemble_group import EnsembleGroup
 from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.model import class_weights, fit_inputs
 from tuner.train.options import norms
@@ -47,10 +50,10 @@ class GroupResult:
     and the trained stack (``None`` for no members); members stopped early have left it."""
 
     histories: list[History]
-    stack: FusedGroup | None
+    stack: FusedGroup | EnsembleGroup | None
 
-    def export(self, member: int) -> nn.Sequential:
-        """Member ``member`` (position in ``cfgs``) as a plain ``nn.Sequential`` in eval mode."""
+    def export(self, member: int) -> nn.Module:
+        """Member ``member`` (position in ``cfgs``) as ``build_model``'s module in eval mode."""
         assert self.stack is not None
         return self.stack.export(member)
 
@@ -91,7 +94,8 @@ class GroupTraining:
             [norms.get(c.norm).min_batch for c in cfgs],
             self.device,
         )
-        self.stack = FusedGroup(
+        group = EnsembleGroup if cfgs[0].ensemble > 1 else FusedGroup
+        self.stack: FusedGroup | EnsembleGroup = group(
             cfgs,
             x.shape[1],
             n_classes,

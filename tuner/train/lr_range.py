@@ -23,6 +23,7 @@ from torch_lr_finder import LRFinder
 
 from tuner.train.batches import batch_indices
 from tuner.train.config import TrainConfig
+from tuner.train.ensemble import EnsembleLoss
 from tuner.train.model import build_model, fit_inputs, make_optimizer, seeded
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def range_test(
     opt = make_optimizer(range_cfg, model.parameters(), lr=start_lr)
     loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
     num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)
-    finder = LRFinder(model, opt, nn.CrossEntropyLoss(), device="cpu")
+    finder = LRFinder(model, opt, EnsembleLoss(nn.CrossEntropyLoss()), device="cpu")
     # torch-lr-finder prints its progress notes; keep stdout for our own output. Its progress
     # bar (tqdm on stderr, which it offers no way to turn off) is shown only when INFO is.
     bar = (

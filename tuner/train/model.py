@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from tuner.train.config import TrainConfig
+from tuner.train.ensemble import build_ensemble
 from tuner.train.options import (
     activations,
     embeddings,
@@ -64,14 +65,29 @@ def build_model(
     n_features: int,
     n_classes: int,
     fitted: dict[str, Any] | None = None,
-) -> nn.Sequential:
+) -> nn.Module:
     """Build the MLP and initialise its Linear layers as ``cfg.init`` says.
 
     Each Linear layer is drawn by ``nn.Linear`` and then re-drawn by the initialization entry
     (its default keeps PyTorch's own). Draws come from torch's global generator: seed it (see
     :func:`seeded`) for reproducible weights. The embedding (drawn first, with its own init)
-    takes ``fitted``, what :func:`fit_inputs` fitted on the training rows.
+    takes ``fitted``, what :func:`fit_inputs` fitted on the training rows. With
+    ``cfg.ensemble > 1`` the model is an :class:`~tuner.train.ensemble.Ensemble` of such MLPs
+    (:mod:`tuner.train.ensemble`); otherwise an ``nn.Sequential``.
     """
+    if cfg.ensemble > 1:
+        return build_ensemble(
+            cfg,
+            lambda: _mlp(cfg, n_features, n_classes, fitted),
+            inits.get(cfg.init).apply,
+        )
+    return _mlp(cfg, n_features, n_classes, fitted)
+
+
+def _mlp(
+    cfg: TrainConfig, n_features: int, n_classes: int, fitted: dict[str, Any] | None
+) -> nn.Sequential:
+    """The plain MLP of :func:`build_model`."""
     norm = norms.get(cfg.norm)
     activation = activations.get(cfg.activation)
     layers: list[nn.Module] = []

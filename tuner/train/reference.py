@@ -20,6 +20,7 @@ from torch import nn
 
 from tuner.train.batches import batch_indices, batch_sizes
 from tuner.train.config import TrainConfig
+from tuner.train.ensemble import EnsembleLoss
 from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.model import (
     build_model,
@@ -49,8 +50,9 @@ def train(
 
     ``patience``: stop when validation loss has not improved for that many epochs.
     ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.
-    The training loss is ``cfg``'s (label smoothing, class weights); the validation loss is
-    plain cross-entropy. Dropout masks come from torch's global generator.
+    The training loss is ``cfg``'s (label smoothing, class weights; for an ensemble the mean of
+    its members' losses); the validation loss is plain cross-entropy (of an ensemble's mean
+    probability). Dropout masks come from torch's global generator.
     ``on_epoch`` is called after each epoch (Optuna reporting, progress bars); it may raise
     (e.g. ``optuna.TrialPruned``) to stop the run.
     """
@@ -62,8 +64,11 @@ def train(
     min_batch = norms.get(cfg.norm).min_batch
     steps_per_epoch = len(batch_sizes(len(x), cfg.batch_size, min_batch))
     scheduler = make_scheduler(cfg, optimizer, max(epochs * steps_per_epoch, 1))
-    criterion = nn.CrossEntropyLoss(
-        weight=class_weights(cfg.class_weight, y, n_classes), label_smoothing=cfg.label_smoothing
+    criterion = EnsembleLoss(  # an ensemble's: the mean of its members' losses
+        nn.CrossEntropyLoss(
+            weight=class_weights(cfg.class_weight, y, n_classes),
+            label_smoothing=cfg.label_smoothing,
+        )
     )
     history = History()
     stopping, best_state = EarlyStopping(patience), None

@@ -407,10 +407,13 @@ class FusedGroup:
 
 
 def stack_shape(cfg: TrainConfig) -> tuple:
-    """What members of one stack must share: the hidden widths, the batch size and the
-    embedding's kind and shape (:func:`tuner.tune.runs.fusable` groups a stage's points by it)."""
+    """What members of one stack must share: the hidden widths, the batch size, the
+    embedding's kind and shape and the ensemble's size and kind (an ensemble trains through
+    :class:`~tuner.train.ensemble_group.EnsembleGroup`); :func:`tuner.tune.runs.fusable` groups
+    a stage's points by it."""
     embedding = embeddings.get(cfg.embedding).shape(cfg.embedding_dim, cfg.bins)
-    return (tuple(cfg.hidden), cfg.batch_size, cfg.embedding, *embedding)
+    ensemble = (cfg.ensemble, cfg.ensemble_kind) if cfg.ensemble > 1 else (1, "")
+    return (tuple(cfg.hidden), cfg.batch_size, cfg.embedding, *embedding, *ensemble)
 
 
 def check_group(cfgs: Sequence[TrainConfig], seeds: Sequence[int], precision: str) -> None:
@@ -423,8 +426,8 @@ def check_group(cfgs: Sequence[TrainConfig], seeds: Sequence[int], precision: st
     shapes = {stack_shape(c) for c in cfgs}
     if len(shapes) != 1:
         raise ValueError(
-            "all members must share their widths, batch size and embedding shape "
-            f"(`hidden`, `batch_size`, embedding); got {sorted(shapes)}"
+            "all members must share their widths, batch size, embedding shape and ensemble "
+            f"(`hidden`, `batch_size`, embedding, `ensemble`); got {sorted(shapes)}"
         )
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
