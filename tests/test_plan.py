@@ -349,7 +349,7 @@ def test_option_fields_accept_exactly_the_registered_names(tmp_path, field):
     values = ", ".join(f'"{n}"' for n in names)
     plan = _load(tmp_path, _plan(SWEEP.replace("lr = [0.1]", f"{field} = [{values}]")))
     assert plan.stages[0].grid == {field: tuple(names)}
-    listed = re.escape(f"unknown {field} \"no_such_choice\"; choose one of: {', '.join(names)}")
+    listed = re.escape(f'unknown {field} "no_such_choice"; choose one of: {", ".join(names)}')
     with pytest.raises(PlanError, match=listed + "$"):
         _load(tmp_path, _plan(defaults=f'{field} = "no_such_choice"\n'))
     with pytest.raises(PlanError, match=listed):
@@ -363,3 +363,53 @@ def test_a_range_test_takes_exactly_the_registered_optimizers(tmp_path):
     assert stage_spec(name="lr", kind="lr_range_test").options.range_optimizer == optimizers.DEFAULT
     with pytest.raises(PlanError, match=re.escape(", ".join(optimizers.REGISTRY))):
         _load(tmp_path, _plan(RANGE + 'optimizer = "no_such_choice"\n'))
+
+
+_DATA_PLAN = """
+name = "withdata"
+[data]
+scaler = "robust"
+missing_indicators = true
+[[stages]]
+name = "wd"
+kind = "sweep"
+epochs = 1
+[stages.grid]
+weight_decay = [0.0, 1e-4]
+"""
+
+
+def test_a_plans_data_section_fills_what_flags_and_descriptions_leave_unset(tmp_path):
+    from tuner.data.spec import build_spec
+
+    path = tmp_path / "withdata.toml"
+    path.write_text(_DATA_PLAN)
+    plan = load_plan(str(path), tmp_path)
+    assert dict(plan.data) == {"scaler": "robust", "missing_indicators": True}
+    table = tmp_path / "t.csv"
+    table.write_text("a,y\n1,x\n")
+    spec = build_spec(str(table), {"target": "y"}, plan.data)
+    assert (spec.scaler, spec.missing_indicators) == ("robust", True)
+    flagged = build_spec(str(table), {"target": "y", "scaler": "quantile"}, plan.data)
+    assert (flagged.scaler, flagged.missing_indicators) == ("quantile", True)
+    described = tmp_path / "d.toml"
+    described.write_text(f'path = "{table}"\ntarget = "y"\nscaler = "standard"\n')
+    assert build_spec(str(described), {}, plan.data).scaler == "standard"
+    uci = build_spec("synthetic", {}, plan.data)  # the UCI format takes no table encoding
+    assert (uci.scaler, uci.missing_indicators) == ("standard", False)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[data]\nscaler = "minmax"', '[data]: unknown scaler "minmax"'),
+        ("[data]\nbins = 4", "[data]: unknown key(s) bins"),
+        ('data = "robust"', "data must be a table"),
+    ],
+)
+def test_a_bad_data_section_is_one_line(tmp_path, section, expected):
+    path = tmp_path / "bad.toml"
+    stages = _DATA_PLAN[_DATA_PLAN.index("[[stages]]") :]
+    path.write_text(f'name = "bad"\n{section}\n{stages}')
+    with pytest.raises(PlanError, match=re.escape(expected)):
+        load_plan(str(path), tmp_path)

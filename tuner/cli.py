@@ -65,8 +65,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("plan, storage and data")
     g.add_argument(
         "--plan",
-        default="seed",
-        help="plan name in studies/ or path to a TOML plan (default: seed)",
+        default=None,
+        help="plan name in studies/ or path to a TOML plan (default: seed for the UCI format "
+        "and synthetic data, the table plan for a table)",
     )
     _storage_arg(g)
     g.add_argument(

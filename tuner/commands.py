@@ -43,8 +43,9 @@ def _columns(text: str | None) -> tuple[str, ...] | None:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
-def data_spec(args: argparse.Namespace):
-    """The :class:`~tuner.data.spec.DataSpec` of ``--data`` and the table flags."""
+def data_spec(args: argparse.Namespace, table_defaults: dict[str, Any] | None = None):
+    """The :class:`~tuner.data.spec.DataSpec` of ``--data`` and the table flags (for a table,
+    ``table_defaults``, a plan's ``[data]``, fill what neither sets)."""
     from tuner.data.spec import build_spec, parse_bins, parse_split
 
     split, split_column = parse_split(args.split) if args.split else (None, None)
@@ -64,7 +65,19 @@ def data_spec(args: argparse.Namespace):
         "missing_indicators": args.missing_indicators,
         "max_columns": args.max_columns,
     }
-    return build_spec(args.data, overrides)
+    return build_spec(args.data, overrides, table_defaults)
+
+
+SEED_PLAN = "seed"
+"""The plan for YearPredictionMSD data (the UCI format, synthetic): the published study."""
+TABLE_PLAN = "seed"
+"""The plan for a table (a target column) when ``--plan`` is not given."""
+
+
+def default_plan(spec) -> str:
+    """``--plan``'s default for the data of ``spec``: :data:`TABLE_PLAN` for a table,
+    :data:`SEED_PLAN` for the UCI format."""
+    return TABLE_PLAN if spec.is_table() else SEED_PLAN
 
 
 def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
@@ -82,7 +95,10 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
 
     writes = with_data or (args.command == "report" and args.out is None)
     workdir = _workdir(args, write=writes)
-    plan = load_plan(args.plan, workdir)
+    spec = data_spec(args)
+    plan = load_plan(args.plan or default_plan(spec), workdir)
+    if plan.data and spec.is_table():
+        spec = data_spec(args, dict(plan.data))
     if stage is not None:
         check_stage_name(plan, stage)
     fixes = _parse_fixes(getattr(args, "fix", []))
@@ -101,7 +117,7 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
     settings = Settings(
         workdir=workdir,
         storage_url=args.storage or default_storage_url(workdir),
-        data=data_spec(args),
+        data=spec,
         seed=args.seed,
         fixes=fixes,
         heartbeat_interval=getattr(args, "heartbeat_interval", 5),

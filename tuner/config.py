@@ -102,6 +102,10 @@ class Plan:
     # reuse identical trials across stages and in the final job (tuner.tune.reuse); never changes
     # a number, so it is not part of the plan's content
     reuse: bool = True
+    # ``[data]``: how a table is encoded unless the user says otherwise (scaler, missing
+    # indicators, impute). Not part of the plan's content: it changes the prepared data, whose
+    # key every study records already.
+    data: Mapping[str, Any] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:

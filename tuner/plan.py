@@ -51,6 +51,7 @@ from tuner.config import (
     Plan,
     StageSpec,
 )
+from tuner.data.spec import IMPUTE, SCALERS
 from tuner.errors import PlanError
 from tuner.train.config import FLOAT_FIELDS, TRAIN_FIELDS, TRAIN_SCHEMA, TrainConfig, coerce_params
 from tuner.tune.kinds import KINDS, stage_spec
@@ -173,7 +174,15 @@ def _parse_space(raw: Any, defaults: TrainConfig, where: str) -> dict[str, dict[
     return space
 
 
-_TOP_KEYS = ("name", "description", "reuse", "defaults", "stages", "final")
+_TOP_KEYS = ("name", "description", "reuse", "data", "defaults", "stages", "final")
+
+DATA_SCHEMA: dict[str, Any] = {
+    "scaler": Choice(SCALERS),
+    "missing_indicators": Bool(),
+    "impute": Choice(IMPUTE),
+}
+"""The keys of a plan's ``[data]``: how a table is encoded when neither a flag nor the data
+description says (:func:`tuner.data.spec.build_spec`); the UCI format ignores them."""
 
 
 def _check_table(
@@ -261,6 +270,20 @@ def _schema_errors(data: Mapping[str, Any], name: str) -> list[str]:
             f"known: {', '.join(_TOP_KEYS)}"
         )
     _check_table({"name": PLAN_NAME, "description": Text(), "reuse": Bool()}, data, top, errors)
+    table_defaults = data.get("data", {})
+    if not isinstance(table_defaults, Mapping):
+        errors.append(
+            f"{top}: data must be a table ([data]), got {show(table_defaults)} "
+            f"({type_word(table_defaults)})"
+        )
+    else:
+        unknown = set(table_defaults) - set(DATA_SCHEMA)
+        if unknown:
+            errors.append(
+                f"{top} [data]: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(DATA_SCHEMA)}"
+            )
+        _check_table(DATA_SCHEMA, table_defaults, f"{top} [data]", errors)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, Mapping):
         errors.append(
@@ -343,6 +366,7 @@ def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
         description=str(data.get("description", "")),
         path=path,
         reuse=bool(data.get("reuse", True)),
+        data=dict(data.get("data", {})),
     )
 
 

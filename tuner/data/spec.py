@@ -305,15 +305,22 @@ def parse_split(text: str) -> tuple[str, str | None]:
     return kind, (column or None)
 
 
-def build_spec(source: str, overrides: Mapping[str, Any]) -> DataSpec:
+def build_spec(
+    source: str, overrides: Mapping[str, Any], table_defaults: Mapping[str, Any] | None = None
+) -> DataSpec:
     """The spec for ``--data SOURCE`` (a data file, ``uci``, ``synthetic`` or a TOML
-    description) with command-line ``overrides`` (``None`` values are not given)."""
+    description) with command-line ``overrides`` (``None`` values are not given). For a table
+    (a target given), ``table_defaults`` (a plan's ``[data]``) fill what neither the
+    description nor the flags set."""
     values: dict[str, Any] = {"source": source}
     if is_description(source):
         values = read_description(Path(source).expanduser())
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
+    if values.get("target") is not None:
+        for key, value in (table_defaults or {}).items():
+            values.setdefault(key, value)
     if is_description(source) and values.get("target") is None:
         raise DataError(
             f"{source}: 'target' (the class column) is required in a data description (or "
