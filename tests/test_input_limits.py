@@ -261,6 +261,18 @@ def test_text_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
     assert message.startswith(f"{test}: column 'a' is numeric but row 7 holds 'oops'"), message
 
 
+def test_a_value_too_large_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
+    main = tmp_path / "main.csv"
+    main.write_text("a,c,y\n" + _rows(300))
+    test = tmp_path / "test.csv"
+    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 4 + "1e300,a1,n\n" + "2.5,b2,n\n" * 5)
+    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
+    assert message.startswith(f"{test}: column 'a', row 5: 1e+300 is too large"), message
+    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 2 + "inf,a1,n\n" + "2.5,b2,n\n" * 5)
+    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
+    assert message.startswith(f"{test}: column 'a', row 3: inf is not a finite number"), message
+
+
 # -- 10, 17: predict's output and a hand-edited model.pt --------------------------------------
 def _model(tmp_path: Path, labels: list[str]) -> tuple[Path, Path, dict]:
     import torch
