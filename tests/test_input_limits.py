@@ -229,6 +229,13 @@ def test_toml_descriptions_need_a_target_take_a_bom_and_name_their_keys(tmp_path
             build_spec(str(desc), {})
         assert str(info.value).startswith(f"{desc}: {key}: expected a positive integer"), info.value
         assert "--" not in str(info.value)
+    desc.write_text('path = "t.csv"\ntarget = "y"\nrows = 50\n')
+    with pytest.raises(DataError) as info:
+        build_spec(str(desc), {})
+    assert str(info.value) == f"{desc}: rows = 50: at least 100 rows are needed"
+    assert build_spec(str(desc), {"rows": 150}).rows == 150  # --rows overrides the file's value
+    with pytest.raises(DataError, match="^--rows 50: at least 100"):
+        prepare(build_spec(str(desc), {"rows": 50}), tmp_path / "data")
 
 
 def test_reading_stays_fast_for_a_large_plain_table(tmp_path):

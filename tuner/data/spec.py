@@ -41,6 +41,8 @@ from typing import Any
 from tuner.errors import DataError
 
 SPLITS = ("stratified", "canonical", "column", "group")
+MIN_ROWS = 100
+"""Smallest subsample (``rows``) and smallest source that can be split in three."""
 IMPUTE = ("median", "mean", "refuse")
 SCALERS = ("standard", "quantile", "robust")
 BIN_RULES = ("decade",)
@@ -311,6 +313,11 @@ def build_spec(source: str, overrides: Mapping[str, Any]) -> DataSpec:
     values: dict[str, Any] = {"source": source}
     if is_description(source):
         values = read_description(Path(source).expanduser())
+    if values.get("rows") is not None and overrides.get("rows") is None:
+        if values["rows"] < MIN_ROWS:  # the description's own value: name its file and key
+            raise DataError(
+                f"{source}: rows = {values['rows']}: at least {MIN_ROWS} rows are needed"
+            )
     for key, value in overrides.items():
         if value is not None:
             values[key] = value

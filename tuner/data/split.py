@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuner.data.spec import DataSpec
+from tuner.data.spec import MIN_ROWS, DataSpec
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,8 +33,6 @@ CANONICAL_TOTAL_ROWS = CANONICAL_TRAIN_ROWS + CANONICAL_TEST_ROWS
 
 SPLITS = ("stratified", "canonical")
 """The splits :func:`split_indices` makes (a table adds ``column`` and ``group``)."""
-MIN_ROWS = 100
-"""Smallest subsample (``rows``) and smallest source that can be split in three."""
 
 TEST_FRACTION = 0.30  # stratified: train vs (val + test)
 VAL_TEST_FRACTION = 0.5  # stratified: val vs test within the 30%
