@@ -280,6 +280,58 @@ def test_a_value_too_large_in_the_test_file_names_that_file_and_its_own_row(tmp_
     assert message.startswith(f"{test}: column 'a', row 3: inf is not a finite number"), message
 
 
+# -- 8: group splits with groups of very different sizes --------------------------------------
+def _grouped(tmp_path: Path, sizes: list[int], rare_group: str | None = None) -> Path:
+    """A table of groups ``g0, g1, ...`` of ``sizes`` rows, classes y/n (and ``z`` on every
+    row of ``rare_group``)."""
+    groups = np.concatenate([[f"g{i}"] * k for i, k in enumerate(sizes)])
+    rng = np.random.default_rng(0)
+    y = np.where(np.arange(len(groups)) % 2, "y", "n")
+    if rare_group is not None:
+        y[groups == rare_group] = "z"
+    path = tmp_path / "grouped.csv"
+    pd.DataFrame({"x": rng.normal(size=len(groups)), "g": groups, "y": y}).to_csv(path, index=False)
+    return path
+
+
+def test_a_group_split_warns_about_lopsided_parts_and_refuses_tiny_ones(tmp_path, caplog):
+    path = _grouped(tmp_path, [540] + [5] * 12)  # one group holds 90% of the rows
+    message = _prepare_error(tmp_path, source=str(path), target="y", split="group",
+                             split_column="g")  # fmt: skip
+    assert message == (
+        f"{path}: group column 'g' splits the rows into train 45, val 545, test 10: train needs "
+        "at least 70 rows (a few groups hold most rows; use more, smaller groups or --split "
+        "stratified)"
+    )
+    path = _grouped(tmp_path, [200] + [20] * 20)
+    with caplog.at_level("WARNING", logger="tuner.data.split"):
+        prepared = prepare(DataSpec(source=str(path), target="y", split="group", split_column="g"),
+                           tmp_path / "data")  # fmt: skip
+    m = prepared.manifest
+    assert (m.n_train, m.n_val, m.n_test) == (280, 60, 260)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{path}: group column 'g' splits the rows into train 280, val 60, test 260, far from "
+        "70/15/15 (groups of very different sizes)"
+    ]
+    caplog.clear()
+    path = _grouped(tmp_path, [10] * 40)  # even groups: no word
+    with caplog.at_level("WARNING", logger="tuner.data.split"):
+        prepare(DataSpec(source=str(path), target="y", split="group", split_column="g"),
+                tmp_path / "data2")  # fmt: skip
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_group_split_refuses_a_class_that_only_validation_or_test_has(tmp_path):
+    path = _grouped(tmp_path, [10] * 40, rare_group="g12")  # g12 lands in test
+    message = _prepare_error(tmp_path, source=str(path), target="y", split="group",
+                             split_column="g")  # fmt: skip
+    assert message == (
+        f"{path}: group column 'g' leaves class(es) 'z' out of the train rows, but validation "
+        "or test has them; use more, smaller groups or --split stratified"
+    )
+
+
 # -- 10, 17: predict's output and a hand-edited model.pt --------------------------------------
 def _model(tmp_path: Path, labels: list[str]) -> tuple[Path, Path, dict]:
     import torch

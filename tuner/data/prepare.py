@@ -54,6 +54,7 @@ from tuner.data.split import (
     split_indices,
     split_rows,
 )
+from tuner.data.table import quote
 from tuner.data.target import DECADE_NAMES, decade_labels
 from tuner.errors import DataError
 
@@ -321,6 +322,16 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
 
     class_counts = {"train": counts(train), "val": counts(val), "test": counts(test)}
     absent = [labels.names[i] for i, c in enumerate(class_counts["train"]) if c == 0]
+    unseen = [  # a class the model never trains on, yet validated or tested on
+        labels.names[i] for i, c in enumerate(class_counts["train"])
+        if c == 0 and (class_counts["val"][i] or class_counts["test"][i])
+    ]  # fmt: skip
+    if unseen and spec.split == "group":
+        raise DataError(
+            f"{display}: group column {spec.split_column!r} leaves class(es) "
+            f"{', '.join(quote(name) for name in unseen[:10])} out of the train rows, but "
+            "validation or test has them; use more, smaller groups or --split stratified"
+        )
     if absent:
         logger.warning("%s: class(es) %s have no training rows", display, ", ".join(absent))
     if lumped:
