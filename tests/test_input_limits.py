@@ -7,6 +7,7 @@ Numbers refer to the issue "Hardening, round 2".
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -409,6 +410,76 @@ def test_a_hand_edited_model_file_is_one_damaged_line(tmp_path, edit, expected):
     torch.save(bundle, model)
     with pytest.raises(DataError, match=f"a damaged tuner model file .*{expected}"):
         predict_table(model, csv)
+
+
+# -- 13: FIFOs, link loops, stdin ------------------------------------------------------------
+def test_data_that_is_not_a_regular_file_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "t.csv"
+    os.mkfifo(fifo)  # no writer: opening it would block
+    loop = tmp_path / "loop.csv"
+    os.symlink(tmp_path / "other.csv", loop)
+    os.symlink(loop, tmp_path / "other.csv")
+    t0 = time.perf_counter()
+    message = _prepare_error(tmp_path, source=str(fifo), target="y")
+    assert message == f"{fifo}: not a regular file (a FIFO, device or socket): pass a file on disk"
+    message = _prepare_error(tmp_path, source=str(fifo))  # the UCI format
+    assert message.startswith(f"{fifo}: not a regular file"), message
+    (tmp_path / "main.csv").write_text("a,c,y\n" + _rows())
+    message = _prepare_error(tmp_path, source=str(tmp_path / "main.csv"), target="y",
+                             test=str(fifo))  # fmt: skip
+    assert message.startswith(f"{fifo}: not a regular file"), message
+    fifo_toml = tmp_path / "d.toml"
+    os.mkfifo(fifo_toml)
+    with pytest.raises(DataError, match="d.toml: not a regular file"):
+        build_spec(str(fifo_toml), {})
+    assert _prepare_error(tmp_path, source=str(loop), target="y") == f"{loop}: symbolic link loop"
+    assert _prepare_error(tmp_path, source=str(loop)) == f"{loop}: symbolic link loop"
+    with pytest.raises(DataError, match="^.*missing.csv: no such file$"):
+        read_table(tmp_path / "missing.csv")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_predict_reads_stdin_a_fifo_and_a_pipe_once(tmp_path, monkeypatch, capsys):
+    import threading
+
+    from tuner.cli import main
+
+    model, csv, _ = _model(tmp_path, ["p", "q"])
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--input", str(csv)]) == 0
+    reference = capsys.readouterr().out
+    data = csv.read_bytes()
+
+    class Stdin:
+        buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["predict", "--model", str(model), "--input", "-"]) == 0
+    assert capsys.readouterr().out == reference
+
+    def write(target: str | int) -> threading.Thread:
+        def run() -> None:
+            with open(target, "wb") as fh:
+                fh.write(data)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    thread = write(str(fifo))
+    assert main(["predict", "--model", str(model), "--input", str(fifo)]) == 0
+    thread.join(5)
+    assert capsys.readouterr().out == reference
+    r, w = os.pipe()  # what <(cat rows.csv) passes: /dev/fd/N
+    thread = write(w)
+    try:
+        assert main(["predict", "--model", str(model), "--input", f"/dev/fd/{r}"]) == 0
+    finally:
+        thread.join(5)
+        os.close(r)
+    assert capsys.readouterr().out == reference
 
 
 # -- 21: class names that differ only in how a number is written ------------------------------

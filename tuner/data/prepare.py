@@ -199,6 +199,7 @@ def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
 
 def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
     """Content hashes of the table file and of the separate test file, before parsing."""
+    from tuner.data.delimited import check_regular_file
     from tuner.data.table import file_sha256
 
     shas: list[str | None] = []
@@ -207,10 +208,7 @@ def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
             shas.append(None)
             continue
         p = Path(path).expanduser()
-        if not p.is_file():
-            raise DataError(
-                f"{path}: {'is a directory, not a data file' if p.is_dir() else 'no such file'}"
-            )
+        check_regular_file(p, path)
         try:
             shas.append(file_sha256(p))
         except OSError as exc:

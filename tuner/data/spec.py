@@ -213,7 +213,11 @@ def is_description(source: str) -> bool:
 
 def read_description(path: Path) -> dict[str, Any]:
     """The keys of a TOML data description, checked and with paths made absolute."""
+    from tuner.data.delimited import check_regular_file  # imports nothing of tuner's but errors
+
     display = str(path)
+    check_regular_file(Path(path), display, missing="no such data description",
+                       what="a data description")  # fmt: skip
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")  # a byte-order mark is fine
         raw = tomllib.loads(text)
