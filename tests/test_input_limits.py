@@ -482,6 +482,33 @@ def test_predict_reads_stdin_a_fifo_and_a_pipe_once(tmp_path, monkeypatch, capsy
     assert capsys.readouterr().out == reference
 
 
+# -- 18: feature-name collisions --------------------------------------------------------------
+def test_encoded_names_are_unique_and_user_levels_stay_apart_from_placeholders(tmp_path):
+    from tuner.data.encoding import Encoding
+
+    n = 200
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "color=red": rng.normal(size=n),
+        "color": np.array(["red", "blue", "(missing)", "(other)", None] * (n // 5), dtype=object),
+        "y": np.array(["p", "q"] * (n // 2)),
+    })  # fmt: skip
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    prepared = prepare(DataSpec(source=str(path), target="y"), tmp_path / "data")
+    enc = prepared.manifest.encoding
+    names = enc.feature_names
+    assert names == ["color=red", 'color="(missing)"', 'color="(other)"', "color=(missing)",
+                     "color=blue", "color=red#2"]  # fmt: skip
+    x = prepared.x_train
+    assert x.shape[1] == 6 and (x[:, 1:].sum(axis=1) == 1).all()  # one level per row
+    assert (x[:, 1:].sum(axis=0) > 0).all()  # literal and placeholder levels apart
+    state = enc.to_dict()
+    assert Encoding.from_dict(state) == enc
+    state["feature_names"] = [name.removesuffix("#2") for name in names]  # an earlier version's
+    assert Encoding.from_dict(state).feature_names == names
+
+
 # -- 21: class names that differ only in how a number is written ------------------------------
 def test_classes_spelled_as_different_numbers_stay_apart_with_a_warning(caplog):
     from tuner.data.target import encode
