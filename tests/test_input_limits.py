@@ -7,6 +7,7 @@ Numbers refer to the issue "Hardening, round 2".
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -229,6 +230,13 @@ def test_toml_descriptions_need_a_target_take_a_bom_and_name_their_keys(tmp_path
             build_spec(str(desc), {})
         assert str(info.value).startswith(f"{desc}: {key}: expected a positive integer"), info.value
         assert "--" not in str(info.value)
+    desc.write_text('path = "t.csv"\ntarget = "y"\nrows = 50\n')
+    with pytest.raises(DataError) as info:
+        build_spec(str(desc), {})
+    assert str(info.value) == f"{desc}: rows = 50: at least 100 rows are needed"
+    assert build_spec(str(desc), {"rows": 150}).rows == 150  # --rows overrides the file's value
+    with pytest.raises(DataError, match="^--rows 50: at least 100"):
+        prepare(build_spec(str(desc), {"rows": 50}), tmp_path / "data")
 
 
 def test_reading_stays_fast_for_a_large_plain_table(tmp_path):
@@ -259,6 +267,70 @@ def test_text_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
     test.write_text("a,c,y\n" + "1.5,a1,y\n" * 6 + "oops,a1,n\n" + "2.5,b2,n\n" * 3)
     message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
     assert message.startswith(f"{test}: column 'a' is numeric but row 7 holds 'oops'"), message
+
+
+def test_a_value_too_large_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
+    main = tmp_path / "main.csv"
+    main.write_text("a,c,y\n" + _rows(300))
+    test = tmp_path / "test.csv"
+    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 4 + "1e300,a1,n\n" + "2.5,b2,n\n" * 5)
+    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
+    assert message.startswith(f"{test}: column 'a', row 5: 1e+300 is too large"), message
+    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 2 + "inf,a1,n\n" + "2.5,b2,n\n" * 5)
+    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
+    assert message.startswith(f"{test}: column 'a', row 3: inf is not a finite number"), message
+
+
+# -- 8: group splits with groups of very different sizes --------------------------------------
+def _grouped(tmp_path: Path, sizes: list[int], rare_group: str | None = None) -> Path:
+    """A table of groups ``g0, g1, ...`` of ``sizes`` rows, classes y/n (and ``z`` on every
+    row of ``rare_group``)."""
+    groups = np.concatenate([[f"g{i}"] * k for i, k in enumerate(sizes)])
+    rng = np.random.default_rng(0)
+    y = np.where(np.arange(len(groups)) % 2, "y", "n")
+    if rare_group is not None:
+        y[groups == rare_group] = "z"
+    path = tmp_path / "grouped.csv"
+    pd.DataFrame({"x": rng.normal(size=len(groups)), "g": groups, "y": y}).to_csv(path, index=False)
+    return path
+
+
+def test_a_group_split_warns_about_lopsided_parts_and_refuses_tiny_ones(tmp_path, caplog):
+    path = _grouped(tmp_path, [540] + [5] * 12)  # one group holds 90% of the rows
+    message = _prepare_error(tmp_path, source=str(path), target="y", split="group",
+                             split_column="g")  # fmt: skip
+    assert message == (
+        f"{path}: group column 'g' splits the rows into train 45, val 545, test 10: train needs "
+        "at least 70 rows (a few groups hold most rows; use more, smaller groups or --split "
+        "stratified)"
+    )
+    path = _grouped(tmp_path, [200] + [20] * 20)
+    with caplog.at_level("WARNING", logger="tuner.data.split"):
+        prepared = prepare(DataSpec(source=str(path), target="y", split="group", split_column="g"),
+                           tmp_path / "data")  # fmt: skip
+    m = prepared.manifest
+    assert (m.n_train, m.n_val, m.n_test) == (280, 60, 260)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{path}: group column 'g' splits the rows into train 280, val 60, test 260, far from "
+        "70/15/15 (groups of very different sizes)"
+    ]
+    caplog.clear()
+    path = _grouped(tmp_path, [10] * 40)  # even groups: no word
+    with caplog.at_level("WARNING", logger="tuner.data.split"):
+        prepare(DataSpec(source=str(path), target="y", split="group", split_column="g"),
+                tmp_path / "data2")  # fmt: skip
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_group_split_refuses_a_class_that_only_validation_or_test_has(tmp_path):
+    path = _grouped(tmp_path, [10] * 40, rare_group="g12")  # g12 lands in test
+    message = _prepare_error(tmp_path, source=str(path), target="y", split="group",
+                             split_column="g")  # fmt: skip
+    assert message == (
+        f"{path}: group column 'g' leaves class(es) 'z' out of the train rows, but validation "
+        "or test has them; use more, smaller groups or --split stratified"
+    )
 
 
 # -- 10, 17: predict's output and a hand-edited model.pt --------------------------------------
@@ -338,6 +410,103 @@ def test_a_hand_edited_model_file_is_one_damaged_line(tmp_path, edit, expected):
     torch.save(bundle, model)
     with pytest.raises(DataError, match=f"a damaged tuner model file .*{expected}"):
         predict_table(model, csv)
+
+
+# -- 13: FIFOs, link loops, stdin ------------------------------------------------------------
+def test_data_that_is_not_a_regular_file_is_refused_without_opening_it(tmp_path):
+    fifo = tmp_path / "t.csv"
+    os.mkfifo(fifo)  # no writer: opening it would block
+    loop = tmp_path / "loop.csv"
+    os.symlink(tmp_path / "other.csv", loop)
+    os.symlink(loop, tmp_path / "other.csv")
+    t0 = time.perf_counter()
+    message = _prepare_error(tmp_path, source=str(fifo), target="y")
+    assert message == f"{fifo}: not a regular file (a FIFO, device or socket): pass a file on disk"
+    message = _prepare_error(tmp_path, source=str(fifo))  # the UCI format
+    assert message.startswith(f"{fifo}: not a regular file"), message
+    (tmp_path / "main.csv").write_text("a,c,y\n" + _rows())
+    message = _prepare_error(tmp_path, source=str(tmp_path / "main.csv"), target="y",
+                             test=str(fifo))  # fmt: skip
+    assert message.startswith(f"{fifo}: not a regular file"), message
+    fifo_toml = tmp_path / "d.toml"
+    os.mkfifo(fifo_toml)
+    with pytest.raises(DataError, match="d.toml: not a regular file"):
+        build_spec(str(fifo_toml), {})
+    assert _prepare_error(tmp_path, source=str(loop), target="y") == f"{loop}: symbolic link loop"
+    assert _prepare_error(tmp_path, source=str(loop)) == f"{loop}: symbolic link loop"
+    with pytest.raises(DataError, match="^.*missing.csv: no such file$"):
+        read_table(tmp_path / "missing.csv")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_predict_reads_stdin_a_fifo_and_a_pipe_once(tmp_path, monkeypatch, capsys):
+    import threading
+
+    from tuner.cli import main
+
+    model, csv, _ = _model(tmp_path, ["p", "q"])
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), "--input", str(csv)]) == 0
+    reference = capsys.readouterr().out
+    data = csv.read_bytes()
+
+    class Stdin:
+        buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert main(["predict", "--model", str(model), "--input", "-"]) == 0
+    assert capsys.readouterr().out == reference
+
+    def write(target: str | int) -> threading.Thread:
+        def run() -> None:
+            with open(target, "wb") as fh:
+                fh.write(data)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    thread = write(str(fifo))
+    assert main(["predict", "--model", str(model), "--input", str(fifo)]) == 0
+    thread.join(5)
+    assert capsys.readouterr().out == reference
+    r, w = os.pipe()  # what <(cat rows.csv) passes: /dev/fd/N
+    thread = write(w)
+    try:
+        assert main(["predict", "--model", str(model), "--input", f"/dev/fd/{r}"]) == 0
+    finally:
+        thread.join(5)
+        os.close(r)
+    assert capsys.readouterr().out == reference
+
+
+# -- 18: feature-name collisions --------------------------------------------------------------
+def test_encoded_names_are_unique_and_user_levels_stay_apart_from_placeholders(tmp_path):
+    from tuner.data.encoding import Encoding
+
+    n = 200
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "color=red": rng.normal(size=n),
+        "color": np.array(["red", "blue", "(missing)", "(other)", None] * (n // 5), dtype=object),
+        "y": np.array(["p", "q"] * (n // 2)),
+    })  # fmt: skip
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    prepared = prepare(DataSpec(source=str(path), target="y"), tmp_path / "data")
+    enc = prepared.manifest.encoding
+    names = enc.feature_names
+    assert names == ["color=red", 'color="(missing)"', 'color="(other)"', "color=(missing)",
+                     "color=blue", "color=red#2"]  # fmt: skip
+    x = prepared.x_train
+    assert x.shape[1] == 6 and (x[:, 1:].sum(axis=1) == 1).all()  # one level per row
+    assert (x[:, 1:].sum(axis=0) > 0).all()  # literal and placeholder levels apart
+    state = enc.to_dict()
+    assert Encoding.from_dict(state) == enc
+    state["feature_names"] = [name.removesuffix("#2") for name in names]  # an earlier version's
+    assert Encoding.from_dict(state).feature_names == names
 
 
 # -- 21: class names that differ only in how a number is written ------------------------------

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="for a model trained on a table: a table with a header (columns matched by name, "
         "any order, the target column ignored); for a YearPredictionMSD model: CSV rows of 90 "
-        "features (or 91 with the year first)",
+        "features (or 91 with the year first); - reads stdin (a FIFO or <(...) is read once too)",
     )
     p.add_argument(
         "--output",

@@ -24,7 +24,13 @@ them to the encoding they describe.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,43 +136,80 @@ def is_table_model(bundle: dict[str, Any]) -> bool:
     return bundle["file_format"] == "table"
 
 
-def read_features(path: Path, n_features: int) -> np.ndarray:
+@contextmanager
+def read_once(path: Path | str) -> Iterator[tuple[Path, str]]:
+    """``--input`` as a regular file (its path, and its name for messages). ``-`` (stdin), a
+    FIFO, ``/dev/stdin`` or a process substitution (``<(cat f)``) is read once into a
+    temporary file, removed afterwards: reading checks a file's start, then reads it whole,
+    and such an input would come back empty (or block) the second time. A regular file, or a
+    path that does not name one, is used as it is."""
+    if str(path) == "-":
+        display = "stdin"
+    else:
+        display = str(path)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # no such file, a link loop...: the reader says which
+            mode = stat.S_IFREG
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            yield Path(path), display
+            return
+    suffix = "".join(Path(display).suffixes[-2:]) if display != "stdin" else ""
+    with tempfile.TemporaryDirectory(prefix="tuner-input-") as tmp:
+        copy = Path(tmp) / f"input{suffix}"
+        try:
+            with open(copy, "wb") as out:
+                if display == "stdin":
+                    shutil.copyfileobj(sys.stdin.buffer, out)
+                else:
+                    with open(path, "rb") as source:
+                        shutil.copyfileobj(source, out)
+        except OSError as err:
+            raise DataError(f"{display}: cannot read the input ({err.strerror or err})") from None
+        yield copy, display
+
+
+def read_features(path: Path, n_features: int, display: str | None = None) -> np.ndarray:
     """Read UCI-style rows of ``n_features`` values (or ``n_features + 1`` with a leading
     year), no header: a float64 array, one row per line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    from tuner.data.delimited import check_regular_file
+
+    path = Path(path)
+    check_regular_file(path, display or str(path))
+    display = display or str(path)
     try:
         frame = pd.read_csv(path, header=None, dtype=np.float64)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
+        raise DataError(f"{display}: the file is empty") from None
     except (ValueError, pd.errors.ParserError) as err:
         first = str(err).strip().splitlines()[0]
         raise DataError(
-            f"{path}: not {n_features} comma-separated numbers per line: {first}"
+            f"{display}: not {n_features} comma-separated numbers per line: {first}"
         ) from None
     values = frame.to_numpy()
     if values.shape[1] == n_features + 1:
         values = values[:, 1:]
     if values.shape[1] != n_features:
         raise DataError(
-            f"{path}: expected {n_features} values per line (or {n_features + 1} with the year), "
+            f"{display}: expected {n_features} values per line (or {n_features + 1} with the year), "
             f"found {values.shape[1]}"
         )
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise DataError(f"{path}: line {int(np.argmax(bad)) + 1}: missing, NaN or infinite value")
+        raise DataError(f"{display}: line {int(np.argmax(bad)) + 1}: missing, NaN or infinite value")
     return values
 
 
 _Input = tuple[pd.DataFrame, str, Wording]
 
 
-def _read_table(path: Path, bundle: dict[str, Any]) -> _Input:
+def _read_table(path: Path, bundle: dict[str, Any], display: str) -> _Input:
     from tuner.data.table import DEFAULT_MAX_COLUMNS, read_table
 
     data = bundle.get("data") or {}
     table = read_table(
         path,
+        display=display,
         sep=data.get("sep"),
         missing=tuple(data.get("missing") or ()),
         max_columns=int(data.get("max_columns") or DEFAULT_MAX_COLUMNS),
@@ -177,13 +220,13 @@ def _read_table(path: Path, bundle: dict[str, Any]) -> _Input:
 _UCI_WORDING = Wording(column=str, remedy="far outside the training rows' range")
 
 
-def _read_uci_rows(path: Path, bundle: dict[str, Any]) -> _Input:
+def _read_uci_rows(path: Path, bundle: dict[str, Any], display: str) -> _Input:
     names = bundle["encoding"].numeric
-    frame = pd.DataFrame(read_features(path, len(names)), columns=list(names))
-    return frame, str(path), _UCI_WORDING
+    frame = pd.DataFrame(read_features(path, len(names), display), columns=list(names))
+    return frame, display, _UCI_WORDING
 
 
-_READERS: dict[str, Callable[[Path, dict[str, Any]], _Input]] = {
+_READERS: dict[str, Callable[[Path, dict[str, Any], str], _Input]] = {
     "table": _read_table,
     "uci": _read_uci_rows,
 }
@@ -198,14 +241,16 @@ def _probabilities(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return torch.cat(parts).double().numpy() if parts else np.zeros((0, 0))
 
 
-def predict_table(model_path: Path, input_path: Path) -> pd.DataFrame:
+def predict_table(model_path: Path, input_path: Path | str) -> pd.DataFrame:
     """Predictions of the model in ``model_path`` for the rows of ``input_path`` (read as the
     model's training rows were written; see the module doc): a DataFrame in the input's row
     order with ``prediction`` (the class name) and one ``proba_<class>`` column per class.
     A :class:`~tuner.errors.DataError` (one line) for a bad model file or input (a missing
-    column, text in a numeric column, ...)."""
+    column, text in a numeric column, ...). ``input_path`` may be ``-`` (stdin), a FIFO or a
+    process substitution: read once (:func:`read_once`)."""
     model, bundle = load_bundle(model_path)
-    frame, display, wording = _READERS[bundle["file_format"]](input_path, bundle)
+    with read_once(input_path) as (path, name):
+        frame, display, wording = _READERS[bundle["file_format"]](path, bundle, name)
     proba = _probabilities(model, bundle["encoding"].transform(frame, display, wording))
     names = [csv_safe(name) for name in bundle["label_names"]]
     out = pd.DataFrame({"prediction": [names[int(i)] for i in proba.argmax(1)]})
@@ -230,7 +275,7 @@ def csv_safe(text: str) -> str:
     return text
 
 
-def predict_file(model_path: Path, input_path: Path) -> list[str]:
+def predict_file(model_path: Path, input_path: Path | str) -> list[str]:
     """One class name per row of ``input_path``, in order (:func:`predict_table`'s
     ``prediction`` column)."""
     return predict_table(model_path, input_path)["prediction"].tolist()

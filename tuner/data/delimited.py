@@ -12,10 +12,13 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import errno
 import gzip
 import io
 import logging
 import lzma
+import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,32 @@ logger = logging.getLogger(__name__)
 
 SNIFF_BYTES = 1 << 16
 DELIMITERS = ",;\t|"
+
+
+def check_regular_file(
+    path: Path, display: str, *, missing: str = "no such file", what: str = "a data file"
+) -> None:
+    """Refuse what is not a regular file before opening it (``os.stat`` only: a FIFO without
+    a writer is refused at once, never opened): no such file (``missing``), a symbolic link
+    loop, a directory, a FIFO, device or socket (read once, it could not be read again:
+    pass a file on disk)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{display}: {missing}") from None
+    except NotADirectoryError:  # a file where a directory of the path should be
+        raise DataError(f"{display}: {missing}") from None
+    except PermissionError:
+        raise DataError(f"{display}: cannot read the file (permission denied)") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{display}: symbolic link loop") from None
+        raise DataError(f"{display}: cannot read the file ({err.strerror or 'error'})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{display}: is a directory, not {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{display}: not a regular file (a FIFO, device or socket): pass a "
+                        "file on disk")  # fmt: skip
 
 
 def compression(path: Path) -> str | None:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.data.features import MISSING_LEVEL, OTHER_LEVEL, as_numbers, as_text
-from tuner.data.scaling import floats, names_list, robust_statistics, smooth_clip
+from tuner.data.scaling import floats, names_list, robust_statistics, smooth_clip, unique_names
 from tuner.data.table import column_list
 from tuner.errors import DataError
 
@@ -143,6 +143,11 @@ class Encoding:
     @property
     def feature_names(self) -> list[str]:
         """Names of the encoded columns, in order: numeric, then ``column=level`` indicators."""
+        return unique_names(self._plain_names())
+
+    def _plain_names(self) -> list[str]:
+        """The encoded columns' names before :func:`~tuner.data.scaling.unique_names` (a
+        numeric column ``c=x`` and the level ``x`` of a column ``c`` have the same one)."""
         self._check_fitted()
         names = list(self.numeric)
         names += [f"{name}={INDICATOR}" for name in self.indicators_ or ()]
@@ -462,7 +467,8 @@ class Encoding:
                     raise ValueError("quantiles: one list per numeric column, one per reference")
         enc.levels_ = levels
         names = state.get("feature_names")
-        if names is not None and list(names) != enc.feature_names:
+        # earlier versions stored names that could repeat (the same columns and arrays)
+        if names is not None and list(names) not in (enc.feature_names, enc._plain_names()):
             raise ValueError("feature_names do not match the columns and levels")
         return enc
 

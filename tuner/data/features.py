@@ -12,6 +12,7 @@ row, each with why). :func:`as_numbers` and :func:`as_text` read one column's ce
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,18 @@ def as_text(values: pd.Series) -> np.ndarray:
         x = v.to_numpy(dtype=np.float64)
         text = [str(int(a)) if float(a).is_integer() else repr(float(a)) for a in x]
     else:
-        text = [str(a) for a in v.to_numpy()]
+        text = [_apart(str(a)) for a in v.to_numpy()]
     out[present] = text
     return out
+
+
+_PLACEHOLDER = re.compile(r'"*\((?:missing|other)\)"*')
+
+
+def _apart(level: str) -> str:
+    """A level kept apart from the placeholders: a value written ``(missing)`` or ``(other)``
+    (or one of them already in quotes) gets one more pair of double quotes; any other value
+    is unchanged."""
+    if level[:1] in ('"', "(") and _PLACEHOLDER.fullmatch(level):
+        return f'"{level}"'
+    return level

@@ -54,6 +54,7 @@ from tuner.data.split import (
     split_indices,
     split_rows,
 )
+from tuner.data.table import quote
 from tuner.data.target import DECADE_NAMES, decade_labels
 from tuner.errors import DataError
 
@@ -97,6 +98,7 @@ class Rows:
     unnamed: tuple[str, ...] = ()  # columns without a header name
     wording: Wording = TABLE_WORDING  # how encoding messages name a column
     extra: dict[str, str | None] = field(default_factory=dict)  # test_source, test_sha256
+    test_display: str | None = None  # how messages name a separate test file
 
 
 def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
@@ -190,12 +192,14 @@ def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
         file_format="table",
         unnamed=unnamed,
         extra=extra,
+        test_display=None if spec.test is None else str(Path(spec.test).expanduser()),
     )
     return _finish(_build(rows, spec, key), data_dir, t0)
 
 
 def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
     """Content hashes of the table file and of the separate test file, before parsing."""
+    from tuner.data.delimited import check_regular_file
     from tuner.data.table import file_sha256
 
     shas: list[str | None] = []
@@ -204,10 +208,7 @@ def _table_shas(spec: DataSpec) -> tuple[str, str | None]:
             shas.append(None)
             continue
         p = Path(path).expanduser()
-        if not p.is_file():
-            raise DataError(
-                f"{path}: {'is a directory, not a data file' if p.is_dir() else 'no such file'}"
-            )
+        check_regular_file(p, path)
         try:
             shas.append(file_sha256(p))
         except OSError as exc:
@@ -266,11 +267,13 @@ def _check_test_numbers(
     from tuner.data.table import is_text
 
     for name in test.columns:
-        if name in spec.categorical or name in (spec.target, spec.split_column):
+        if name in spec.categorical or name == spec.split_column:
+            continue
+        if name == spec.target and spec.bins is None:
             continue
         numeric = name in spec.numeric or pd.api.types.is_numeric_dtype(main[name])
-        if numeric and is_text(test[name]):
-            as_numbers(test[name], name, display)
+        if numeric and (is_text(test[name]) or pd.api.types.is_numeric_dtype(test[name])):
+            as_numbers(test[name], name, display)  # text, or an infinite value
 
 
 # --------------------------------------------------------------------------- the one path
@@ -281,6 +284,7 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
     from tuner.data import features, target
 
     frame, display, n_main = rows.frame, rows.display, rows.n_main
+    n_read = n_main  # the main file's rows as read: a test file's rows are numbered from here
     labels = target.encode(rows.target, str(rows.target.name), display, rows.bins)
     n_unlabelled = int((~labels.keep).sum())
     if n_unlabelled:
@@ -316,6 +320,16 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
 
     class_counts = {"train": counts(train), "val": counts(val), "test": counts(test)}
     absent = [labels.names[i] for i, c in enumerate(class_counts["train"]) if c == 0]
+    unseen = [  # a class the model never trains on, yet validated or tested on
+        labels.names[i] for i, c in enumerate(class_counts["train"])
+        if c == 0 and (class_counts["val"][i] or class_counts["test"][i])
+    ]  # fmt: skip
+    if unseen and spec.split == "group":
+        raise DataError(
+            f"{display}: group column {spec.split_column!r} leaves class(es) "
+            f"{', '.join(quote(name) for name in unseen[:10])} out of the train rows, but "
+            "validation or test has them; use more, smaller groups or --split stratified"
+        )
     if absent:
         logger.warning("%s: class(es) %s have no training rows", display, ", ".join(absent))
     if lumped:
@@ -354,10 +368,19 @@ def _build(rows: Rows, spec: DataSpec, key: str) -> Prepared:
         y_train=y[train],
         x_val=encoding.transform(frame.iloc[val], display, rows.wording),
         y_val=y[val],
-        x_test=encoding.transform(frame.iloc[test], display, rows.wording),
+        x_test=_transform_test(encoding, frame.iloc[test], rows, n_read),
         y_test=y[test],
         manifest=manifest,
     )
+
+
+def _transform_test(encoding: Encoding, part: pd.DataFrame, rows: Rows, n_read: int) -> np.ndarray:
+    """The encoded test rows; those of a separate test file are named in messages by that
+    file and their own row (appended, they would count on from the main file's rows)."""
+    if rows.test_display is None:
+        return encoding.transform(part, rows.display, rows.wording)
+    part = part.set_axis(part.index - n_read)
+    return encoding.transform(part, rows.test_display, rows.wording)
 
 
 def _finish(prepared: Prepared, data_dir: Path, t0: float) -> Prepared:

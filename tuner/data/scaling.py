@@ -58,3 +58,23 @@ def names_list(values: Any, what: str) -> list[str]:
     if len(set(values)) != len(values):
         raise ValueError(f"{what}: names repeat")
     return list(values)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with a repeated one suffixed ``#2``, ``#3``... (the first keeps its name):
+    unchanged when no name repeats."""
+    if len(set(names)) == len(names):
+        return names
+    taken = set(names)
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        if name in seen:
+            k = 2
+            while f"{name}#{k}" in taken:
+                k += 1
+            name = f"{name}#{k}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out

@@ -41,6 +41,8 @@ from typing import Any
 from tuner.errors import DataError
 
 SPLITS = ("stratified", "canonical", "column", "group")
+MIN_ROWS = 100
+"""Smallest subsample (``rows``) and smallest source that can be split in three."""
 IMPUTE = ("median", "mean", "refuse")
 SCALERS = ("standard", "quantile", "robust")
 BIN_RULES = ("decade",)
@@ -211,7 +213,11 @@ def is_description(source: str) -> bool:
 
 def read_description(path: Path) -> dict[str, Any]:
     """The keys of a TOML data description, checked and with paths made absolute."""
+    from tuner.data.delimited import check_regular_file  # imports nothing of tuner's but errors
+
     display = str(path)
+    check_regular_file(Path(path), display, missing="no such data description",
+                       what="a data description")  # fmt: skip
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")  # a byte-order mark is fine
         raw = tomllib.loads(text)
@@ -315,6 +321,11 @@ def build_spec(
     values: dict[str, Any] = {"source": source}
     if is_description(source):
         values = read_description(Path(source).expanduser())
+    if values.get("rows") is not None and overrides.get("rows") is None:
+        if values["rows"] < MIN_ROWS:  # the description's own value: name its file and key
+            raise DataError(
+                f"{source}: rows = {values['rows']}: at least {MIN_ROWS} rows are needed"
+            )
     for key, value in overrides.items():
         if value is not None:
             values[key] = value

@@ -15,16 +15,19 @@ column (``column``), its groups (``group``: no group in two parts), or a separat
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuner.data.spec import DataSpec
+from tuner.data.spec import MIN_ROWS, DataSpec
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 CANONICAL_TRAIN_ROWS = 463_715
 """Rows of UCI's train part (train + validation here); the rest are test."""
@@ -33,9 +36,10 @@ CANONICAL_TOTAL_ROWS = CANONICAL_TRAIN_ROWS + CANONICAL_TEST_ROWS
 
 SPLITS = ("stratified", "canonical")
 """The splits :func:`split_indices` makes (a table adds ``column`` and ``group``)."""
-MIN_ROWS = 100
-"""Smallest subsample (``rows``) and smallest source that can be split in three."""
 
+MIN_PART_ROWS = {"train": 70, "val": 15, "test": 15}
+"""Fewest rows a part of a group split may have: what the stratified split gives the smallest
+data it splits (:data:`MIN_ROWS` rows)."""
 TEST_FRACTION = 0.30  # stratified: train vs (val + test)
 VAL_TEST_FRACTION = 0.5  # stratified: val vs test within the 30%
 CANONICAL_VAL_FRACTION = 0.15 / 0.85  # canonical: validation share of the train part
@@ -220,7 +224,40 @@ def _group_split(
         raise DataError(f"{display}: group column {column!r}: too few groups to split in three")
     splitter = GroupShuffleSplit(n_splits=1, test_size=VAL_TEST_FRACTION, random_state=seed)
     val, test = next(splitter.split(rest, groups=g[rest]))
-    return pool[first], pool[rest[val]], pool[rest[test]]
+    parts = {"train": pool[first], "val": pool[rest[val]], "test": pool[rest[test]]}
+    _check_group_parts(parts, {"train": 0.70, "val": 0.15, "test": 0.15}, display, column)
+    return parts["train"], parts["val"], parts["test"]
+
+
+def _check_group_parts(
+    parts: dict[str, np.ndarray], shares: dict[str, float], display: str, column: str
+) -> None:
+    """Groups of very different sizes make parts of very different sizes: a part with fewer
+    rows than :data:`MIN_PART_ROWS` is refused, and parts whose share of the rows is off by
+    more than half the share they should have are a warning (one line, the parts' rows)."""
+    sizes = {name: len(idx) for name, idx in parts.items()}
+    total = sum(sizes[name] for name in shares)
+    counts = ", ".join(f"{name} {n:,}" for name, n in sizes.items())
+    for name, n in sizes.items():
+        if n < MIN_PART_ROWS[name]:
+            raise DataError(
+                f"{display}: group column {column!r} splits the rows into {counts}: {name} needs "
+                f"at least {MIN_PART_ROWS[name]} rows (a few groups hold most rows; use more, "
+                "smaller groups or --split stratified)"
+            )
+    off = [
+        name for name, share in shares.items() if abs(sizes[name] / total - share) > share / 2
+    ]
+    if off:
+        target = "/".join(f"{round(100 * share)}" for share in shares.values())
+        logger.warning(
+            "%s: group column %r splits the rows into %s, far from %s (groups of very "
+            "different sizes)",
+            display,
+            column,
+            counts,
+            target,
+        )
 
 
 def split_rows(
@@ -245,6 +282,8 @@ def split_rows(
             )
             a, b = next(splitter.split(pool, groups=g[pool]))
             train, val = pool[a], pool[b]
+            shares = {"train": 1 - CANONICAL_VAL_FRACTION, "val": CANONICAL_VAL_FRACTION}
+            _check_group_parts({"train": train, "val": val}, shares, display, spec.split_column)
         else:
             train, val = _stratified_split(pool, y[pool], CANONICAL_VAL_FRACTION, spec.seed, lumped)
         return train, val, np.arange(n_main, len(frame), dtype=np.int64)

@@ -33,6 +33,7 @@ import pandas as pd
 from tuner.data.delimited import (
     check_field_counts,
     check_header_width,
+    check_regular_file,
     compression,
     one_line,
     open_bytes,
@@ -258,10 +259,7 @@ def read_table(
     """Read and validate a table file (see the module doc)."""
     path = Path(path).expanduser()
     display = display or str(path)
-    if not path.exists():
-        raise DataError(f"{display}: no such file")
-    if path.is_dir():
-        raise DataError(f"{display}: is a directory, not a data file")
+    check_regular_file(path, display)
     t0 = time.perf_counter()
     markers = list(dict.fromkeys([*MISSING_MARKERS, *missing]))
     try:

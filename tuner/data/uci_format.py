@@ -99,13 +99,10 @@ def hash_stream(fh: IO[bytes]) -> str:
 
 def check_path(path: Path, display: str) -> Path:
     """Reject missing files, directories and unknown extensions with a clear message."""
-    if not path.exists():
-        raise DataError(
-            f"{display}: no such file (--data takes 'uci', 'synthetic' or a path to a .txt, "
-            ".csv or .zip file in the UCI format)"
-        )
-    if path.is_dir():
-        raise DataError(f"{display}: is a directory, not a data file")
+    from tuner.data.delimited import check_regular_file
+
+    check_regular_file(path, display, missing="no such file (--data takes 'uci', 'synthetic' "
+                       "or a path to a .txt, .csv or .zip file in the UCI format)")  # fmt: skip
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(
             f"{display}: unsupported file type {path.suffix or '(no extension)'!r}; expected "
