@@ -413,3 +413,31 @@ def test_a_bad_data_section_is_one_line(tmp_path, section, expected):
     path.write_text(f'name = "bad"\n{section}\n{stages}')
     with pytest.raises(PlanError, match=re.escape(expected)):
         load_plan(str(path), tmp_path)
+
+
+def test_the_default_plan_follows_the_data_and_a_plans_data_section_reaches_the_session(
+    tmp_path, monkeypatch
+):
+    from tuner import commands
+    from tuner.cli import build_parser
+    from tuner.data.spec import build_spec
+
+    table = tmp_path / "t.csv"
+    table.write_text("a,y\n1,x\n")
+    assert commands.default_plan(build_spec("synthetic", {})) == commands.SEED_PLAN
+    assert commands.default_plan(build_spec(str(table), {"target": "y"})) == commands.TABLE_PLAN
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "withdata.toml").write_text(_DATA_PLAN)
+    monkeypatch.setattr(commands, "TABLE_PLAN", "withdata")
+    args = build_parser().parse_args(
+        ["status", "--data", str(table), "--target", "y", "--workdir", str(tmp_path)]
+    )
+    session = commands.open_session(args, with_data=False)
+    try:
+        assert session.plan.name == "withdata"
+        assert (session.settings.data.scaler, session.settings.data.missing_indicators) == (
+            "robust",
+            True,
+        )
+    finally:
+        session.close()

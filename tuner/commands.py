@@ -77,7 +77,7 @@ TABLE_PLAN = "seed"
 def default_plan(spec) -> str:
     """``--plan``'s default for the data of ``spec``: :data:`TABLE_PLAN` for a table,
     :data:`SEED_PLAN` for the UCI format."""
-    return TABLE_PLAN if spec.is_table() else SEED_PLAN
+    return TABLE_PLAN if spec.is_table else SEED_PLAN
 
 
 def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str | None = None):
@@ -97,7 +97,7 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
     workdir = _workdir(args, write=writes)
     spec = data_spec(args)
     plan = load_plan(args.plan or default_plan(spec), workdir)
-    if plan.data and spec.is_table():
+    if plan.data and spec.is_table:
         spec = data_spec(args, dict(plan.data))
     if stage is not None:
         check_stage_name(plan, stage)
