@@ -237,6 +237,11 @@ def test_toml_descriptions_need_a_target_take_a_bom_and_name_their_keys(tmp_path
     assert build_spec(str(desc), {"rows": 150}).rows == 150  # --rows overrides the file's value
     with pytest.raises(DataError, match="^--rows 50: at least 100"):
         prepare(build_spec(str(desc), {"rows": 50}), tmp_path / "data")
+    n = len((tmp_path / "t.csv").read_text().splitlines()) - 1
+    desc.write_text(f'path = "t.csv"\ntarget = "y"\nrows = {n + 100}\n')
+    with pytest.raises(DataError) as info:  # more rows than the file has: the key, not a flag
+        prepare(build_spec(str(desc), {}), tmp_path / "data")
+    assert str(info.value) == f"{desc}: rows = {n + 100}: the data has only {n} rows"
 
 
 def test_reading_stays_fast_for_a_large_plain_table(tmp_path):

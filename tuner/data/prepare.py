@@ -43,14 +43,12 @@ from tuner.data.cache import (
 )
 from tuner.data.encoding import TABLE_WORDING, Encoding, Wording
 from tuner.data.manifest import MANIFEST_VERSION, Manifest, Prepared
-from tuner.data.spec import DataSpec
+from tuner.data.spec import MIN_ROWS, DataSpec, check_rows
 from tuner.data.split import (
     CANONICAL_TEST_ROWS,
     CANONICAL_TOTAL_ROWS,
     CANONICAL_TRAIN_ROWS,
-    MIN_ROWS,
     SPLITS,
-    check_rows,
     split_indices,
     split_rows,
 )
@@ -121,7 +119,7 @@ def prepare(spec: DataSpec, data_dir: Path) -> Prepared:
 def _check_spec(spec: DataSpec) -> None:
     """Reject a bad spec before any file is touched."""
     spec.check()
-    check_rows(spec.rows, None)
+    check_rows(spec.rows, None, spec.rows_setting)
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, (int, np.integer)):
         raise DataError(f"seed must be an integer, got {spec.seed!r}")
 

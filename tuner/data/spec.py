@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ SCALERS = ("standard", "quantile", "robust")
 BIN_RULES = ("decade",)
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".parquet", ".pq")
 COMPRESSIONS = (".gz", ".zip", ".bz2", ".xz")
+
+
+_NOT_TABLE_OPTIONS = (
+    "source", "rows", "split", "seed", "described_by", "rows_setting", "test", "max_columns"
+)  # fmt: skip
+"""Fields that identify no preparation of a table beyond source, rows, split and seed."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class DataSpec:
     max_levels: int = 50
     max_columns: int = 10_000
     described_by: str | None = field(default=None, compare=False)  # the TOML file, if any
+    # where ``rows`` was set, for its errors: "--rows" or "FILE: rows =" (a description's key)
+    rows_setting: str = field(default="--rows", compare=False)
 
     @property
     def is_table(self) -> bool:
@@ -91,7 +100,7 @@ class DataSpec:
             return {}
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name in ("source", "rows", "split", "seed", "described_by", "test", "max_columns"):
+            if f.name in _NOT_TABLE_OPTIONS:
                 continue
             value = getattr(self, f.name)
             if value != f.default or f.name == "target":
@@ -117,6 +126,7 @@ class DataSpec:
 
     def check(self) -> DataSpec:
         """Reject inconsistent options before any file is read; returns ``self``."""
+        check_rows(self.rows, None, self.rows_setting)
         if self.split not in SPLITS:
             raise DataError(f"unknown split {self.split!r}; expected one of {', '.join(SPLITS)}")
         if not self.is_table:
@@ -186,7 +196,7 @@ class DataSpec:
         return self
 
 
-_UCI_FIELDS = ("source", "rows", "split", "seed", "described_by")
+_UCI_FIELDS = ("source", "rows", "split", "seed", "described_by", "rows_setting")
 
 
 def _non_defaults(spec: DataSpec) -> dict[str, Any]:
@@ -311,6 +321,21 @@ def parse_split(text: str) -> tuple[str, str | None]:
     return kind, (column or None)
 
 
+def check_rows(rows: int | None, n: int | None, setting: str = "--rows") -> None:
+    """Validate a subsample size (and, with ``n`` known, the data size); ``setting`` names
+    where ``rows`` was set in errors (``--rows``, or a description's ``FILE: rows =``)."""
+    if rows is None:
+        if n is not None and n < MIN_ROWS:
+            raise DataError(f"the data has {n} rows; at least {MIN_ROWS} are needed to split it")
+        return
+    if isinstance(rows, bool) or not isinstance(rows, numbers.Integral):
+        raise DataError(f"rows must be an integer, got {rows!r}")
+    if rows < MIN_ROWS:
+        raise DataError(f"{setting} {rows}: at least {MIN_ROWS} rows are needed")
+    if n is not None and rows > n:
+        raise DataError(f"{setting} {rows}: the data has only {n} rows")
+
+
 def build_spec(
     source: str, overrides: Mapping[str, Any], table_defaults: Mapping[str, Any] | None = None
 ) -> DataSpec:
@@ -322,10 +347,7 @@ def build_spec(
     if is_description(source):
         values = read_description(Path(source).expanduser())
     if values.get("rows") is not None and overrides.get("rows") is None:
-        if values["rows"] < MIN_ROWS:  # the description's own value: name its file and key
-            raise DataError(
-                f"{source}: rows = {values['rows']}: at least {MIN_ROWS} rows are needed"
-            )
+        values["rows_setting"] = f"{source}: rows ="
     for key, value in overrides.items():
         if value is not None:
             values[key] = value

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tuner.data.spec import MIN_ROWS, DataSpec
+from tuner.data.spec import DataSpec, check_rows
 from tuner.errors import DataError
 
 if TYPE_CHECKING:
@@ -120,20 +120,6 @@ def _stratified_take(
     return np.sort(np.asarray(taken, dtype=np.int64))
 
 
-def check_rows(rows: int | None, n: int | None) -> None:
-    """Validate a subsample size (and, with ``n`` known, the data size)."""
-    if rows is None:
-        if n is not None and n < MIN_ROWS:
-            raise DataError(f"the data has {n} rows; at least {MIN_ROWS} are needed to split it")
-        return
-    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)):
-        raise DataError(f"rows must be an integer, got {rows!r}")
-    if rows < MIN_ROWS:
-        raise DataError(f"--rows {rows}: at least {MIN_ROWS} rows are needed")
-    if n is not None and rows > n:
-        raise DataError(f"--rows {rows}: the data has only {n} rows")
-
-
 def split_indices(
     y: np.ndarray,
     split: str,
@@ -141,6 +127,7 @@ def split_indices(
     *,
     rows: int | None = None,
     lumped: set[int] | None = None,
+    rows_setting: str = "--rows",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train, validation and test row indices (into ``y``) for ``split``.
 
@@ -155,7 +142,7 @@ def split_indices(
     n = len(y)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    check_rows(rows, n)
+    check_rows(rows, n, rows_setting)
     if split == "stratified":
         pool = np.arange(n, dtype=np.int64)
         if rows is not None:
@@ -270,7 +257,7 @@ def split_rows(
     ``lumped`` collects classes too rare to stratify on."""
     if spec.test is not None:  # the main file is train + validation
         pool = np.arange(n_main, dtype=np.int64)
-        check_rows(spec.rows, n_main)
+        check_rows(spec.rows, n_main, spec.rows_setting)
         if spec.rows is not None:
             pool = _stratified_take(pool, y[pool], spec.rows, spec.seed, lumped)
         if spec.split == "group":
@@ -288,8 +275,10 @@ def split_rows(
             train, val = _stratified_split(pool, y[pool], CANONICAL_VAL_FRACTION, spec.seed, lumped)
         return train, val, np.arange(n_main, len(frame), dtype=np.int64)
     if spec.split in SPLITS:
-        return split_indices(y, spec.split, spec.seed, rows=spec.rows, lumped=lumped)
-    check_rows(spec.rows, len(frame))
+        return split_indices(
+            y, spec.split, spec.seed, rows=spec.rows, lumped=lumped, rows_setting=spec.rows_setting
+        )
+    check_rows(spec.rows, len(frame), spec.rows_setting)
     pool = np.arange(len(frame), dtype=np.int64)
     if spec.rows is not None:
         pool = _stratified_take(pool, y, spec.rows, spec.seed, lumped)
