@@ -270,20 +270,7 @@ def _schema_errors(data: Mapping[str, Any], name: str) -> list[str]:
             f"known: {', '.join(_TOP_KEYS)}"
         )
     _check_table({"name": PLAN_NAME, "description": Text(), "reuse": Bool()}, data, top, errors)
-    table_defaults = data.get("data", {})
-    if not isinstance(table_defaults, Mapping):
-        errors.append(
-            f"{top}: data must be a table ([data]), got {show(table_defaults)} "
-            f"({type_word(table_defaults)})"
-        )
-    else:
-        unknown = set(table_defaults) - set(DATA_SCHEMA)
-        if unknown:
-            errors.append(
-                f"{top} [data]: unknown key(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(DATA_SCHEMA)}"
-            )
-        _check_table(DATA_SCHEMA, table_defaults, f"{top} [data]", errors)
+    _section_errors(data, "data", DATA_SCHEMA, top, errors)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, Mapping):
         errors.append(
@@ -304,20 +291,28 @@ def _schema_errors(data: Mapping[str, Any], name: str) -> list[str]:
     else:
         for i, raw in enumerate(stages):
             errors += _stage_schema_errors(raw, f"{top} stage {i + 1}")
-    final = data.get("final", {})
-    if not isinstance(final, Mapping):
-        errors.append(
-            f"{top}: final must be a table ([final]), got {show(final)} ({type_word(final)})"
-        )
-    else:
-        unknown = set(final) - set(FINAL_SCHEMA)
-        if unknown:
-            errors.append(
-                f"{top} [final]: unknown key(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(FINAL_SCHEMA)}"
-            )
-        _check_table(FINAL_SCHEMA, final, f"{top} [final]", errors)
+    _section_errors(data, "final", FINAL_SCHEMA, top, errors)
     return errors
+
+
+def _section_errors(
+    data: Mapping[str, Any], key: str, schema: Mapping[str, Any], top: str, errors: list[str]
+) -> None:
+    """Errors of the plan's ``[key]`` table (``[final]``, ``[data]``): not a table, unknown
+    keys, bad values; one line each."""
+    section = data.get(key, {})
+    if not isinstance(section, Mapping):
+        errors.append(
+            f"{top}: {key} must be a table ([{key}]), got {show(section)} ({type_word(section)})"
+        )
+        return
+    unknown = set(section) - set(schema)
+    if unknown:
+        errors.append(
+            f"{top} [{key}]: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(schema)}"
+        )
+    _check_table(schema, section, f"{top} [{key}]", errors)
 
 
 def parse_plan(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Plan:
