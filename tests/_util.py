@@ -154,3 +154,30 @@ def assert_each_point_complete_once(trials) -> None:
     complete = [point_key(t.params) for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(complete) == sorted(WD_POINTS), complete
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def assert_model_predicts_as_scored(s: Session, out: Path, tmp_path: Path):
+    """The final job's ``out/model.pt`` loads with its bundle, scores the test split exactly as
+    ``metrics.json`` says, and ``predict`` on the test rows written as raw UCI-format values
+    reproduces that accuracy (up to the rounding of the written values). Returns the model."""
+    import json
+
+    import pytest
+
+    from tuner.predict import load_bundle, predict_file
+    from tuner.train.model import evaluate
+
+    model, _ = load_bundle(out / "model.pt")
+    data = s.data()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert evaluate(model, *data.test) == (metrics["test_loss"], metrics["test_accuracy"])
+    prepared = s.prepared()
+    enc = prepared.manifest.encoding
+    raw = prepared.x_test.astype("float64") * enc.scale_ + enc.mean_
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
+    labels = predict_file(out / "model.pt", rows)
+    names = prepared.label_names
+    hits = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True))
+    assert hits / len(labels) == pytest.approx(metrics["test_accuracy"], abs=3 / len(labels))
+    return model

@@ -3,17 +3,14 @@ rows, the fused halves against autograd, both engines trained side by side, and 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from tests._util import session, write_tiny_plan
-from tuner.predict import load_bundle, predict_file
+from tests._util import assert_model_predicts_as_scored, session, write_tiny_plan
 from tuner.train.config import TrainConfig
 from tuner.train.loop import train_group
-from tuner.train.model import build_model, evaluate, fit_inputs, fitted_of, seeded
+from tuner.train.model import build_model, fit_inputs, fitted_of, seeded
 from tuner.train.options import embeddings
 from tuner.train.options.embeddings import quantile_edges
 from tuner.train.reference import train
@@ -207,16 +204,4 @@ def test_model_pt_with_an_embedding_loads_weights_only_and_predicts_as_trained(t
     data = s.data()
     assert bundle["fitted"] == {"edges": quantile_edges(data.train[0], 8)}
     assert not any("scale" in k or "shift" in k for k in bundle["state_dict"])  # edges: lists
-    model, _ = load_bundle(out / "model.pt")
-    metrics = json.loads((out / "metrics.json").read_text())
-    loss, acc = evaluate(model, *data.test)
-    assert (loss, acc) == (metrics["test_loss"], metrics["test_accuracy"])
-    prepared = s.prepared()
-    enc = prepared.manifest.encoding
-    raw = prepared.x_test.astype("float64") * enc.scale_ + enc.mean_
-    rows = tmp_path / "rows.csv"
-    rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
-    labels = predict_file(out / "model.pt", rows)
-    names = prepared.label_names
-    hits = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True))
-    assert hits / len(labels) == pytest.approx(metrics["test_accuracy"], abs=3 / len(labels))
+    assert_model_predicts_as_scored(s, out, tmp_path)

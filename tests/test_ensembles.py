@@ -4,18 +4,15 @@ output, both engines side by side, model.pt, and identity at the default of one 
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests._util import session, write_tiny_plan
+from tests._util import assert_model_predicts_as_scored, session, write_tiny_plan
 from tests.test_embeddings import DATA, N_CLASSES, _same
 from tuner.config import content_hash
 from tuner.errors import PlanError
-from tuner.predict import load_bundle, predict_file
 from tuner.train.config import TrainConfig
 from tuner.train.ensemble import BatchEnsemble, PackedEnsemble, log_mean_prob
 from tuner.train.loop import train_group, train_one
@@ -229,21 +226,8 @@ def test_model_pt_with_an_ensemble_loads_weights_only_and_predicts_as_trained(
     out = tmp_path / "models" / "tiny"
     bundle = torch.load(out / "model.pt", weights_only=True)
     assert bundle["config"]["ensemble"] == 3
-    model, _ = load_bundle(out / "model.pt")
+    model = assert_model_predicts_as_scored(s, out, tmp_path)
     assert isinstance(model, BatchEnsemble if kind == "batch" else PackedEnsemble)
-    data = s.data()
-    metrics = json.loads((out / "metrics.json").read_text())
-    loss, acc = evaluate(model, *data.test)
-    assert (loss, acc) == (metrics["test_loss"], metrics["test_accuracy"])
-    prepared = s.prepared()
-    enc = prepared.manifest.encoding
-    raw = prepared.x_test.astype("float64") * enc.scale_ + enc.mean_
-    rows = tmp_path / "rows.csv"
-    rows.write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
-    labels = predict_file(out / "model.pt", rows)
-    names = prepared.label_names
-    hits = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True))
-    assert hits / len(labels) == pytest.approx(metrics["test_accuracy"], abs=3 / len(labels))
 
 
 def test_the_lr_range_test_takes_the_mean_of_the_members_losses():
