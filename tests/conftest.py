@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,18 @@ def msd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("msd") / "msd_3000.txt"
     synthetic.write_uci(path, years, features)
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tiny models train faster so, and on a loaded machine
+    much faster (no OpenMP threads waiting at barriers for a descheduled sibling)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 SERVICE_FIXTURES = {"postgres_server": "postgres", "engine": "docker"}

@@ -36,12 +36,22 @@ def _data(n: int = 600, n_val: int = 200, seed: int = 0):
 DATA = _data()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
+
+
+def trained_as_alone(
+    cfgs: list[TrainConfig], seeds: list[int], rows: list[torch.Tensor]
+) -> list:
+    """Histories of ``cfgs`` trained as one fused group for 3 epochs on ``rows`` of DATA,
+    each checked (:func:`_same`) against the reference engine training it alone."""
+    x, y, vx, vy = DATA
+    fused = train_group(
+        cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES, train_idx=rows
+    ).histories
+    for cfg, seed, r, hist in zip(cfgs, seeds, rows, fused, strict=True):
+        _, alone = train(cfg, (x[r], y[r]), (vx, vy), epochs=3, seed=seed, n_classes=N_CLASSES)
+        _same(hist, alone, str(cfg))
+    return fused
 
 
 def _cfg(embedding: str, **kw) -> TrainConfig:
@@ -122,7 +132,6 @@ def _same(fused, alone, what):
 @pytest.mark.parametrize("name", ["ple", "plr"])
 def test_embedded_members_train_in_a_stack_as_in_the_reference_engine(name):
     """Alone, and in a stack with their own rows (folds), learning rates, norms and seeds."""
-    x, y, vx, vy = DATA
     cfgs = [
         _cfg(name),
         _cfg(name, lr=1e-2, norm="layer", activation="gelu"),
@@ -130,12 +139,7 @@ def test_embedded_members_train_in_a_stack_as_in_the_reference_engine(name):
     ]
     seeds = [3, 3, 4]
     rows = [torch.arange(0, 600), torch.arange(0, 450), torch.arange(150, 600)]
-    fused = train_group(
-        cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES, train_idx=rows
-    ).histories
-    for cfg, seed, r, hist in zip(cfgs, seeds, rows, fused, strict=True):
-        _, alone = train(cfg, (x[r], y[r]), (vx, vy), epochs=3, seed=seed, n_classes=N_CLASSES)
-        _same(hist, alone, str(cfg))
+    fused = trained_as_alone(cfgs, seeds, rows)
     assert max(h.final_acc for h in fused) > 0.2  # it learns (chance: 0.1)
 
 

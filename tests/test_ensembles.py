@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests._util import assert_model_predicts_as_scored, session, write_tiny_plan
-from tests.test_embeddings import DATA, N_CLASSES, _same
+from tests.test_embeddings import DATA, N_CLASSES, trained_as_alone
 from tuner.config import content_hash
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
@@ -19,13 +19,7 @@ from tuner.train.loop import train_group, train_one
 from tuner.train.model import build_model, evaluate, seeded
 from tuner.train.reference import train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
 def _cfg(k: int = 4, kind: str = "batch", **kw) -> TrainConfig:
@@ -114,12 +108,7 @@ def test_ensembles_train_in_a_group_as_in_the_reference_engine(kind, extra):
     ]
     seeds = [3, 3, 4]
     rows = [torch.arange(0, 600), torch.arange(0, 450), torch.arange(150, 600)]
-    fused = train_group(
-        cfgs, x, y, vx, vy, epochs=3, seeds=seeds, n_classes=N_CLASSES, train_idx=rows
-    ).histories
-    for cfg, seed, r, hist in zip(cfgs, seeds, rows, fused, strict=True):
-        _, alone = train(cfg, (x[r], y[r]), (vx, vy), epochs=3, seed=seed, n_classes=N_CLASSES)
-        _same(hist, alone, str(cfg))
+    fused = trained_as_alone(cfgs, seeds, rows)
     single = train_group(
         [c.with_params({"ensemble": 1}) for c in cfgs[:1]],
         x, y, vx, vy, epochs=3, seeds=seeds[:1], n_classes=N_CLASSES,

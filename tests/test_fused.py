@@ -29,14 +29,7 @@ def _data(n: int = 600, n_val: int = 200, seed: int = 0):
 DATA = _data()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and on a loaded machine much faster (no OpenMP
-    threads waiting at barriers for a descheduled sibling)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -41,12 +41,7 @@ def _data(n: int = 600, n_val: int = 200, seed: int = 0) -> TensorData:
 DATA = _data()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
 def _cfgs(**grid) -> list[TrainConfig]:
