@@ -265,25 +265,21 @@ def test_reading_stays_fast_for_a_large_plain_table(tmp_path):
 
 
 # -- 11: text in a numeric column of the separate test file -----------------------------------
-def test_text_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
+TEST_FILE_VALUES = {
+    "text": ("1.5,a1,y\n" * 6 + "oops,a1,n\n", "column 'a' is numeric but row 7 holds 'oops'"),
+    "too large": ("1.5,a1,y\n" * 4 + "1e300,a1,n\n", "column 'a', row 5: 1e+300 is too large"),
+    "infinite": ("1.5,a1,y\n" * 2 + "inf,a1,n\n", "column 'a', row 3: inf is not a finite number"),
+}
+
+
+@pytest.mark.parametrize(("rows", "expected"), TEST_FILE_VALUES.values(), ids=TEST_FILE_VALUES)
+def test_a_bad_value_in_the_test_file_names_that_file_and_its_own_row(tmp_path, rows, expected):
     main = tmp_path / "main.csv"
     main.write_text("a,c,y\n" + _rows(300))
     test = tmp_path / "test.csv"
-    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 6 + "oops,a1,n\n" + "2.5,b2,n\n" * 3)
+    test.write_text("a,c,y\n" + rows + "2.5,b2,n\n" * 5)
     message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
-    assert message.startswith(f"{test}: column 'a' is numeric but row 7 holds 'oops'"), message
-
-
-def test_a_value_too_large_in_the_test_file_names_that_file_and_its_own_row(tmp_path):
-    main = tmp_path / "main.csv"
-    main.write_text("a,c,y\n" + _rows(300))
-    test = tmp_path / "test.csv"
-    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 4 + "1e300,a1,n\n" + "2.5,b2,n\n" * 5)
-    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
-    assert message.startswith(f"{test}: column 'a', row 5: 1e+300 is too large"), message
-    test.write_text("a,c,y\n" + "1.5,a1,y\n" * 2 + "inf,a1,n\n" + "2.5,b2,n\n" * 5)
-    message = _prepare_error(tmp_path, source=str(main), target="y", test=str(test))
-    assert message.startswith(f"{test}: column 'a', row 3: inf is not a finite number"), message
+    assert message.startswith(f"{test}: {expected}"), message
 
 
 # -- 8: group splits with groups of very different sizes --------------------------------------
