@@ -71,6 +71,11 @@ def test_batch_ensemble_shares_weights_and_starts_as_tabm():
     assert isinstance(packed, PackedEnsemble)
     ws = [net[0].weight for net in packed.nets]
     assert not torch.equal(ws[0], ws[1]) and not torch.equal(ws[1], ws[2])
+    with seeded(0):  # behind a numeric embedding, TabM.make starts the first r from N(0, 1)
+        embedded = build_model(_cfg(4, "batch", embedding="plr"), 20, N_CLASSES)
+    r = embedded.linears[0].r
+    assert r.shape == (4, 20 * 16) and len(r.unique()) > 1000 and abs(r.std().item() - 1) < 0.1
+    assert torch.equal(embedded.linears[1].r, torch.ones(4, 32))
 
 
 @pytest.mark.parametrize("kind", ["batch", "packed"])

@@ -142,6 +142,21 @@ class Number:
 
 
 @dataclass(frozen=True)
+class OrAuto:
+    """A :class:`Number`, or the word ``"auto"`` (the value follows the data)."""
+
+    number: Number
+
+    def parse(self, value: Any, strict: bool) -> int | float | str:
+        if isinstance(value, str) and value.strip() == "auto":
+            return "auto"
+        try:
+            return self.number.parse(value, strict)
+        except Invalid as err:
+            raise Invalid(f'{err.expected} or "auto"', err.kind) from None
+
+
+@dataclass(frozen=True)
 class Choice:
     choices: tuple[str, ...]
 

@@ -70,7 +70,7 @@ def data_spec(args: argparse.Namespace, table_defaults: dict[str, Any] | None = 
 
 SEED_PLAN = "seed"
 """The plan for YearPredictionMSD data (the UCI format, synthetic): the published study."""
-TABLE_PLAN = "seed"
+TABLE_PLAN = "tabular"
 """The plan for a table (a target column) when ``--plan`` is not given."""
 
 

@@ -23,7 +23,15 @@ from typing import Any
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
 
-OBJECTIVES = ("peak", "final", "mean")
+OBJECTIVES = ("peak", "final", "mean", "best_loss")
+OBJECTIVE_WORDS = {
+    "peak": "peak validation accuracy",
+    "final": "final validation accuracy",
+    "mean": "mean validation accuracy",
+    "best_loss": "validation accuracy at the lowest validation loss",
+}
+"""A stage's value in words. ``best_loss``: the accuracy of the epoch that early stopping with
+``restore_best`` ships (the peak is an optimistic pick among epochs; this is not)."""
 
 # Upper bounds of plan values: far beyond any sensible plan, low enough to catch a typo (a
 # stage of 5000 folds) before it runs.
@@ -167,7 +175,9 @@ def repeat_seeds(seed: int, repeats: int) -> list[int]:
 def planned_epochs(epochs: int, min_steps: int, n_rows: int, batch_size: int) -> int:
     """``epochs``, or more where that many epochs over ``n_rows`` rows would take fewer than
     ``min_steps`` optimizer steps: a plan written for the full data set still trains a small
-    one long enough (early stopping, where set, ends it when validation loss stalls)."""
+    one long enough (early stopping, where set, ends it when validation loss stalls).
+    ``batch_size``: the one the run trains with (an ``"auto"`` one resolved,
+    :meth:`TrainConfig.for_rows <tuner.train.config.TrainConfig.for_rows>`)."""
     if min_steps <= 0 or n_rows <= 0:
         return epochs
     return max(epochs, math.ceil(min_steps / math.ceil(n_rows / batch_size)))

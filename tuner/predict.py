@@ -196,7 +196,9 @@ def read_features(path: Path, n_features: int, display: str | None = None) -> np
         )
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise DataError(f"{display}: line {int(np.argmax(bad)) + 1}: missing, NaN or infinite value")
+        raise DataError(
+            f"{display}: line {int(np.argmax(bad)) + 1}: missing, NaN or infinite value"
+        )
     return values
 
 

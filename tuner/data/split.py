@@ -232,9 +232,7 @@ def _check_group_parts(
                 f"at least {MIN_PART_ROWS[name]} rows (a few groups hold most rows; use more, "
                 "smaller groups or --split stratified)"
             )
-    off = [
-        name for name, share in shares.items() if abs(sizes[name] / total - share) > share / 2
-    ]
+    off = [name for name, share in shares.items() if abs(sizes[name] / total - share) > share / 2]
     if off:
         target = "/".join(f"{round(100 * share)}" for share in shares.values())
         logger.warning(

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.checks import Choice, Invalid, Number, Widths, message
+from tuner.checks import Choice, Invalid, Number, OrAuto, Widths, message
 from tuner.errors import PlanError
+from tuner.train.batches import AUTO, resolve_batch
 from tuner.train.options import (
     FIELDS,
     activations,
@@ -48,7 +49,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "lr": Number(low=0, low_open=True),
     "weight_decay": Number(low=0),
     "momentum": FRACTION,
-    "batch_size": Number(integer=True, low=1, high=MAX_BATCH),
+    "batch_size": OrAuto(Number(integer=True, low=1, high=MAX_BATCH)),
     "dropout": FRACTION,
     "label_smoothing": FRACTION,
     "class_weight": _OPTIONS["class_weight"],
@@ -57,6 +58,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "embedding_dim": Number(integer=True, low=1, high=1024),
     "bins": Number(integer=True, low=2, high=1024),
     "frequency_scale": Number(low=0, low_open=True, high=100),
+    "frequencies": Number(integer=True, low=1, high=1024),
     "ensemble": Number(integer=True, low=1, high=MAX_ENSEMBLE),
     "ensemble_kind": Choice(ENSEMBLE_KINDS),
 }
@@ -81,7 +83,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
-    batch_size: int = 128
+    batch_size: int | str = 128  # or "auto": from the training rows (batches.resolve_batch)
     dropout: float = 0.0  # after every hidden activation
     label_smoothing: float = 0.0  # of the training loss (validation loss is plain cross-entropy)
     class_weight: str = losses.DEFAULT  # training loss weights per class
@@ -91,6 +93,7 @@ class TrainConfig:
     embedding_dim: int = 16  # per feature: the MLP reads n_features * embedding_dim values
     bins: int = 48  # piecewise-linear: quantile bins per feature (fewer where values repeat)
     frequency_scale: float = 0.01  # periodic: sigma of the frequencies' initial draw
+    frequencies: int = 48  # periodic: learned frequencies per numeric feature
     # ensembles trained as one model (tuner.train.ensemble); 1: a plain MLP. See ADDED
     ensemble: int = (
         1  # members; trained on the mean of their losses, scored on their mean probability
@@ -107,6 +110,13 @@ class TrainConfig:
                 errors.append(message(f.name, value, err))
         if errors:
             raise PlanError("\n".join(errors))
+
+    def for_rows(self, n_rows: int) -> TrainConfig:
+        """This configuration as it trains on ``n_rows`` training rows: ``batch_size = "auto"``
+        resolved (:func:`~tuner.train.batches.resolve_batch`); the engines call it."""
+        if self.batch_size != AUTO:
+            return self
+        return dataclasses.replace(self, batch_size=resolve_batch(self.batch_size, n_rows))
 
     def with_params(self, params: Mapping[str, Any]) -> TrainConfig:
         """Return a copy with ``params`` applied, coerced to each field's type."""
@@ -132,6 +142,7 @@ ADDED: tuple[str, ...] = (
     "embedding_dim",
     "bins",
     "frequency_scale",
+    "frequencies",
     "ensemble",
     "ensemble_kind",
 )

@@ -7,8 +7,8 @@ Two kinds, both one ``nn.Module`` that :func:`tuner.train.model.build_model` ret
   ``yandex-research/tabm``, its default ``tabm`` arrangement). Every hidden Linear layer's weight
   ``W`` is shared by the members; member ``k`` computes ``((h * r_k) @ W^T) * s_k + b_k`` with
   its own input-side scaling ``r_k``, output-side scaling ``s_k`` and bias ``b_k``. As in TabM
-  the first layer's ``r`` is drawn as random signs (+-1) and every other ``r`` and every ``s``
-  starts at ones; the members' biases start as one draw of the layer's bias (``nn.Linear``'s),
+  (``TabM.make``) the first layer's ``r`` is drawn as random signs (+-1), or from ``N(0, 1)``
+  behind a numeric embedding, and every other ``r`` and every ``s`` starts at ones; the members' biases start as one draw of the layer's bias (``nn.Linear``'s),
   copied to every member. The numeric feature embedding, normalizations (their statistics over
   all members' rows) and the activation are shared; each member has its own output head (an
   ``nn.Linear``, TabM's ``LinearEnsemble``).
@@ -64,13 +64,15 @@ class PackedEnsemble(Ensemble):
 class BatchLinear(nn.Module):
     """TabM's ``LinearBatchEnsemble``: ``h`` [K, B, in] -> ``((h * r) @ W^T) * s + b``."""
 
-    def __init__(self, linear: nn.Linear, k: int, *, random_signs: bool) -> None:
+    def __init__(self, linear: nn.Linear, k: int, *, start: str | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().clone())  # [out, in], shared
         out_features, in_features = self.weight.shape
         r = torch.ones(k, in_features)
-        if random_signs:  # TabM's init_random_signs_
+        if start == "signs":  # TabM's init_random_signs_
             r = torch.bernoulli(torch.full((k, in_features), 0.5)).mul_(2).sub_(1)
+        elif start == "normal":  # TabM's start scaling behind numeric embeddings
+            r = torch.randn(k, in_features)
         self.r = nn.Parameter(r)
         self.s = nn.Parameter(torch.ones(k, out_features))
         self.bias = nn.Parameter(linear.bias.detach().expand(k, out_features).clone())
@@ -121,7 +123,10 @@ def build_ensemble(
     mods = list(base)
     embed = None if isinstance(mods[0], nn.Linear) else mods.pop(0)
     starts = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
-    linears = [BatchLinear(mods[i], k, random_signs=n == 0) for n, i in enumerate(starts[:-1])]
+    start = "signs" if embed is None else "normal"  # TabM.make's start_scaling_init
+    linears = [
+        BatchLinear(mods[i], k, start=start if n == 0 else None) for n, i in enumerate(starts[:-1])
+    ]
     hidden = [mods[a + 1 : b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
     head = mods[starts[-1]]
     heads = [head]

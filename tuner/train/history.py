@@ -36,6 +36,19 @@ class History:
         return self.epochs[-1].val_acc
 
     @property
+    def best_loss_acc(self) -> float:
+        """Validation accuracy at the epoch of lowest validation loss (the restored epoch)."""
+        return min(self.epochs, key=lambda e: e.val_loss).val_acc
+
+    def value(self, objective: str) -> float:
+        """The run's value for a stage ``objective`` (``peak``, ``best_loss``, else final)."""
+        if objective == "peak":
+            return self.peak_acc
+        if objective == "best_loss":
+            return self.best_loss_acc
+        return self.final_acc
+
+    @property
     def best_loss_epoch(self) -> int:
         return min(self.epochs, key=lambda e: e.val_loss).epoch
 

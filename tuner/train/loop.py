@@ -38,7 +38,7 @@ from tuner.train.config import TrainConfig
 from tuner.train.ensemble_group import EnsembleGroup
 from tuner.train.history import EarlyStopping, EpochStats, History
 from tuner.train.model import class_weights, fit_inputs
-from tuner.train.options import norms
+from tuner.train.options import embeddings, norms
 from tuner.train.stack import FusedGroup, check_group
 
 OnEpoch = Callable[[int, list["EpochStats | None"]], "Iterable[int] | None"]
@@ -80,6 +80,7 @@ class GroupTraining:
         device: str | torch.device = "cpu",
     ) -> None:
         k = len(cfgs)
+        cfgs = [c.for_rows(len(x)) for c in cfgs]  # "auto" batches: from the rows given
         for name, idx in (("train_idx", train_idx), ("val_idx", val_idx)):
             if idx is not None and len(idx) != k:
                 raise ValueError(f"{name} has {len(idx)} entries for {k} configurations")
@@ -193,11 +194,14 @@ class GroupTraining:
 def _fit_inputs(
     cfgs: Sequence[TrainConfig], x: torch.Tensor, rows: Sequence[torch.Tensor | None]
 ) -> list[dict | None]:
-    """What each member's embedding fits on its own training rows, once per distinct
+    """What each member's embedding fits on its own training rows (on the group's rows where
+    the embedding's fit does not depend on the member's, ``fits_members``), once per distinct
     (embedding, bins, rows)."""
     done: dict[tuple, dict | None] = {}
     out = []
     for c, t in zip(cfgs, rows, strict=True):
+        if not embeddings.get(c.embedding).fits_members:
+            t = None
         key = (c.embedding, c.bins, None if t is None else id(t))
         if key not in done:
             done[key] = fit_inputs(c, x if t is None else x[t])

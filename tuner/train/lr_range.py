@@ -96,6 +96,7 @@ def range_test(
     ``optimizer`` named, the learning rate growing from ``start_lr`` to ``end_lr``; return the
     curve and the suggestion (snapped as ``snap_to`` says, see :func:`snap`)."""
     x, y = train_xy
+    cfg = cfg.for_rows(len(x))
     range_cfg = cfg.with_params({"optimizer": optimizer})
     with seeded(seed):
         model = build_model(range_cfg, x.shape[1], n_classes, fit_inputs(range_cfg, x))

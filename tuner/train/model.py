@@ -48,7 +48,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 def fit_inputs(cfg: TrainConfig, x: torch.Tensor) -> dict[str, Any] | None:
     """What ``cfg``'s embedding learns from the training rows ``x`` (``None``: nothing)."""
-    return embeddings.get(cfg.embedding).fit(x, cfg.bins)
+    return embeddings.get(cfg.embedding).fit(cfg, x)
 
 
 def fitted_of(model: nn.Module) -> dict[str, Any] | None:
@@ -92,12 +92,11 @@ def _mlp(
     activation = activations.get(cfg.activation)
     layers: list[nn.Module] = []
     width = n_features
-    embed = embeddings.get(cfg.embedding).module(
-        n_features, cfg.embedding_dim, cfg.bins, cfg.frequency_scale, fitted
-    )
+    embedding = embeddings.get(cfg.embedding)
+    embed = embedding.module(cfg, n_features, fitted)
     if embed is not None:
         layers.append(embed)
-        width = n_features * cfg.embedding_dim
+        width = embedding.width(cfg, n_features, fitted)
     for h in cfg.hidden:
         layers.append(nn.Linear(width, h))
         norm_module = norm.module(h)

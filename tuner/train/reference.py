@@ -57,6 +57,7 @@ def train(
     (e.g. ``optuna.TrialPruned``) to stop the run.
     """
     x, y = train_xy
+    cfg = cfg.for_rows(len(x))
     with seeded(seed):
         model = build_model(cfg, x.shape[1], n_classes, fit_inputs(cfg, x))
     optimizer = make_optimizer(cfg, model.parameters())

@@ -387,7 +387,7 @@ class FusedGroup:
             p = Pass(params, [], running, layout, None)
         n = len(x)
         cfg = self.cfgs[self.order[0]]
-        embed = embeddings.get(cfg.embedding).elements(self.n_features, cfg.embedding_dim, cfg.bins)
+        embed = embeddings.get(cfg.embedding).elements(cfg, self.n_features)
         widest = max(*self.hidden, self.n_classes, embed)
         chunk = max(1, min(EVAL_BATCH, _EVAL_ELEMENTS // (k * widest)))
         loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
@@ -411,7 +411,7 @@ def stack_shape(cfg: TrainConfig) -> tuple:
     embedding's kind and shape and the ensemble's size and kind (an ensemble trains through
     :class:`~tuner.train.ensemble_group.EnsembleGroup`); :func:`tuner.tune.runs.fusable` groups
     a stage's points by it."""
-    embedding = embeddings.get(cfg.embedding).shape(cfg.embedding_dim, cfg.bins)
+    embedding = embeddings.get(cfg.embedding).shape(cfg)
     ensemble = (cfg.ensemble, cfg.ensemble_kind) if cfg.ensemble > 1 else (1, "")
     return (tuple(cfg.hidden), cfg.batch_size, cfg.embedding, *embedding, *ensemble)
 

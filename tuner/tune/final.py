@@ -120,7 +120,9 @@ def evaluate_final(
     prepared = session.prepared()
     data = session.data()
     n_train = len(data.train[1])
-    epochs = planned_epochs(plan.final.epochs, plan.final.min_steps, n_train, cfg.batch_size)
+    epochs = planned_epochs(
+        plan.final.epochs, plan.final.min_steps, n_train, cfg.for_rows(n_train).batch_size
+    )
     kept = _kept_weights(session, cfg)
     t0 = time.perf_counter()
 

@@ -108,7 +108,9 @@ class FinalRule:
     @classmethod
     def of(cls, final: FinalSpec, cfg: TrainConfig, n_train: int) -> FinalRule:
         return cls(
-            planned_epochs(final.epochs, final.min_steps, n_train, cfg.batch_size),
+            planned_epochs(
+                final.epochs, final.min_steps, n_train, cfg.for_rows(n_train).batch_size
+            ),
             final.patience,
             final.restore_best,
         )
@@ -181,7 +183,8 @@ class StageReuse:
             if fp is not None:
                 trial.set_user_attr("fingerprint", fp)
             rule = FinalRule.of(self.final, cfg, n_train)
-            epochs = planned_epochs(self.spec.epochs, self.spec.min_steps, n_train, cfg.batch_size)
+            batch = cfg.for_rows(n_train).batch_size
+            epochs = planned_epochs(self.spec.epochs, self.spec.min_steps, n_train, batch)
             if self.keeps_final and epochs == rule.epochs:
                 keep[i] = rule
         return cfgs, keep

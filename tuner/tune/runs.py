@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tuner.config import StageSpec, planned_epochs
+from tuner.config import OBJECTIVE_WORDS, StageSpec, planned_epochs
 from tuner.train.compute import Compute
 from tuner.train.config import TrainConfig
 from tuner.train.history import EarlyStopping, EpochStats, History
@@ -128,7 +128,7 @@ class Run:
         x, y = self.data.train
         by_fold = folds is not None
         n_rows = len(folds[members[0].fold][0]) if by_fold else len(x)
-        batch = cfgs[members[0].point].batch_size  # shared by the group
+        batch = cfgs[members[0].point].for_rows(len(x)).batch_size  # shared by the group
         epochs = planned_epochs(self.stage.epochs, self.stage.min_steps, n_rows, batch)
         return GroupTraining(
             [cfgs[m.point] for m in members],
@@ -178,7 +178,9 @@ def holdout_identity(
     compute and data: the planned epochs and the early-stopping patience."""
     return {
         "procedure": "holdout",
-        "epochs": planned_epochs(spec.epochs, spec.min_steps, n_train, cfg.batch_size),
+        "epochs": planned_epochs(
+            spec.epochs, spec.min_steps, n_train, cfg.for_rows(n_train).batch_size
+        ),
         "patience": patience,
     }
 
@@ -186,7 +188,7 @@ def holdout_identity(
 def holdout_scored_by(spec: StageSpec) -> str:
     """How :func:`train_holdout` scores a point, in words."""
     ep = f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''}"
-    return f"{'peak' if spec.objective == 'peak' else 'final'} validation accuracy over {ep}"
+    return f"{OBJECTIVE_WORDS[spec.objective]} over {ep}"
 
 
 def train_holdout(
@@ -245,7 +247,7 @@ def train_holdout(
 
 
 def _holdout_result(objective: str, histories: list[History], pruned: bool) -> PointResult:
-    values = [h.peak_acc if objective == "peak" else h.final_acc for h in histories]
+    values = [h.value(objective) for h in histories]
     first = histories[0]
     attrs: dict[str, Any] = {
         "history": first.to_dict(),

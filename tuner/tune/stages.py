@@ -347,7 +347,8 @@ class Session:
 
         study.pruner = for_stage(spec)
         n_rows = kind.rows_per_run(spec, run.n_train)
-        per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, run.base.batch_size)
+        batch = run.base.for_rows(run.n_train).batch_size
+        per_run = planned_epochs(spec.epochs, spec.min_steps, n_rows, batch)
         keep_incumbent = spec.keep_incumbent_unless_significant
         return Training(
             evaluate,
@@ -386,7 +387,9 @@ class Session:
             return [evaluate_final(cfg, fixed, trial=trials[0], reporter=reporter)]
 
         final = self.plan.final
-        epochs = planned_epochs(final.epochs, final.min_steps, len(data.train[1]), cfg.batch_size)
+        n_train = len(data.train[1])
+        batch = cfg.for_rows(n_train).batch_size
+        epochs = planned_epochs(final.epochs, final.min_steps, n_train, batch)
         self._work(study, [{}], Training(evaluate, {}, epochs))
         metrics = model_dir(self.settings.workdir, self.plan.name) / "metrics.json"
         self.observers.notify("final_done", self, study, metrics)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tuner.checks import Invalid, message
-from tuner.config import StageSpec
+from tuner.config import OBJECTIVE_WORDS, StageSpec
 from tuner.errors import PlanError
 from tuner.train.config import TrainConfig
 from tuner.tune.runs import PointResult, Run
@@ -213,7 +213,7 @@ class StageKind(ABC):
 
     def objective_name(self, spec: StageSpec) -> str:
         """What the stage study's value is, for the dashboard's axis labels."""
-        return f"{'peak' if spec.objective == 'peak' else 'final'} validation accuracy"
+        return OBJECTIVE_WORDS[spec.objective]
 
     def points_text(
         self, spec: StageSpec, points: Sequence[Mapping[str, Any]] | None

@@ -38,6 +38,7 @@ class Sweep(StageKind):
     Options = SweepOptions
     schema = {"patience": epochs_rule(0)}
     pruners = ("none", "median")
+    objectives = ("peak", "final", "best_loss")
     keeps_final = True
 
     def train(

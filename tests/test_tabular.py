@@ -1,0 +1,139 @@
+"""The tabular plan and what it is built from: batch sizes that follow the training rows,
+periodic embeddings of the numeric columns only, the best-epoch objective, and the plan as a
+new user runs it (no ``--plan`` on a table)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests._util import run_cli
+from tests.test_embeddings import DATA, N_CLASSES, _same
+from tests.test_tables import penguins_csv  # noqa: F401 (a fixture)
+from tuner.data.prepare import split_indices
+from tuner.errors import PlanError
+from tuner.train.batches import resolve_batch
+from tuner.train.config import TrainConfig, coerce_params
+from tuner.train.history import EpochStats, History
+from tuner.train.loop import train_group
+from tuner.train.model import build_model, fit_inputs, seeded
+from tuner.train.options.embeddings import numeric_columns
+from tuner.train.reference import train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch"),
+    [(100, 32), (2_000, 32), (3_000, 64), (5_000, 64), (16_000, 256), (40_000, 512), (10**6, 512)],
+)
+def test_an_auto_batch_is_the_power_of_two_nearest_rows_over_64_within_32_to_512(rows, batch):
+    assert resolve_batch("auto", rows) == batch
+    assert resolve_batch(128, rows) == 128
+    assert TrainConfig(batch_size="auto").for_rows(rows).batch_size == batch
+
+
+def test_auto_is_accepted_wherever_a_batch_size_is_and_nothing_else_is():
+    assert coerce_params({"batch_size": "auto"}) == {"batch_size": "auto"}
+    assert coerce_params({"batch_size": "auto"}, strict=True) == {"batch_size": "auto"}
+    with pytest.raises(
+        PlanError, match=r'batch_size must be an integer in \[1, 16777216\] or "auto"'
+    ):
+        coerce_params({"batch_size": "big"})
+    assert TrainConfig(batch_size="auto").to_dict()["batch_size"] == "auto"
+
+
+def test_an_auto_batch_trains_exactly_as_its_resolved_size_in_both_engines():
+    x, y, vx, vy = DATA  # 600 rows: auto is 32
+    auto = TrainConfig(hidden=(16,), batch_size="auto", lr=3e-3)
+    fixed = auto.with_params({"batch_size": 32})
+    kw = {"epochs": 2, "seeds": [1], "n_classes": N_CLASSES}
+    a = train_group([auto], x, y, vx, vy, **kw).histories[0]
+    b = train_group([fixed], x, y, vx, vy, **kw).histories[0]
+    assert [e.train_loss for e in a.epochs] == [e.train_loss for e in b.epochs]
+    _, ref = train(auto, (x, y), (vx, vy), epochs=2, seed=1, n_classes=N_CLASSES)
+    _same(a, ref, "auto")
+    other = train_group([fixed.with_params({"batch_size": 64})], x, y, vx, vy, **kw)
+    assert other.histories[0].epochs[0].train_loss != a.epochs[0].train_loss
+
+
+def test_periodic_embeddings_embed_the_numeric_columns_and_pass_0_1_columns_through():
+    x = DATA[0]  # column 4 is 0/1, column 3 constant (2.0): every other column is numeric
+    assert numeric_columns(x) == [c for c in range(20) if c != 4]
+    cfg = TrainConfig(hidden=(8,), embedding="plr", embedding_dim=4, frequencies=3)
+    fitted = fit_inputs(cfg, x)
+    assert fitted == {"columns": numeric_columns(x)}
+    with seeded(0):
+        model = build_model(cfg, 20, N_CLASSES, fitted)
+    assert model[1].in_features == 19 * 4 + 1
+    assert model[0].frequency.shape == (19, 3)
+    out = model[0](x[:5])
+    torch.testing.assert_close(out[:, -1], x[:5, 4])  # passed through as it is
+    with seeded(0):  # a model.pt written before the choice: every column embedded
+        old = build_model(cfg, 20, N_CLASSES, None)
+    assert old[1].in_features == 20 * 4
+
+
+def test_cv_folds_share_their_embedded_columns_even_where_a_fold_sees_only_0_and_1():
+    """A column that is 0/1 on one fold's rows but not on the group's stays numeric for every
+    member (the stack needs one shape), as it is on the train split."""
+    x, y, vx, vy = DATA
+    x = x.clone()
+    x[:, 5] = (x[:, 5] > 0).float()
+    x[500, 5] = 2.0  # only in the second half of the rows
+    folds = [torch.arange(0, 300), torch.arange(300, 600)]
+    cfg = TrainConfig(hidden=(8,), batch_size=64, embedding="plr", embedding_dim=4, frequencies=3)
+    result = train_group(
+        [cfg, cfg], x, y, vx, vy, epochs=1, seeds=[0, 0], n_classes=N_CLASSES, train_idx=folds
+    )
+    for k in range(2):
+        assert result.export(k)[0].fitted == {"columns": numeric_columns(x)}
+    assert 5 in numeric_columns(x) and 5 not in numeric_columns(x[:300])
+
+
+def test_the_best_loss_objective_is_the_accuracy_of_the_epoch_restore_best_ships():
+    h = History(
+        [
+            EpochStats(epoch=1, train_loss=1.0, val_loss=0.9, val_acc=0.60, seconds=0.1),
+            EpochStats(epoch=2, train_loss=0.8, val_loss=0.7, val_acc=0.70, seconds=0.1),
+            EpochStats(epoch=3, train_loss=0.6, val_loss=0.8, val_acc=0.75, seconds=0.1),
+        ]
+    )
+    assert (h.value("best_loss"), h.value("peak"), h.value("final")) == (0.70, 0.75, 0.75)
+
+
+@pytest.mark.slow
+def test_a_table_without_a_plan_runs_the_tabular_plan_and_predict_reproduces_its_test_accuracy(
+    tmp_path,
+    penguins_csv,  # noqa: F811 (the fixture)
+):
+    args = ("--data", str(penguins_csv), "--target", "species", "--threads", "1")
+    run_cli("run-all", *args, cwd=tmp_path, check=True, timeout=600)
+    status = json.loads(run_cli("status", *args, "--json", cwd=tmp_path, check=True).stdout)
+    assert status["plan"] == "tabular" and status["stages"][0]["state"] == "done"
+    metrics = json.loads((tmp_path / "models/tabular/metrics.json").read_text())
+    assert metrics["config"]["embedding"] == "plr"
+    assert metrics["config"].get("ensemble", 1) in (1, 8)  # 1 (the default) is left out
+    bundle = torch.load(tmp_path / "models/tabular/model.pt", weights_only=True)
+    assert bundle["encoding"]["scaler"] == "robust"
+    n_numeric = len(bundle["fitted"]["columns"])
+    assert 0 < n_numeric < len(bundle["encoding"]["feature_names"])  # one-hots pass through
+
+    frame = pd.read_csv(penguins_csv, na_values="?", index_col=0)
+    labelled = frame[frame["species"].notna()].reset_index(drop=True)
+    _, _, test = split_indices(
+        np.unique(labelled["species"], return_inverse=True)[1], "stratified", 42
+    )
+    rows = labelled.iloc[test]
+    inp = tmp_path / "rows.csv"
+    rows.drop(columns="species").iloc[:, ::-1].to_csv(inp, index=False, na_rep="?")
+    out = tmp_path / "pred.csv"
+    run_cli("predict", "--model", "models/tabular/model.pt", "--input", str(inp), "--output",
+            str(out), cwd=tmp_path, check=True)  # fmt: skip
+    pred = pd.read_csv(out)["prediction"].to_numpy()
+    accuracy = float(np.mean(pred == rows["species"].to_numpy()))
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
