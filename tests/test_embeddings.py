@@ -39,9 +39,7 @@ DATA = _data()
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest)
 
 
-def trained_as_alone(
-    cfgs: list[TrainConfig], seeds: list[int], rows: list[torch.Tensor]
-) -> list:
+def trained_as_alone(cfgs: list[TrainConfig], seeds: list[int], rows: list[torch.Tensor]) -> list:
     """Histories of ``cfgs`` trained as one fused group for 3 epochs on ``rows`` of DATA,
     each checked (:func:`_same`) against the reference engine training it alone."""
     x, y, vx, vy = DATA

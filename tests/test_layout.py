@@ -127,6 +127,7 @@ MAX_CLI_LINES = 450
 MAX_FUNCTION_LINES = 80  # in tuner/train and tuner/tune
 SIZED_FUNCTIONS = ("tuner/train/", "tuner/tune/")
 
+
 def _lines() -> dict[str, int]:
     return {
         str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")

@@ -61,7 +61,9 @@ def test_a_fifo_reader_gets_the_bytes(tmp_path):
 def test_a_character_device_is_written_to_not_replaced(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("making a device node needs root")
-    null = tmp_path / "null"  # a private copy of /dev/null: a regression replaces it, not the real one
+    null = (
+        tmp_path / "null"
+    )  # a private copy of /dev/null: a regression replaces it, not the real one
     os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     write_text(null, "discarded\n")
     assert stat.S_ISCHR(null.lstat().st_mode)

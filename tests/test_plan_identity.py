@@ -147,7 +147,9 @@ def test_two_plan_contents_never_share_a_study_however_their_workers_race(workdi
         assert a.studies.claim_study("activation", 0, "content:a") == "tiny.activation"
         assert b.studies.claim_study("activation", 0, "content:b") == "tiny.activation.v2"
         assert b.studies.claim_study("activation", 1, "content:b") == "tiny.activation.v2"
-        assert a.studies.claim_study("activation", 1, "content:a") == "tiny.activation"  # a's workers join
+        assert (
+            a.studies.claim_study("activation", 1, "content:a") == "tiny.activation"
+        )  # a's workers join
         assert b.studies.claim_study("activation", 0, "content:b") == "tiny.activation.v2"
     finally:
         a.close()

@@ -165,10 +165,24 @@ def test_the_command_line_flags_set_the_same_spec_keys(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("a,b,y\n1,2,x\n3,4,z\n")
     args = build_parser().parse_args(
-        ["prepare", "--data", str(table), "--target", "y", "--scaler", "robust",
-         "--missing-indicators", "--max-columns", "50"]  # fmt: skip
+        [
+            "prepare",
+            "--data",
+            str(table),
+            "--target",
+            "y",
+            "--scaler",
+            "robust",
+            "--missing-indicators",
+            "--max-columns",
+            "50",
+        ]  # fmt: skip
     )
     spec = data_spec(args)
     assert (spec.scaler, spec.missing_indicators, spec.max_columns) == ("robust", True, 50)
     plain = data_spec(build_parser().parse_args(["prepare", "--data", str(table), "--target", "y"]))
-    assert (plain.scaler, plain.missing_indicators, plain.max_columns) == ("standard", False, 10_000)
+    assert (plain.scaler, plain.missing_indicators, plain.max_columns) == (
+        "standard",
+        False,
+        10_000,
+    )

@@ -142,7 +142,9 @@ def test_unseen_category_and_missing_values_at_predict_time_are_not_errors(tmp_p
     assert "'b'" in proc.stderr and "row 2" in proc.stderr and "'oops'" in proc.stderr
     lacking = tmp_path / "lacking.csv"
     lacking.write_text("a,b\n1.0,0.5\n")
-    proc = run_cli("predict", "--model", "models/tiny/model.pt", "--input", str(lacking), cwd=tmp_path)
+    proc = run_cli(
+        "predict", "--model", "models/tiny/model.pt", "--input", str(lacking), cwd=tmp_path
+    )
     assert proc.returncode == 2 and "missing column(s) 'colour'" in proc.stderr
 
 
@@ -166,8 +168,17 @@ def test_unseen_category_and_missing_values_at_predict_time_are_not_errors(tmp_p
             "column 'b' is numeric but row 150 holds 'oops'",
         ),
     ],
-    ids=["unknown target", "duplicate names", "header only", "empty", "one class", "continuous",
-         "too many classes", "empty column", "text in a numeric column"],  # fmt: skip
+    ids=[
+        "unknown target",
+        "duplicate names",
+        "header only",
+        "empty",
+        "one class",
+        "continuous",
+        "too many classes",
+        "empty column",
+        "text in a numeric column",
+    ],  # fmt: skip
 )
 def test_bad_tables_exit_2_with_one_line_and_cache_nothing(tmp_path, text, target, expected):
     data = tmp_path / "t.csv"
@@ -225,7 +236,9 @@ def test_formats_give_the_same_prepared_data(tmp_path):
     for name, write in variants.items():
         path = tmp_path / name
         write(path)
-        other = prepare(DataSpec(source=str(path), target="label"), tmp_path / name.replace(".", "_"))
+        other = prepare(
+            DataSpec(source=str(path), target="label"), tmp_path / name.replace(".", "_")
+        )
         for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
             np.testing.assert_allclose(getattr(other, part), getattr(base, part), err_msg=name)
     zipped = tmp_path / "t.zip"
@@ -303,14 +316,18 @@ def test_splits_by_column_group_and_test_file(tmp_path):
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
     by_column = prepare(
-        DataSpec(source=str(path), target="y", split="column", split_column="part", drop=("artist",)),
+        DataSpec(
+            source=str(path), target="y", split="column", split_column="part", drop=("artist",)
+        ),
         tmp_path / "a",
     )
     assert by_column.manifest.n_test == int((frame["part"] == "test").sum())
     assert by_column.n_features == 1  # the split column is not a feature
 
     by_group = prepare(
-        DataSpec(source=str(path), target="y", split="group", split_column="artist", drop=("part",)),
+        DataSpec(
+            source=str(path), target="y", split="group", split_column="artist", drop=("part",)
+        ),
         tmp_path / "b",
     )
     m = by_group.manifest
@@ -330,7 +347,10 @@ def test_splits_by_column_group_and_test_file(tmp_path):
     with_test = prepare(
         DataSpec(source=str(path), target="y", test=str(test_file), drop=("part",)), tmp_path / "c"
     )
-    assert with_test.manifest.n_test == 50 and with_test.manifest.n_train + with_test.manifest.n_val == n
+    assert (
+        with_test.manifest.n_test == 50
+        and with_test.manifest.n_train + with_test.manifest.n_val == n
+    )
 
 
 @pytest.mark.slow
@@ -362,7 +382,9 @@ def test_the_uci_cache_key_is_unchanged_by_tables():
                       "version": 1}, sort_keys=True)  # fmt: skip
     assert cache_key("abc", spec) == hashlib.sha256(old.encode()).hexdigest()[:16]
     table = DataSpec(source="t.csv", rows=5000, target="y")
-    assert cache_key("abc", table) != cache_key("abc", DataSpec(source="t.csv", rows=5000, target="z"))
+    assert cache_key("abc", table) != cache_key(
+        "abc", DataSpec(source="t.csv", rows=5000, target="z")
+    )
 
 
 @pytest.mark.slow
@@ -377,7 +399,10 @@ def test_a_value_too_large_to_standardize_is_refused_not_turned_into_nan(tmp_pat
     path.write_text("\n".join(lines) + "\n")
     proc = run_cli("prepare", "--data", str(path), cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "feature 5 (column 6) has values too large to standardize (data row 11: 1e+308)" in proc.stderr
+    assert (
+        "feature 5 (column 6) has values too large to standardize (data row 11: 1e+308)"
+        in proc.stderr
+    )
     assert not (tmp_path / "data" / "prepared").exists()
 
     table = tmp_path / "t.csv"

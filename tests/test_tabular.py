@@ -115,6 +115,9 @@ def test_a_table_without_a_plan_runs_the_tabular_plan_and_predict_reproduces_its
     run_cli("run-all", *args, cwd=tmp_path, check=True, timeout=600)
     status = json.loads(run_cli("status", *args, "--json", cwd=tmp_path, check=True).stdout)
     assert status["plan"] == "tabular" and status["stages"][0]["state"] == "done"
+    # without --data (or --plan): the plan whose studies the storage holds, not the seed plan
+    bare = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)
+    assert bare["plan"] == "tabular" and bare["final"]["test_accuracy"] > 0
     metrics = json.loads((tmp_path / "models/tabular/metrics.json").read_text())
     assert metrics["config"]["embedding"] == "plr"
     assert metrics["config"].get("ensemble", 1) in (1, 8)  # 1 (the default) is left out
@@ -137,3 +140,18 @@ def test_a_table_without_a_plan_runs_the_tabular_plan_and_predict_reproduces_its
     pred = pd.read_csv(out)["prediction"].to_numpy()
     accuracy = float(np.mean(pred == rows["species"].to_numpy()))
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+
+
+def test_stored_plans_reads_the_plans_of_a_storage_and_creates_nothing(tmp_path):
+    import optuna
+
+    from tuner.tune.studies import stored_plans
+
+    missing = tmp_path / "studies" / "tuner.sqlite3"
+    assert stored_plans(f"sqlite:///{missing}") == [] and not missing.parent.exists()
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    for name in ("tabular.ensemble", "tabular.final", "__workers__:tabular"):
+        optuna.create_study(study_name=name, storage=url)
+    assert stored_plans(url) == ["tabular"]
+    optuna.create_study(study_name="seed.lr", storage=url)
+    assert stored_plans(url) == ["seed", "tabular"]

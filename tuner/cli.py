@@ -67,12 +67,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--plan",
         default=None,
         help="plan name in studies/ or path to a TOML plan (default: seed for the UCI format "
-        "and synthetic data, the table plan for a table)",
+        "and synthetic data, tabular for a table; status and report without --data: the plan "
+        "whose studies the storage holds)",
     )
     _storage_arg(g)
     g.add_argument(
         "--data",
-        default="uci",
+        default=None,
         help="'uci' (download and verify the UCI YearPredictionMSD file), 'synthetic' "
         "(MSD-shaped generated data), a table file with a header (CSV/TSV/Parquet, plain or "
         ".gz/.zip; needs --target), a .txt/.csv/.zip in the UCI format, or a TOML data "

@@ -65,7 +65,7 @@ def data_spec(args: argparse.Namespace, table_defaults: dict[str, Any] | None = 
         "missing_indicators": args.missing_indicators,
         "max_columns": args.max_columns,
     }
-    return build_spec(args.data, overrides, table_defaults)
+    return build_spec(args.data or "uci", overrides, table_defaults)
 
 
 SEED_PLAN = "seed"
@@ -92,11 +92,18 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
     from tuner.train.config import coerce_params
     from tuner.tune.stages import Session, Settings, check_stage_name
     from tuner.tune.storage import default_storage_url
+    from tuner.tune.studies import stored_plans
 
     writes = with_data or (args.command == "report" and args.out is None)
     workdir = _workdir(args, write=writes)
     spec = data_spec(args)
-    plan = load_plan(args.plan or default_plan(spec), workdir)
+    storage_url = args.storage or default_storage_url(workdir)
+    plan_name = args.plan
+    if plan_name is None and args.data is None and not with_data:
+        # status/report with neither --plan nor --data: the one plan the storage holds
+        found = stored_plans(storage_url)
+        plan_name = found[0] if len(found) == 1 else None
+    plan = load_plan(plan_name or default_plan(spec), workdir)
     if plan.data and spec.is_table:
         spec = data_spec(args, dict(plan.data))
     if stage is not None:
@@ -116,7 +123,7 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
         raise TunerError(str(err)) from None
     settings = Settings(
         workdir=workdir,
-        storage_url=args.storage or default_storage_url(workdir),
+        storage_url=storage_url,
         data=spec,
         seed=args.seed,
         fixes=fixes,

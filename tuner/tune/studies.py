@@ -17,11 +17,15 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from tuner.config import FINAL_STAGE, Plan, StageSpec, content_hash
 from tuner.data.prepare import Prepared
@@ -29,6 +33,7 @@ from tuner.tune.coordination import Coordinator
 from tuner.tune.decide import Decision, PointStats, decide
 from tuner.tune.kinds import get_kind, stage_spec
 from tuner.tune.state import StageState, incumbent, pending, read_stage
+from tuner.tune.storage import engine_kwargs, resolve_url
 
 logger = logging.getLogger(__name__)
 
@@ -376,3 +381,25 @@ def study_version(name: str, plan: str, stage: str) -> int:
     pattern = re.compile(rf"^{re.escape(plan)}\.{re.escape(stage)}(?:\.v(\d+))?$")
     m = pattern.match(name)
     return int(m.group(1) or 1) if m else 0
+
+
+def stored_plans(url: str) -> list[str]:
+    """The plans whose stages have studies in the storage at ``url``, read with one query that
+    creates nothing (no storage yet, or one tuner cannot read: none)."""
+    url = resolve_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return []
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        with engine.connect() as conn:
+            names = conn.execute(sqlalchemy.text("SELECT study_name FROM studies")).scalars()
+            plans = {n.split(".")[0] for n in names if "." in n and not n.startswith("__")}
+    except sqlalchemy.exc.SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
+    return sorted(plans)
