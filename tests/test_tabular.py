@@ -118,6 +118,14 @@ def test_a_table_without_a_plan_runs_the_tabular_plan_and_predict_reproduces_its
     # without --data (or --plan): the plan whose studies the storage holds, not the seed plan
     bare = json.loads(run_cli("status", "--json", cwd=tmp_path, check=True).stdout)
     assert bare["plan"] == "tabular" and bare["final"]["test_accuracy"] > 0
+    # the baselines on the same split, in metrics.json and status
+    assert set(bare["final"]["baselines"]) >= {
+        "majority",
+        "logistic_regression",
+        "gradient_boosting",
+    }
+    text = run_cli("status", cwd=tmp_path, check=True).stdout
+    assert "logistic regression" in text and "points)" in text
     metrics = json.loads((tmp_path / "models/tabular/metrics.json").read_text())
     assert metrics["config"]["embedding"] == "plr"
     assert metrics["config"].get("ensemble", 1) in (1, 8)  # 1 (the default) is left out
@@ -155,3 +163,49 @@ def test_stored_plans_reads_the_plans_of_a_storage_and_creates_nothing(tmp_path)
     assert stored_plans(url) == ["tabular"]
     optuna.create_study(study_name="seed.lr", storage=url)
     assert stored_plans(url) == ["seed", "tabular"]
+
+
+def test_baselines_fit_on_the_train_rows_score_val_and_test_and_are_cached(tmp_path, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from tests.test_tables import _table
+    from tuner.data import baselines as bl
+    from tuner.data.prepare import prepare
+    from tuner.data.spec import build_spec
+
+    prepared = prepare(build_spec(str(_table(tmp_path, n=600)), {"target": "label"}), tmp_path)
+    found = bl.baselines(prepared, tmp_path, seed=42)
+    assert found["fit_rows"] == found["train_rows"] == len(prepared.y_train)
+    majority = np.bincount(prepared.y_train).argmax()
+    assert found["majority"]["test_accuracy"] == np.mean(prepared.y_test == majority)
+    lr = LogisticRegression(max_iter=1000).fit(prepared.x_train, prepared.y_train)
+    assert found["logistic_regression"]["val_accuracy"] == lr.score(prepared.x_val, prepared.y_val)
+    assert 0.5 < found["gradient_boosting"]["test_accuracy"] <= 1
+    cached = tmp_path / "prepared" / prepared.manifest.key / "baselines-42.json"
+    assert json.loads(cached.read_text()) == found
+
+    def refit(*a, **k):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(bl, "fit_baselines", refit)
+    assert bl.baselines(prepared, tmp_path, seed=42) == found  # read from the cache
+    rows = bl.comparison(0.9, found)
+    assert [r["model"] for r in rows] == list(bl.NAMES.values())
+    assert rows[1]["points"] == round(
+        100 * (0.9 - found["logistic_regression"]["test_accuracy"]), 2
+    )
+
+
+def test_baselines_fit_on_a_stratified_subsample_of_a_large_train_split(tmp_path, monkeypatch):
+    from tests.test_tables import _table
+    from tuner.data import baselines as bl
+    from tuner.data.prepare import prepare
+    from tuner.data.spec import build_spec
+
+    monkeypatch.setattr(bl, "MAX_FIT_ROWS", 100)
+    prepared = prepare(build_spec(str(_table(tmp_path, n=600)), {"target": "label"}), tmp_path)
+    found = bl.fit_baselines(prepared, seed=1)
+    assert (found["fit_rows"], found["train_rows"]) == (100, len(prepared.y_train))
+    rows = bl._fit_rows(prepared.y_train, 1)
+    shares = np.bincount(prepared.y_train[rows]) / 100
+    assert np.allclose(shares, np.bincount(prepared.y_train) / len(prepared.y_train), atol=0.02)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner import paths
+from tuner.data.baselines import comparison
 from tuner.data.target import class_word
 from tuner.report import notes, plots, tables
 from tuner.report.notes import (
@@ -246,6 +247,8 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     else:
         summary.append(["final", final.state, "", "", "", final.study or ""])
     doc.table(["stage", "state", "done", "winner", "value", "study"], summary)
+    if metrics and metrics.get("baselines"):
+        _baselines(doc, metrics)
 
     # data
     doc.h(2, "Data")
@@ -387,6 +390,29 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     paths.write_text(html_path, doc.to_html(f"tuner report: {plan.name}"))
     logger.info("wrote %s, %s and %d plots", md_path, html_path, len(figures))
     return ReportPaths(md_path, html_path, figures)
+
+
+def _baselines(doc: Doc, metrics: dict[str, Any]) -> None:
+    """The first answer to "is this good?": the tuned MLP against scikit-learn's defaults on
+    the same train rows and the same test rows (:mod:`tuner.data.baselines`)."""
+    found = metrics["baselines"]
+    acc = metrics["test_accuracy"]
+    rows = [["tuned MLP", f"{acc:.4f}", ""]]
+    rows += [
+        [r["model"], f"{r['accuracy']:.4f}", f"{r['points']:+.2f}"] for r in comparison(acc, found)
+    ]
+    doc.table(
+        ["tuned MLP vs baselines (test accuracy)", "accuracy", "tuned MLP - it, points"], rows
+    )
+    fit, train = found.get("fit_rows"), found.get("train_rows")
+    subsample = (
+        f" (a stratified subsample of {fit} of the {train} training rows)" if fit != train else ""
+    )
+    doc.p(
+        "The baselines are scikit-learn's defaults (`DummyClassifier`, `LogisticRegression`, "
+        "`HistGradientBoostingClassifier`), fitted on the same training rows and encoded "
+        f"features as the MLP{subsample} and scored on the same test rows."
+    )
 
 
 def _table_lines(m: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from tuner.data.baselines import comparison
 from tuner.report import tables
 from tuner.tune.decide import decision_text
 from tuner.tune.state import StageState
@@ -101,6 +102,22 @@ def stage_table(state: StageState) -> str:
     return "\n".join(out)
 
 
+def baseline_lines(accuracy: float, found: dict[str, Any]) -> str:
+    """The tuned model against the baselines on the same test rows, one line each."""
+    fit = found.get("fit_rows")
+    note = (
+        f" (fitted on {fit} of {found['train_rows']} training rows)"
+        if fit is not None and fit != found.get("train_rows")
+        else ""
+    )
+    lines = [f"baselines on the same test rows{note}:"]
+    lines += [
+        f"  {r['model']:<20} {r['accuracy']:.4f}  (tuned MLP {r['points']:+.2f} points)"
+        for r in comparison(accuracy, found)
+    ]
+    return "\n".join(lines)
+
+
 def status_table(status: dict[str, Any]) -> str:
     """``status`` as a table: one row per stage in plan order, then the final result."""
     rows = []
@@ -129,6 +146,8 @@ def status_table(status: dict[str, Any]) -> str:
             text += f"\nmodel: {final['model']}"
         if final.get("reused_from"):
             text += f" (the kept weights of trial {final['reused_from']}: not trained again)"
+        if final.get("baselines"):
+            text += "\n" + baseline_lines(final["test_accuracy"], final["baselines"])
     else:
         text += "\nfinal: not run"
     return text

@@ -21,6 +21,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from tuner import paths
 from tuner.config import planned_epochs
+from tuner.data.baselines import baselines, comparison
 from tuner.data.manifest import Manifest
 from tuner.data.target import class_word
 from tuner.paths import atomic_write, save_torch
@@ -159,9 +160,17 @@ def evaluate_final(
             },
             "study": trial.study.study_name,
             "reused_from": reused_from,  # the stage trial whose weights are the model
+            "baselines": baselines(prepared, session.settings.data_dir, session.settings.seed),
         }
     )
     out = _write_model(session, cfg, model, label_names, history, metrics)
+    for row in comparison(metrics["test_accuracy"], metrics["baselines"]):
+        logger.info(
+            "final: test accuracy %+.2f points against %s (%.4f) on the same split",
+            row["points"],
+            row["model"],
+            row["accuracy"],
+        )
     summary = {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
     return PointResult(
         metrics["test_accuracy"],
@@ -291,6 +300,8 @@ def final_summary(session: Session) -> dict[str, Any] | None:
         summary.update(
             {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
         )
+        if "baselines" in metrics:  # a final written before baselines has none
+            summary["baselines"] = metrics["baselines"]
         summary["model"] = str(model_dir(session) / "model.pt")
         summary["metrics"] = str(path)
         summary["reused_from"] = metrics.get("reused_from")  # the stage trial it came from
