@@ -33,7 +33,7 @@ def _member_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-@pytest.mark.parametrize("kind", ["batch", "packed"])
+@pytest.mark.parametrize("kind", ["batch", "mini", "packed"])
 def test_eval_output_is_the_log_of_the_members_mean_softmax(kind):
     x, *_ = DATA
     with seeded(0):
@@ -76,9 +76,15 @@ def test_batch_ensemble_shares_weights_and_starts_as_tabm():
     r = embedded.linears[0].r
     assert r.shape == (4, 20 * 16) and len(r.unique()) > 1000 and abs(r.std().item() - 1) < 0.1
     assert torch.equal(embedded.linears[1].r, torch.ones(4, 32))
+    with seeded(0):  # TabM-mini: one adapter on the input, then the shared layers
+        mini = build_model(_cfg(4, "mini"), 20, N_CLASSES)
+    adapter, first = mini.linears[0]
+    assert adapter.r.shape == (4, 20) and set(adapter.r.unique().tolist()) == {-1.0, 1.0}
+    assert isinstance(first, nn.Linear) and isinstance(mini.linears[1], nn.Linear)
+    assert len([p for p in mini.parameters() if p.shape == (4, 20)]) == 1
 
 
-@pytest.mark.parametrize("kind", ["batch", "packed"])
+@pytest.mark.parametrize("kind", ["batch", "mini", "packed"])
 def test_the_training_loss_is_the_mean_of_the_members_losses(kind):
     """One batch per epoch: epoch 1's training loss is the loss at the initial weights."""
     x, y, vx, vy = DATA
@@ -101,7 +107,7 @@ def test_the_training_loss_is_the_mean_of_the_members_losses(kind):
     [{}, {"norm": "batch", "embedding": "ple", "bins": 8, "embedding_dim": 4}],
     ids=["plain", "batchnorm-ple"],
 )
-@pytest.mark.parametrize("kind", ["batch", "packed"])
+@pytest.mark.parametrize("kind", ["batch", "mini", "packed"])
 def test_ensembles_train_in_a_group_as_in_the_reference_engine(kind, extra):
     """Alone, and in a group with their own rows (folds), learning rates, optimizers and seeds;
     and an ensemble is not its first member alone (K=1 reports other numbers)."""
@@ -190,7 +196,7 @@ def test_one_member_leaves_identity_and_training_unchanged():
     [
         ("ensemble", 0, "ensemble must be in [1, 64], got 0"),
         ("ensemble", 2.5, "ensemble"),
-        ("ensemble_kind", "bagging", "choose one of: batch, packed"),
+        ("ensemble_kind", "bagging", "choose one of: batch, mini, packed"),
     ],
 )
 def test_ensemble_fields_are_checked_with_one_line_errors(field, value, expected):
@@ -199,7 +205,7 @@ def test_ensemble_fields_are_checked_with_one_line_errors(field, value, expected
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["batch", "packed"])
+@pytest.mark.parametrize("kind", ["batch", "mini", "packed"])
 def test_model_pt_with_an_ensemble_loads_weights_only_and_predicts_as_trained(
     tmp_path, msd_file, kind
 ):
@@ -221,7 +227,7 @@ def test_model_pt_with_an_ensemble_loads_weights_only_and_predicts_as_trained(
     bundle = torch.load(out / "model.pt", weights_only=True)
     assert bundle["config"]["ensemble"] == 3
     model = assert_model_predicts_as_scored(s, out, tmp_path)
-    assert isinstance(model, BatchEnsemble if kind == "batch" else PackedEnsemble)
+    assert isinstance(model, PackedEnsemble if kind == "packed" else BatchEnsemble)
 
 
 def test_the_lr_range_test_takes_the_mean_of_the_members_losses():

@@ -31,10 +31,10 @@ MAX_BATCH = 1 << 24  # far beyond any sensible batch, low enough to catch a typo
 
 FRACTION = Number(low=0, high=1, high_open=True)
 
-ENSEMBLE_KINDS = ("batch", "packed")
+ENSEMBLE_KINDS = ("batch", "mini", "packed")
 """How an ensemble's members are built (:mod:`tuner.train.ensemble`): ``batch`` (TabM's
-BatchEnsemble: shared weights, per-member scalings, biases and heads), ``packed`` (independent
-MLPs)."""
+BatchEnsemble: shared weights, per-member scalings, biases and heads), ``mini`` (TabM-mini: one
+per-member input scaling, shared MLP, per-member heads), ``packed`` (independent MLPs)."""
 MAX_ENSEMBLE = 64  # members of one ensemble
 
 # The option fields accept exactly the names registered in tuner.train.options.
@@ -98,7 +98,7 @@ class TrainConfig:
     ensemble: int = (
         1  # members; trained on the mean of their losses, scored on their mean probability
     )
-    ensemble_kind: str = "batch"  # batch (TabM's BatchEnsemble) or packed (independent MLPs)
+    ensemble_kind: str = "batch"  # batch (TabM), mini (TabM-mini) or packed (independent MLPs)
 
     def __post_init__(self) -> None:
         errors = []

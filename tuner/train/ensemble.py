@@ -1,6 +1,6 @@
 """Ensembles trained as one model (``cfg.ensemble`` members, ``cfg.ensemble_kind``).
 
-Two kinds, both one ``nn.Module`` that :func:`tuner.train.model.build_model` returns for
+Three kinds, each one ``nn.Module`` that :func:`tuner.train.model.build_model` returns for
 ``ensemble > 1``:
 
 * ``batch``: TabM's BatchEnsemble MLP (Gorishniy et al., ICLR 2025; reference code
@@ -8,10 +8,15 @@ Two kinds, both one ``nn.Module`` that :func:`tuner.train.model.build_model` ret
   ``W`` is shared by the members; member ``k`` computes ``((h * r_k) @ W^T) * s_k + b_k`` with
   its own input-side scaling ``r_k``, output-side scaling ``s_k`` and bias ``b_k``. As in TabM
   (``TabM.make``) the first layer's ``r`` is drawn as random signs (+-1), or from ``N(0, 1)``
-  behind a numeric embedding, and every other ``r`` and every ``s`` starts at ones; the members' biases start as one draw of the layer's bias (``nn.Linear``'s),
-  copied to every member. The numeric feature embedding, normalizations (their statistics over
+  behind a numeric embedding, and every other ``r`` and every ``s`` starts at ones; the
+  members' biases start as one draw of the layer's bias (``nn.Linear``'s), copied to every
+  member. The numeric feature embedding, normalizations (their statistics over
   all members' rows) and the activation are shared; each member has its own output head (an
   ``nn.Linear``, TabM's ``LinearEnsemble``).
+* ``mini``: TabM-mini, the paper's cheapest variant and, with numeric embeddings, one of its
+  best: one per-member scaling ``r_k`` of the input (drawn as ``batch``'s first ``r``), then the
+  shared MLP (plain Linear layers: the members differ only by ``r_k`` and their heads) and
+  per-member heads.
 * ``packed``: ``K`` independent MLPs (each the plain MLP of ``build_model``, with its own
   embedding), drawn one after another from the generator seeded with the trial's seed, so the
   members start from different weights that the seed determines.
@@ -82,6 +87,21 @@ class BatchLinear(nn.Module):
         return z * self.s.unsqueeze(1) + self.bias.unsqueeze(1)
 
 
+class Adapter(nn.Module):
+    """TabM-mini's one per-member scaling of the input: ``h`` [K, B, in] -> ``h * r``."""
+
+    def __init__(self, k: int, in_features: int, start: str) -> None:
+        super().__init__()
+        if start == "signs":
+            r = torch.bernoulli(torch.full((k, in_features), 0.5)).mul_(2).sub_(1)
+        else:
+            r = torch.randn(k, in_features)
+        self.r = nn.Parameter(r)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.r.unsqueeze(1)
+
+
 class BatchEnsemble(Ensemble):
     """The BatchEnsemble MLP: ``[embedding] -> (BatchLinear -> [norm] -> act -> [dropout])* ->
     per-member heads``; ``hidden`` holds each hidden layer's modules after its BatchLinear."""
@@ -90,7 +110,7 @@ class BatchEnsemble(Ensemble):
         self,
         k: int,
         embed: nn.Module | None,
-        linears: list[BatchLinear],
+        linears: list[nn.Module],
         hidden: list[list[nn.Module]],
         heads: list[nn.Linear],
     ) -> None:
@@ -124,9 +144,16 @@ def build_ensemble(
     embed = None if isinstance(mods[0], nn.Linear) else mods.pop(0)
     starts = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
     start = "signs" if embed is None else "normal"  # TabM.make's start_scaling_init
-    linears = [
-        BatchLinear(mods[i], k, start=start if n == 0 else None) for n, i in enumerate(starts[:-1])
-    ]
+    linears: list[nn.Module]
+    if cfg.ensemble_kind == "mini":  # one adapter, then the shared layers
+        first = mods[starts[0]]
+        linears = [nn.Sequential(Adapter(k, first.in_features, start), first)]
+        linears += [mods[i] for i in starts[1:-1]]
+    else:
+        linears = [
+            BatchLinear(mods[i], k, start=start if n == 0 else None)
+            for n, i in enumerate(starts[:-1])
+        ]
     hidden = [mods[a + 1 : b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
     head = mods[starts[-1]]
     heads = [head]
