@@ -5,6 +5,7 @@ new user runs it (no ``--plan`` on a table)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -209,3 +210,114 @@ def test_baselines_fit_on_a_stratified_subsample_of_a_large_train_split(tmp_path
     rows = bl._fit_rows(prepared.y_train, 1)
     shares = np.bincount(prepared.y_train[rows]) / 100
     assert np.allclose(shares, np.bincount(prepared.y_train) / len(prepared.y_train), atol=0.02)
+
+
+_LONG_PLAN = """
+name = "long"
+[defaults]
+hidden = [32]
+batch_size = 16
+[[stages]]
+name = "width"
+kind = "sweep"
+epochs = 5000
+[stages.grid]
+hidden = [[32], [64]]
+[[stages]]
+name = "lr"
+kind = "sweep"
+epochs = 5000
+[stages.grid]
+lr = [1e-3, 3e-3]
+[final]
+epochs = 4000
+patience = 0
+restore_best = true
+"""
+
+
+@pytest.mark.slow
+def test_a_time_budget_stops_every_stage_at_its_share_and_the_final_job_still_trains(tmp_path):
+    """5,000 epochs per run would take many minutes: with --time-budget 12 each stage stops at
+    its deadline (its points scored on what they trained, marked in the study and the report)
+    and the final model is trained and scored."""
+    import optuna
+
+    from tests.test_tables import _table
+
+    table = _table(tmp_path, n=400)
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "long.toml").write_text(_LONG_PLAN)
+    args = ("--plan", "long", "--data", str(table), "--target", "label", "--threads", "1")
+    run_cli("run-all", *args, "--time-budget", "12", cwd=tmp_path, check=True, timeout=300)
+    url = f"sqlite:///{tmp_path / 'studies' / 'tuner.sqlite3'}"
+    for name in ("long.width", "long.lr"):
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+        assert all(t.user_attrs["out_of_time"] for t in trials)
+        assert all(1 <= t.user_attrs["epochs_trained"] < 5000 for t in trials)
+    metrics = json.loads((tmp_path / "models/long/metrics.json").read_text())
+    assert metrics["out_of_time"] and 1 <= metrics["epochs_trained"] < 5000
+    assert 0 < metrics["test_accuracy"] <= 1
+    report = (tmp_path / "reports/long/report.md").read_text()
+    assert "**Time budget:** 2 of 2 points stopped at the stage's deadline" in report
+    assert "(stopped by the time budget)" in report
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan"])
+def test_a_time_budget_must_be_a_positive_number_of_seconds(tmp_path, seconds):
+    from tests.test_tables import _table
+
+    table = _table(tmp_path)
+    proc = run_cli("run-all", "--plan", "quick", "--data", str(table), "--target", "label",
+                   "--time-budget", seconds, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2
+    assert "--time-budget must be a positive number of seconds" in proc.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+def test_the_budget_gives_each_stage_its_share_of_the_time_left(monkeypatch):
+    import time as time_module
+
+    from tuner.commands import Budget
+
+    now = [100.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: now[0])
+    budget = Budget(160.0, {"a": 100, "b": 200, "final": 300})  # 60 s for 600 units of work
+    assert budget.deadline_for("a") == pytest.approx(110.0)  # a sixth of 60 s
+    now[0] = 130.0  # a ran late: b gets 2/5 of the 30 s left
+    assert budget.deadline_for("b") == pytest.approx(142.0)
+    now[0] = 170.0  # past the end: no time left, the stage still trains one epoch
+    assert budget.deadline_for("b") == 170.0
+
+
+def test_runs_under_a_time_budget_are_reused_only_under_one():
+    """A budget may cut a run short: its fingerprint and the final's key differ from the same
+    run's without a budget, so that a later unbudgeted run trains it in full."""
+    from tuner.config import FinalSpec, StageSpec
+    from tuner.train.compute import Compute
+    from tuner.train.tensors import TensorData
+    from tuner.tune.reuse import FinalRule, StageReuse, final_key
+
+    x, y, vx, vy = DATA
+    data = TensorData((x, y), (vx, vy), (vx, vy), N_CLASSES, "key")
+    cfg = TrainConfig()
+    plain, budgeted = (FinalRule.of(FinalSpec(), cfg, len(y), budgeted=b) for b in (False, True))
+    keys = {final_key(cfg, r, seed=1, data=data, compute=Compute()) for r in (plain, budgeted)}
+    assert len(keys) == 2
+    reuse = [
+        StageReuse(
+            StageSpec(name="s", kind="sweep"),
+            cfg,
+            lambda c: {},
+            FinalSpec(),
+            data,
+            1,
+            Compute(),
+            Path("."),
+            keeps_final=True,
+            budgeted=b,
+        )  # fmt: skip
+        for b in (False, True)
+    ]
+    assert reuse[0].fingerprint(cfg) != reuse[1].fingerprint(cfg)

@@ -237,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-all", help="run every stage in order, then the final job")
     _common(p)
     _runner(p)
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="bound the whole plan: each stage gets a share of the time (its runs start no new "
+        "epoch after it) and the final job the rest (it always trains at least one epoch)",
+    )
 
     p = sub.add_parser("final", help="retrain the chosen configuration and score it on test")
     _common(p)

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -195,34 +195,114 @@ def run_stage(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace) -> int:
     """``run-all``: every stage in order, then the final job; prints each stage's table and
     the status, and one of the workers writes the report."""
-    from tuner.report.summary import plan_status, status_table
-    from tuner.tune.final import run_final
-
-    session = open_session(args)
-    with session.working():
-        _run_stages(session, [s.name for s in session.plan.stages], args.force)
-        run_final(session, force=args.force)
-        print(status_table(plan_status(session)))
-        try:
-            if session.claim_report():
-                _print_report(session)
-            else:
-                logger.info("another worker writes the report")
-        except Exception as err:  # the results are in the storage; `tuner report` can retry
-            failure = failure_message(err, args)
-            logger.warning(
-                "could not write the report (%s); run `tuner report`",
-                failure or type(err).__name__,
-                exc_info=failure is None,
-            )
+    budget = getattr(args, "time_budget", None)
+    if budget is not None and not budget > 0:
+        raise TunerError(f"--time-budget must be a positive number of seconds, got {budget}")
+    run_plan(
+        open_session(args),
+        args.force,
+        failure=lambda err: failure_message(err, args),
+        time_budget=budget,
+    )
     return 0
 
 
-def _print_report(session, out: Path | None = None) -> None:
+def run_plan(
+    session,
+    force: bool,
+    *,
+    failure: Callable[[BaseException], str | None] = lambda err: None,
+    time_budget: float | None = None,
+) -> tuple[dict[str, Any], Any]:
+    """Every stage of ``session``'s plan in order, the final job, the status table and (by one
+    worker) the report: the one implementation of a whole run, for ``run-all`` and
+    :meth:`tuner.sklearn.TunedClassifier.fit`. Returns the plan's status (``status --json``'s
+    fields) and the report's paths (``None``: another worker writes it, or it failed: the
+    results are in the storage and ``tuner report`` retries).
+
+    ``time_budget`` (seconds) bounds the whole run (:class:`Budget`): each stage gets a deadline
+    for its share, after which its runs start no new epoch, and the final job gets the rest
+    (at least one epoch: it always runs)."""
+    from tuner.report.summary import plan_status, status_table
+    from tuner.tune.final import run_final
+
+    paths = None
+    budget = Budget.start(session, time_budget) if time_budget is not None else None
+    with session.working():
+        for spec in session.plan.stages:
+            if budget is not None:
+                session.deadline = budget.deadline_for(spec.name)
+            _run_stages(session, [spec.name], force)
+        if budget is not None:
+            session.deadline = budget.end
+        run_final(session, force=force)
+        status = plan_status(session)
+        print(status_table(status))
+        try:
+            if session.claim_report():
+                paths = _print_report(session)
+            else:
+                logger.info("another worker writes the report")
+        except Exception as err:
+            why = failure(err)
+            logger.warning(
+                "could not write the report (%s); run `tuner report`",
+                why or type(err).__name__,
+                exc_info=why is None,
+            )
+    return status, paths
+
+
+class Budget:
+    """A time budget over a plan's remaining work: a stage's share is its planned training
+    (points x epochs x folds x repeats) over what is left, the final job's (its epochs) included
+    unless the last stage keeps the final's weights (then the final job trains nothing)."""
+
+    def __init__(self, end: float, work: dict[str, float]) -> None:
+        self.end, self.work = end, work
+
+    @classmethod
+    def start(cls, session, seconds: float) -> Budget:
+        import time
+
+        from tuner.tune.kinds import get_kind
+        from tuner.tune.stages import FINAL
+
+        plan = session.plan
+        work: dict[str, float] = {}
+        for spec in plan.stages:
+            done = session.stage_state(spec.name).state == "done"
+            folds = getattr(spec.options, "folds", 1) or 1
+            work[spec.name] = (
+                0 if done else max(spec.n_points, 1) * spec.epochs * spec.repeats * folds
+            )
+        last = plan.stages[-1] if plan.stages else None
+        keeps = (
+            last is not None
+            and get_kind(last.kind).keeps_final
+            and session.reusing(last)
+            and last.epochs == plan.final.epochs
+        )
+        work[FINAL] = 0 if keeps else plan.final.epochs
+        return cls(time.monotonic() + seconds, work)
+
+    def deadline_for(self, stage: str) -> float:
+        """Now plus ``stage``'s share of the time left."""
+        import time
+
+        names = list(self.work)
+        left = sum(self.work[n] for n in names[names.index(stage) :])
+        now = time.monotonic()
+        share = self.work[stage] / left if left else 1.0
+        return now + max(self.end - now, 0.0) * share
+
+
+def _print_report(session, out: Path | None = None):
     from tuner.report.document import write_report
 
     paths = write_report(session, out)
     print(f"report: {paths.markdown}, {paths.html.name} and {len(paths.plots)} plots", flush=True)
+    return paths
 
 
 def report(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from tuner.report.notes import (
     scored_by,
     search_label,
     stage_plot,
+    stopped_why,
     summary_plot_name,
     tuned_params,
     winner_text,
@@ -314,6 +315,9 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             items.append(f"**Carried forward:** {fmt_params(state.best_params)}")
         if state.reused:
             items.append(f"**Reused:** {notes.reused_text(state)}")
+        cut = notes.out_of_time(state)
+        if cut:
+            items.append(f"**Time budget:** {cut}")
         doc.ul(items)
         if state.rows:
             header, cells = points_table(state, params)
@@ -339,8 +343,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"**Test accuracy:** {metrics['test_accuracy']:.4f}; **test loss:** "
                 f"{metrics['test_loss']:.4f}; macro F1 {metrics['macro_f1']:.4f}; "
                 f"{metrics['n_test']} test rows",
-                f"**Epochs trained:** {metrics.get('epochs_trained')}"
-                + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
+                f"**Epochs trained:** {metrics.get('epochs_trained')}" + stopped_why(metrics),
                 *(
                     [f"**Model from:** {notes.model_from_text(metrics['reused_from'])}"]
                     if metrics.get("reused_from")

@@ -230,8 +230,7 @@ def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
             f"- **Test accuracy:** {metrics['test_accuracy']:.4f}, **test loss:** "
             f"{metrics['test_loss']:.4f}, macro F1 {metrics['macro_f1']:.4f} on "
             f"{metrics['n_test']} test rows",
-            f"- **Epochs trained:** {metrics.get('epochs_trained')}"
-            + (" (stopped early on validation loss)" if metrics.get("stopped_early") else ""),
+            f"- **Epochs trained:** {metrics.get('epochs_trained')}" + stopped_why(metrics),
         ]
         if metrics.get("reused_from"):
             lines.append(f"- **Model from:** {model_from_text(metrics['reused_from'])}")
@@ -317,6 +316,26 @@ def stage_plot(state: StageState, path: Path) -> Path | None:
         return plots.cv_errorbars(state.name, rows, path, param=param)
     curves = [r for r in rows if isinstance(r.get("history"), dict)]
     return plots.stage_curves(state.name, curves, path, param=param) if curves else None
+
+
+def out_of_time(state: StageState) -> str:
+    """Which of a stage's points a time budget stopped at the stage's deadline, in words
+    ('' when none was)."""
+    cut = [t for t in state.trials if t.user_attrs.get("out_of_time")]
+    if not cut:
+        return ""
+    epochs = sorted({int(t.user_attrs.get("epochs_trained", 0)) for t in cut})
+    return (
+        f"{len(cut)} of {len(state.trials)} points stopped at the stage's deadline, after "
+        f"{', '.join(map(str, epochs))} epochs (scored on the epochs they trained)"
+    )
+
+
+def stopped_why(metrics: Mapping[str, Any]) -> str:
+    """Why the final run ended before its planned epochs, in words ('' when it did not)."""
+    if metrics.get("out_of_time"):
+        return " (stopped by the time budget)"
+    return " (stopped early on validation loss)" if metrics.get("stopped_early") else ""
 
 
 def objective_name(stage: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ class History:
 
     epochs: list[EpochStats] = field(default_factory=list)
     stopped_early: bool = False
+    out_of_time: bool = False  # stopped by a time budget's deadline (stopped_early too)
 
     @property
     def peak_acc(self) -> float:
@@ -54,17 +55,21 @@ class History:
 
     def to_dict(self) -> dict[str, list[float] | bool]:
         cols = {k: [getattr(e, k) for e in self.epochs] for k in asdict(self.epochs[0])}
-        return {**cols, "stopped_early": self.stopped_early}
+        out = {**cols, "stopped_early": self.stopped_early}
+        if self.out_of_time:  # only then: histories without a budget are as before
+            out["out_of_time"] = True
+        return out
 
 
 class EarlyStopping:
     """Early stopping on validation loss: epochs since the lowest loss so far.
 
-    ``patience=None`` never stops; otherwise :attr:`should_stop` is true once the loss has not
+    ``patience=None`` or ``0`` never stops (what ``patience = 0`` says in a plan, for a stage
+    and for ``[final]`` alike); otherwise :attr:`should_stop` is true once the loss has not
     improved for ``patience`` epochs."""
 
     def __init__(self, patience: int | None) -> None:
-        self.patience = patience
+        self.patience = patience or None
         self.best = math.inf
         self.since = 0
 

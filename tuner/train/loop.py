@@ -78,7 +78,9 @@ class GroupTraining:
         val_idx: Sequence[torch.Tensor] | None = None,
         precision: str = "fp32",
         device: str | torch.device = "cpu",
+        deadline: float | None = None,
     ) -> None:
+        self.deadline = deadline  # time.monotonic() after which no new epoch starts
         k = len(cfgs)
         cfgs = [c.for_rows(len(x)) for c in cfgs]  # "auto" batches: from the rows given
         for name, idx in (("train_idx", train_idx), ("val_idx", val_idx)):
@@ -146,7 +148,18 @@ class GroupTraining:
                     self._stop(on_epoch(epoch, stats), epoch, histories)
                     if not self.stack.active:
                         break
+                if self._out_of_time(epoch, histories):
+                    break
         return GroupResult(histories, self.stack)
+
+    def _out_of_time(self, epoch: int, histories: list[History]) -> bool:
+        """Past the ``deadline`` (a time budget's) before the last epoch: every member still
+        training ends here, its history marked (the caller restores or keeps what it kept)."""
+        if self.deadline is None or epoch >= self.epochs or time.monotonic() < self.deadline:
+            return False
+        for i in self.stack.active:
+            histories[i].stopped_early = histories[i].out_of_time = True
+        return True
 
     def _train_epoch(self, members: list[int]) -> list[float]:
         """One epoch of steps of ``members`` (stack order); each one's mean training loss."""
@@ -275,11 +288,13 @@ def train_one(
     restore_best: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
     compute: Compute | None = None,
+    deadline: float | None = None,
 ) -> tuple[nn.Module, History]:
     """One trial through the fused engine; the contract of :func:`tuner.train.reference.train`.
 
     ``patience``: stop when validation loss has not improved for that many epochs.
     ``restore_best``: return the weights of the best-validation-loss epoch instead of the last.
+    ``deadline``: a ``time.monotonic()`` after which no new epoch starts (a time budget).
     The model is returned as a plain ``nn.Sequential`` on the CPU, in eval mode.
     """
     compute = compute or Compute()
@@ -292,6 +307,7 @@ def train_one(
         n_classes=n_classes,
         precision=compute.precision,
         device=compute.device,
+        deadline=deadline,
     )
     stopping = EarlyStopping(patience)
     best_state: dict | None = None

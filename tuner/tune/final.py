@@ -154,6 +154,7 @@ def evaluate_final(
             "data": session.prepared().manifest["key"],
             "epochs_trained": len(history.epochs),
             "stopped_early": history.stopped_early,
+            **({"out_of_time": True} if history.out_of_time else {}),
             "wall_times": {
                 "stages_s": stage_wall_times(session),
                 "final_train_s": train_seconds,
@@ -190,7 +191,9 @@ def _kept_weights(session: Session, cfg: TrainConfig) -> reuse.Kept | None:
     if not session.reusing():
         return None
     data = session.data()
-    rule = reuse.FinalRule.of(session.plan.final, cfg, len(data.train[1]))
+    rule = reuse.FinalRule.of(
+        session.plan.final, cfg, len(data.train[1]), budgeted=session.deadline is not None
+    )
     key = reuse.final_key(
         cfg, rule, seed=session.settings.seed, data=data, compute=session.settings.compute
     )
@@ -233,6 +236,7 @@ def _final_model(
         restore_best=final.restore_best,
         on_epoch=on_epoch,
         compute=session.settings.compute,
+        deadline=session.deadline,
     )
 
 

@@ -32,13 +32,15 @@ def evaluate_points(
     reporter: Reporter | None = None,
     compute: Compute | None = None,
     keep: Mapping[int, FinalRule] | None = None,
+    deadline: float | None = None,
 ) -> list[PointResult]:
     """Train and score ``cfgs`` (a stage's points) as fused groups, as ``stage``'s kind does.
 
     ``reporter`` receives intermediate values and decides pruning; ``keep``: point index -> the
     final job's rule, for points whose first run trains on the train split as the final job
     would (see :mod:`tuner.tune.reuse`): the weights that rule keeps come back in
-    :attr:`PointResult.kept`.
+    :attr:`PointResult.kept`. ``deadline``: a time budget's ``time.monotonic()`` after which
+    no epoch starts (the runs then end where they are, ``out_of_time``).
     """
     kind = get_kind(stage.kind)
     run = Run(
@@ -48,6 +50,7 @@ def evaluate_points(
         reporter or NoReporter(),
         compute or Compute(),
         keep or {},
+        deadline,
     )
     results: dict[int, PointResult] = {}
     for points in fusable(cfgs):

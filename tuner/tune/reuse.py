@@ -104,15 +104,19 @@ class FinalRule:
     epochs: int
     patience: int
     restore_best: bool
+    budgeted: bool = False  # under a time budget (its runs may end early: only its own reuse)
 
     @classmethod
-    def of(cls, final: FinalSpec, cfg: TrainConfig, n_train: int) -> FinalRule:
+    def of(
+        cls, final: FinalSpec, cfg: TrainConfig, n_train: int, *, budgeted: bool = False
+    ) -> FinalRule:
         return cls(
             planned_epochs(
                 final.epochs, final.min_steps, n_train, cfg.for_rows(n_train).batch_size
             ),
             final.patience,
             final.restore_best,
+            budgeted,
         )
 
 
@@ -128,6 +132,7 @@ def final_key(
             "epochs": rule.epochs,
             "patience": rule.patience,
             "restore_best": rule.restore_best,
+            **({"time_budget": True} if rule.budgeted else {}),
             "compute": _compute(compute),
             "data": data.key,
             "n_train": len(data.train[1]),
@@ -156,13 +161,17 @@ class StageReuse:
     compute: Compute
     workdir: Path
     keeps_final: bool
+    budgeted: bool = False  # a time budget may end its runs early: reused only under one
 
     def fingerprint(self, cfg: TrainConfig) -> str | None:
         """The training fingerprint of the point trained as ``cfg`` (:func:`fingerprint`)."""
+        identity = dict(self.identity(cfg))
+        if self.budgeted:
+            identity["time_budget"] = True
         return fingerprint(
             self.spec,
             cfg,
-            self.identity(cfg),
+            identity,
             seed=self.seed,
             data=self.data,
             compute=self.compute,
@@ -182,7 +191,7 @@ class StageReuse:
             fp = self.fingerprint(cfg)
             if fp is not None:
                 trial.set_user_attr("fingerprint", fp)
-            rule = FinalRule.of(self.final, cfg, n_train)
+            rule = FinalRule.of(self.final, cfg, n_train, budgeted=self.budgeted)
             batch = cfg.for_rows(n_train).batch_size
             epochs = planned_epochs(self.spec.epochs, self.spec.min_steps, n_train, batch)
             if self.keeps_final and epochs == rule.epochs:
@@ -350,7 +359,8 @@ class Kept:
             )
             for i in range(n)
         ]
-        return History(epochs, self.stopped_early)
+        cut = bool(cols.get("out_of_time")) and n == len(cols["epoch"])  # a budget's deadline
+        return History(epochs, self.stopped_early, out_of_time=cut)
 
 
 def find_kept(

@@ -112,9 +112,11 @@ class Run:
         reporter: Reporter,
         compute: Compute,
         keep: Mapping[int, FinalRule],
+        deadline: float | None = None,
     ) -> None:
         self.stage, self.data, self.seeds = stage, data, seeds
         self.reporter, self.compute, self.keep = reporter, compute, keep
+        self.deadline = deadline  # a time budget's: no epoch starts after it
 
     def group(
         self, cfgs: Sequence[TrainConfig], members: list[Member], folds: Folds | None = None
@@ -143,6 +145,7 @@ class Run:
             val_idx=[folds[m.fold][1] for m in members] if by_fold else None,
             precision=self.compute.precision,
             device=self.compute.device,
+            deadline=self.deadline,
         )
 
     def train(
@@ -255,6 +258,7 @@ def _holdout_result(objective: str, histories: list[History], pruned: bool) -> P
         "diverged": any(diverged(h) for h in histories),
         "epochs_trained": max(len(h.epochs) for h in histories),
         "stopped_early": any(h.stopped_early for h in histories) and not pruned,
+        **({"out_of_time": True} if any(h.out_of_time for h in histories) else {}),
         "member_epochs": sum(len(h.epochs) for h in histories),
         "values": values,
         **summarize(values),

@@ -142,6 +142,7 @@ class Session:
         self.claims = ClaimTable(settings.storage_url, settings.grace_period)
         self.owner = new_owner_id()
         self._prepared = prepared
+        self.deadline: float | None = None  # a time budget's, for what trains next (run_plan)
         self._data: TensorData | None = None
         # reading and writing studies; presence, claims and heartbeats
         self.workers = Coordinator(plan.name, self.storage, self.claims, self.owner, settings)
@@ -330,14 +331,23 @@ class Session:
             compute,
             self.settings.workdir,
             keeps_final=reusing and kind.keeps_final,
+            budgeted=self.deadline is not None,
         )
+        deadline = self.deadline
 
         def evaluate(
             group: list[Point], trials: list[optuna.Trial], reporter: Reporter
         ) -> list[PointResult]:
             cfgs, keep = stage_reuse.prepare(group, trials)
             results = evaluate_points(
-                spec, cfgs, run.data, seed=seed, reporter=reporter, compute=compute, keep=keep
+                spec,
+                cfgs,
+                run.data,
+                seed=seed,
+                reporter=reporter,
+                compute=compute,
+                keep=keep,
+                deadline=deadline,
             )
             stage_reuse.save_kept(study.study_name, trials, cfgs, keep, results)
             return results
