@@ -127,6 +127,8 @@ def test_a_table_without_a_plan_runs_the_tabular_plan_and_predict_reproduces_its
     }
     text = run_cli("status", cwd=tmp_path, check=True).stdout
     assert "logistic regression" in text and "points)" in text
+    shipped = f"shipped weights: epoch {bare['final']['shipped_epoch']} of"
+    assert shipped in text and bare["final"]["shipped_epoch"] <= bare["final"]["epochs_trained"]
     metrics = json.loads((tmp_path / "models/tabular/metrics.json").read_text())
     assert metrics["config"]["embedding"] == "plr"
     assert metrics["config"].get("ensemble", 1) in (1, 8)  # 1 (the default) is left out

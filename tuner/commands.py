@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,14 +228,18 @@ def run_plan(
     from tuner.tune.final import run_final
 
     paths = None
+    t0 = time.perf_counter()
     budget = Budget.start(session, time_budget) if time_budget is not None else None
+    stages = session.plan.stages
     with session.working():
-        for spec in session.plan.stages:
+        for k, spec in enumerate(stages, 1):
+            logger.info("stage %d/%d: %s (%s)", k, len(stages), spec.name, spec.kind)
             if budget is not None:
                 session.deadline = budget.deadline_for(spec.name)
             _run_stages(session, [spec.name], force)
         if budget is not None:
             session.deadline = budget.end
+        logger.info("final job: train the chosen configuration, score it once on test")
         run_final(session, force=force)
         status = plan_status(session)
         print(status_table(status))
@@ -243,6 +248,7 @@ def run_plan(
                 paths = _print_report(session)
             else:
                 logger.info("another worker writes the report")
+            print(_closing(session, time.perf_counter() - t0), flush=True)
         except Exception as err:
             why = failure(err)
             logger.warning(
@@ -251,6 +257,21 @@ def run_plan(
                 exc_info=why is None,
             )
     return status, paths
+
+
+def _closing(session, seconds: float) -> str:
+    """The run's last lines: its wall time and how to look at it."""
+    workdir = session.settings.workdir
+    storage = "" if session.settings.storage_url.startswith("sqlite") else " --storage URL"
+    return (
+        f"done in {_duration(seconds)}. Look at it: python -m tuner dashboard --workdir {workdir}"
+        f"{storage} (Optuna's dashboard); the report is under {workdir / 'reports'}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
 
 
 class Budget:
@@ -263,8 +284,6 @@ class Budget:
 
     @classmethod
     def start(cls, session, seconds: float) -> Budget:
-        import time
-
         from tuner.tune.kinds import get_kind
         from tuner.tune.stages import FINAL
 
@@ -288,8 +307,6 @@ class Budget:
 
     def deadline_for(self, stage: str) -> float:
         """Now plus ``stage``'s share of the time left."""
-        import time
-
         names = list(self.work)
         left = sum(self.work[n] for n in names[names.index(stage) :])
         now = time.monotonic()

@@ -142,6 +142,11 @@ def status_table(status: dict[str, Any]) -> str:
             f"\nfinal: test accuracy {final['test_accuracy']:.4f}, test loss {final['test_loss']:.4f}, "
             f"n_test {final['n_test']}"
         )
+        if "shipped_epoch" in final:
+            text += (
+                f"\nshipped weights: epoch {final['shipped_epoch']} of {final['epochs_trained']} "
+                f"trained, validation accuracy {final['val_accuracy']:.4f}"
+            )
         if "model" in final:
             text += f"\nmodel: {final['model']}"
         if final.get("reused_from"):

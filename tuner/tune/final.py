@@ -130,10 +130,12 @@ def evaluate_final(
     def on_epoch(e: EpochStats) -> None:
         reporter.report(0, e.val_acc, e.epoch)
         reporter.progress(e.epoch)
-        logger.info(
-            "final epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.4f",
+        logger.log(
+            logging.DEBUG if kept is not None else logging.INFO,  # a kept run's, replayed
+            "final epoch %d/%d%s: train loss %.4f, val loss %.4f, val acc %.4f",
             e.epoch,
             epochs,
+            " (replayed from the kept trial)" if kept is not None else "",
             e.train_loss,
             e.val_loss,
             e.val_acc,
@@ -153,6 +155,7 @@ def evaluate_final(
             "fixed_params": fixed,
             "data": session.prepared().manifest["key"],
             "epochs_trained": len(history.epochs),
+            **shipped(history, plan.final.restore_best),
             "stopped_early": history.stopped_early,
             **({"out_of_time": True} if history.out_of_time else {}),
             "wall_times": {
@@ -183,6 +186,14 @@ def evaluate_final(
             **({"reused_from": reused_from} if reused_from else {}),
         },
     )
+
+
+def shipped(history: History, restore_best: bool) -> dict[str, Any]:
+    """Which epoch's weights the model holds (the lowest validation loss with
+    ``restore_best``, else the last one trained) and their validation accuracy and loss."""
+    epoch = history.best_loss_epoch if restore_best else history.epochs[-1].epoch
+    stats = next(e for e in history.epochs if e.epoch == epoch)
+    return {"shipped_epoch": epoch, "val_accuracy": stats.val_acc, "val_loss": stats.val_loss}
 
 
 def _kept_weights(session: Session, cfg: TrainConfig) -> reuse.Kept | None:
@@ -304,6 +315,9 @@ def final_summary(session: Session) -> dict[str, Any] | None:
         summary.update(
             {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
         )
+        for key in ("shipped_epoch", "val_accuracy", "epochs_trained"):  # absent in older ones
+            if key in metrics:
+                summary[key] = metrics[key]
         if "baselines" in metrics:  # a final written before baselines has none
             summary["baselines"] = metrics["baselines"]
         summary["model"] = str(model_dir(session) / "model.pt")

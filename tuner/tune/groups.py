@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,17 +101,20 @@ class GroupRunner:
         labels = [", ".join(f"{k}={v}" for k, v in p.items()) or "final" for p in group]
         numbers = ", ".join(str(t.number) for t in trials)
         logger.info(
-            "%s trial(s) %s (%s): training together",
+            "%s %s (%s): %s",
             study.study_name,
-            numbers,
+            f"trials {numbers}" if len(trials) > 1 else f"trial {numbers}",
             "; ".join(labels),
+            "training together" if len(trials) > 1 else "training",
         )
         desc = f"{study.study_name} {labels[0]}" + (
             f" +{len(group) - 1} more" if len(group) > 1 else ""
         )
         bar = tqdm(total=training.epochs, desc=desc, unit="epoch", leave=False, disable=None)
         protected = [point_key(p) in training.protect for p in group]
-        reporter = TrialReporter(trials, bar, protected, lambda: check_stop(self.stop))
+        reporter = TrialReporter(
+            trials, bar, protected, lambda: check_stop(self.stop), desc, training.epochs
+        )
         ids = [trial_ids[t.number] for t in trials]
         try:
             with self.workers.heartbeat([study.study_name], ids), bar:
@@ -245,10 +249,14 @@ class TrialReporter:
         bar: tqdm,
         protected: list[bool],
         check_stop: Callable[[], None],
+        what: str = "",
+        epochs: int = 0,
     ) -> None:
         self.trials, self.bar, self.protected = trials, bar, protected
         self.check_stop = check_stop
+        self.what, self.epochs = what, epochs  # for the progress lines without a terminal
         self.last: dict[int, float] = {}
+        self.start = self.logged = time.monotonic()
 
     def report(self, point: int, value: float, step: int) -> None:
         self.trials[point].report(value, step)
@@ -260,4 +268,29 @@ class TrialReporter:
 
     def progress(self, epoch: int) -> None:
         self.bar.update(1)
+        if self.bar.disable:  # not a terminal (compose logs, CI): a line now and then
+            now = time.monotonic()
+            if now - self.logged >= LOG_EVERY_S:
+                self.logged = now
+                logger.info("%s", progress_line(self.what, epoch, self.epochs, now - self.start))
         self.check_stop()
+
+
+LOG_EVERY_S = 30.0
+"""Without a terminal (no progress bar), a progress line at least this often while training."""
+
+
+def progress_line(what: str, epoch: int, epochs: int, elapsed: float) -> str:
+    """``what: epoch 12/100, 0:40 elapsed, at most 4:53 left at this pace`` (early stopping
+    may end it sooner)."""
+    left = elapsed / max(epoch, 1) * max(epochs - epoch, 0)
+    return (
+        f"{what}: epoch {epoch}/{epochs}, {_clock(elapsed)} elapsed, at most {_clock(left)} "
+        "left at this pace"
+    )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
