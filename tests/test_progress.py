@@ -55,3 +55,21 @@ def test_the_final_model_says_which_epoch_it_ships(restore_best, epoch, acc):
     h = _history([0.5, 0.4, 0.45], [0.7, 0.8, 0.9])
     assert shipped(h, restore_best) == {"shipped_epoch": epoch, "val_accuracy": acc,
                                         "val_loss": h.epochs[epoch - 1].val_loss}  # fmt: skip
+
+
+def test_the_report_names_the_target_and_its_classes_once():
+    from tuner.report.document import _target_line
+
+    assert _target_line({"target": "classes", "label_rule": "classes", "n_classes": 6}) == (
+        "**Target:** `classes`: 6 classes"
+    )
+    assert _target_line({"target": "year", "label_rule": "decade", "label_names": ["a", "b"]}) == (
+        "**Target:** `year`: 2 classes, decade"
+    )
+
+
+def test_a_stage_table_names_its_metric():
+    from tuner.report.summary import VALUE_HEADERS
+
+    assert VALUE_HEADERS["best_loss"] == "val acc at best loss"
+    assert set(VALUE_HEADERS) == {"peak", "final", "mean", "best_loss"}

@@ -395,6 +395,14 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
     return ReportPaths(md_path, html_path, figures)
 
 
+def _target_line(m: dict[str, Any]) -> str:
+    """``**Target:** `species`: 3 classes`` (with the binning rule where there is one)."""
+    n = m.get("n_classes") or len(m.get("label_names") or [])
+    rule = m.get("label_rule")
+    how = f", {rule}" if rule and rule != "classes" else ""
+    return f"**Target:** `{m['target']}`: {n} classes{how}"
+
+
 def _baselines(doc: Doc, metrics: dict[str, Any]) -> None:
     """The first answer to "is this good?": the tuned MLP against scikit-learn's defaults on
     the same train rows and the same test rows (:mod:`tuner.data.baselines`)."""
@@ -422,9 +430,7 @@ def _table_lines(m: dict[str, Any]) -> list[str]:
     """Report lines that describe a table's target and features (none for YearPredictionMSD)."""
     if not m.get("target"):
         return []
-    lines = [
-        f"**Target:** `{m['target']}` ({m.get('label_rule', 'classes')}, {m.get('n_classes') or len(m.get('label_names') or [])} classes)"
-    ]
+    lines = [_target_line(m)]
     cols = m.get("columns") or {}
     feats = m.get("encoding") or {}
     if cols:

@@ -114,7 +114,8 @@ def range_test(
     with contextlib.redirect_stdout(io.StringIO()) as notes, bar:
         finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
     for line in notes.getvalue().splitlines():
-        logger.info("torch-lr-finder: %s", line)
+        if "finder_name" not in line:  # its "See the graph with {finder_name}.plot()": not ours
+            logger.info("torch-lr-finder: %s", line)
     lrs = [float(v) for v in finder.history["lr"]]
     losses = [float(v) for v in finder.history["loss"]]
     suggestion = steepest_lr(lrs, losses)
