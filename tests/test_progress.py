@@ -69,7 +69,13 @@ def test_the_report_names_the_target_and_its_classes_once():
 
 
 def test_a_stage_table_names_its_metric():
-    from tuner.report.summary import VALUE_HEADERS
+    from tuner.report.summary import stage_table
+    from tuner.tune.state import StageState
 
-    assert VALUE_HEADERS["best_loss"] == "val acc at best loss"
-    assert set(VALUE_HEADERS) == {"peak", "final", "mean", "best_loss"}
+    rows = [{"params": {"ensemble": k}, "value": v, "seconds": 1.0, "trial": i}
+            for i, (k, v) in enumerate([(1, 0.9), (8, 0.95)])]  # fmt: skip
+    for objective, header in (("best_loss", "val acc at best loss"), ("peak", "peak val acc")):
+        state = StageState("ensemble", "t.ensemble", "done", 2, 2, {"ensemble": 8}, 0.95, {},
+                           user_attrs={"stage": {"objective": objective}}, rows=rows)  # fmt: skip
+        first = stage_table(state).splitlines()[1]  # the header, after the stage line
+        assert header in first and " value " not in f"{first} "
