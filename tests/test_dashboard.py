@@ -241,3 +241,17 @@ def test_study_artifacts_use_optunas_metadata_format(tmp_path):
     metas = optuna.artifacts.get_all_artifact_meta(study, storage=storage)
     assert [m.artifact_id for m in metas] == list(ids)
     assert metas[0].filename == "summary.png" and metas[0].mimetype == "image/png"
+
+
+def test_static_files_are_served_to_a_client_that_sends_no_accept_encoding(dashboard):
+    """optuna-dashboard alone answers 500 here (KeyError: 'HTTP_ACCEPT_ENCODING')."""
+    import http.client
+
+    conn = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=30)
+    conn.putrequest("GET", "/static/bundle.js", skip_accept_encoding=True)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    assert response.status == 200 and response.getheader("Content-Encoding") in (None, "identity")
+    assert len(body) > 10_000

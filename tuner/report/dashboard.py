@@ -40,6 +40,19 @@ class _QuietHandler(WSGIRequestHandler):
         logger.debug("%s - %s", self.address_string(), format % args)
 
 
+def _identity_when_unsaid(app):
+    """optuna-dashboard reads ``request.headers["Accept-Encoding"]`` for its static files and
+    answers 500 (``KeyError: 'HTTP_ACCEPT_ENCODING'``) to a client that sends no such header
+    (curl without ``--compressed``, some proxies). A client that says nothing accepts the
+    identity encoding (RFC 9110, 12.5.3): say so for it."""
+
+    def wrapped(environ, start_response):
+        environ.setdefault("HTTP_ACCEPT_ENCODING", "identity")
+        return app(environ, start_response)
+
+    return wrapped
+
+
 class Dashboard:
     """A running dashboard server: ``url``, ``serve_forever()`` or ``start()``/``stop()``."""
 
@@ -50,7 +63,9 @@ class Dashboard:
         check_url(storage_url)
         self.storage = open_storage(storage_url, heartbeat_interval=5, grace_period=20)
         self.artifacts = artifact_store(workdir)
-        app = optuna_dashboard.wsgi(self.storage, artifact_store=self.artifacts)
+        app = _identity_when_unsaid(
+            optuna_dashboard.wsgi(self.storage, artifact_store=self.artifacts)
+        )
         try:
             self.server = make_server(
                 host, port, app, server_class=_Server, handler_class=_QuietHandler
