@@ -323,3 +323,23 @@ def test_runs_under_a_time_budget_are_reused_only_under_one():
         for b in (False, True)
     ]
     assert reuse[0].fingerprint(cfg) != reuse[1].fingerprint(cfg)
+
+
+@pytest.mark.slow
+def test_under_a_budget_the_final_job_ships_the_last_stages_cut_run_instead_of_one_epoch(tmp_path):
+    """The last stage trains as the final job would (same epochs): the budget gives the final
+    job no time of its own, and the winner's run, stopped at the deadline, is the model (its
+    best epoch so far), not a one-epoch retrain."""
+    from tests.test_tables import _table
+
+    table = _table(tmp_path, n=400)
+    (tmp_path / "studies").mkdir()
+    plan = _LONG_PLAN.replace('name = "long"', 'name = "long2"').replace(
+        "epochs = 4000", "epochs = 5000"
+    )
+    (tmp_path / "studies" / "long2.toml").write_text(plan)
+    run_cli("run-all", "--plan", "long2", "--data", str(table), "--target", "label",
+            "--threads", "1", "--time-budget", "10", cwd=tmp_path, check=True, timeout=300)  # fmt: skip
+    metrics = json.loads((tmp_path / "models/long2/metrics.json").read_text())
+    assert metrics["reused_from"].startswith("long2.")  # a stage trial (width, or lr reusing it)
+    assert metrics["out_of_time"] and 1 < metrics["epochs_trained"] < 5000

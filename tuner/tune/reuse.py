@@ -260,6 +260,15 @@ class Keeper:
                 state = self.best
             self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, stop)
 
+    def out_of_time(self, epoch: int, export) -> None:
+        """The run ended at ``epoch``, before the rule did (a time budget's deadline): keep
+        what the rule holds now, as the final job under the same budget would."""
+        if self.kept is not None:
+            return
+        state = self.best if self.rule.restore_best and self.best is not None else None
+        state = state if state is not None else export().state_dict()
+        self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, True)
+
 
 def weights_parts(study: str, number: int) -> tuple[str, ...]:
     return ("weights", study, f"trial-{number}.pt")

@@ -236,6 +236,9 @@ def train_holdout(
         return out
 
     histories = training.run(on_epoch).histories
+    for k, keeper in keepers.items():
+        if histories[k].out_of_time:
+            keeper.out_of_time(len(histories[k].epochs), lambda k=k: training.stack.export(k))
     results = {
         i: _holdout_result(
             run.stage.objective,
