@@ -79,3 +79,59 @@ def test_a_stage_table_names_its_metric():
                            user_attrs={"stage": {"objective": objective}}, rows=rows)  # fmt: skip
         first = stage_table(state).splitlines()[1]  # the header, after the stage line
         assert header in first and " value " not in f"{first} "
+
+
+def test_long_class_names_fit_inside_the_class_and_confusion_plots(tmp_path, monkeypatch):
+    """30-character class names: every label of the two class plots lies inside its figure."""
+    from matplotlib.text import Text
+
+    from tuner.report import plots
+
+    figures = []
+    real_save = plots._save
+
+    def keep(fig, path, **kw):
+        figures.append(fig)
+        return real_save(fig, path, **kw)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    names = [f"{word} vegetation with stubble {i}"[:30] for i, word in
+             enumerate(["damp grey soil", "cotton crop", "very damp grey soil", "red soil", "x"])]  # fmt: skip
+    assert max(len(n) for n in names) == 30
+    plots.class_distribution(
+        {"label_names": names, "class_counts": {"train": [70, 60, 50, 40, 30]},
+         "target": "classes", "split": "stratified"},
+        tmp_path / "classes.png",
+    )  # fmt: skip
+    matrix = [[10 if i == j else 1 for j in range(5)] for i in range(5)]
+    plots.confusion_matrix(
+        {"confusion_matrix": matrix, "labels": names, "class_name": "classes",
+         "test_accuracy": 0.8},
+        tmp_path / "confusion.png",
+    )  # fmt: skip
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    for fig in figures:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # as savefig drew it
+        renderer = canvas.get_renderer()
+        box = fig.bbox
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert any("damp" in t.get_text() for t in texts)
+        for t in texts:
+            bb = t.get_window_extent(renderer)
+            assert bb.x0 >= box.x0 - 1 and bb.x1 <= box.x1 + 1, t.get_text()
+            assert bb.y0 >= box.y0 - 1 and bb.y1 <= box.y1 + 1, t.get_text()
+
+
+def test_the_report_says_which_epoch_ships_and_why_validation_beats_test():
+    from tuner.report.notes import shipped_lines
+
+    last = shipped_lines({"shipped_epoch": 15, "epochs_trained": 15, "val_accuracy": 0.91,
+                          "test_accuracy": 0.88})  # fmt: skip
+    assert last[0].startswith("**Shipped weights:** epoch 15 (the last epoch trained)")
+    assert "optimistic" in last[0]
+    best = shipped_lines({"shipped_epoch": 11, "epochs_trained": 27, "val_accuracy": 0.96,
+                          "test_accuracy": 0.95})  # fmt: skip
+    assert "epoch 11 (the epoch of lowest validation loss)" in best[0]
+    assert shipped_lines({"epochs_trained": 3}) == []  # an older metrics.json

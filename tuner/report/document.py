@@ -344,6 +344,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"{metrics['test_loss']:.4f}; macro F1 {metrics['macro_f1']:.4f}; "
                 f"{metrics['n_test']} test rows",
                 f"**Epochs trained:** {metrics.get('epochs_trained')}" + stopped_why(metrics),
+                *notes.shipped_lines(metrics),
                 *(
                     [f"**Model from:** {notes.model_from_text(metrics['reused_from'])}"]
                     if metrics.get("reused_from")
@@ -356,8 +357,14 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
         )
         if history:
             doc.img(
-                draw("final_history", plots.final_history, history, out / "final_history.png"),
-                "Final training history",
+                draw(
+                    "final_history",
+                    plots.final_history,
+                    history,
+                    out / "final_history.png",
+                    shipped=metrics.get("shipped_epoch"),
+                ),
+                "Final training history (the dotted line: the epoch whose weights ship)",
             )
         doc.img(
             draw("confusion_matrix", plots.confusion_matrix, metrics, out / "confusion_matrix.png"),

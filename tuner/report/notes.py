@@ -331,6 +331,25 @@ def out_of_time(state: StageState) -> str:
     )
 
 
+def shipped_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """Which epoch's weights the model holds, and why its validation and test accuracy
+    differ (nothing for a metrics.json written before it said)."""
+    epoch = metrics.get("shipped_epoch")
+    if epoch is None:
+        return []
+    which = (
+        "the last epoch trained"
+        if epoch == metrics.get("epochs_trained")
+        else "the epoch of lowest validation loss"
+    )
+    return [
+        f"**Shipped weights:** epoch {epoch} ({which}), validation accuracy "
+        f"{metrics['val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}. The "
+        "validation rows chose the configuration and the epoch, so their accuracy is an "
+        "optimistic estimate; the test rows, scored once, are the honest one"
+    ]
+
+
 def stopped_why(metrics: Mapping[str, Any]) -> str:
     """Why the final run ended before its planned epochs, in words ('' when it did not)."""
     if metrics.get("out_of_time"):
@@ -439,7 +458,11 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
             history_path = metrics_path.parent / "history.json"
             if history_path.is_file():
                 history = json.loads(history_path.read_text())
-                path = plots.final_history(history, Path(tmp) / "final_history.png")
+                path = plots.final_history(
+                    history,
+                    Path(tmp) / "final_history.png",
+                    shipped=metrics.get("shipped_epoch"),
+                )
                 put_study_artifact(_store(session), session.storage, study, path)
             if metrics:
                 path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")

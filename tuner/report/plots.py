@@ -36,15 +36,33 @@ def _figure(width: float = 6.0, height: float = 3.4, ncols: int = 1):
     return fig, list(axes)
 
 
-def _save(fig, path: Path, *, left=0.1, right=0.97, bottom=0.16, top=0.88, wspace=0.3) -> Path:
-    """Lay out and write ``fig`` to ``path`` atomically (a dashboard may be reading it)."""
+def _save(
+    fig, path: Path, *, left=0.1, right=0.97, bottom=0.16, top=0.88, wspace=0.3, fit=False
+) -> Path:
+    """Lay out and write ``fig`` to ``path`` atomically (a dashboard may be reading it).
+    ``fit``: margins that fit the tick labels, whatever their length (class names)."""
     from tuner.paths import atomic_write
 
-    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
+    if fit:
+        if fig.get_layout_engine() is None:  # a constrained layout lays out when drawn
+            fig.tight_layout(pad=0.4)
+    else:
+        fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
     path = Path(path)
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
+
+
+def _short(label: str, width: int = 16) -> str:
+    """A class name for a tick: wrapped on word boundaries at ``width`` characters, at most two
+    lines (then cut with an ellipsis)."""
+    import textwrap
+
+    lines = textwrap.wrap(str(label), width, break_long_words=True) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 1] + "\u2026"]
+    return "\n".join(lines)
 
 
 def _epoch_axis(ax, epochs: Sequence[int]) -> None:
@@ -73,7 +91,8 @@ def class_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
         values = counts.get(split)
         if not values:
             continue
-        ax.bar(labels, values, bottom=bottom, label=split, color=colors[split], width=0.75)
+        ax.bar(range(len(labels)), values, bottom=bottom, label=split, color=colors[split],
+               width=0.75)  # fmt: skip
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     total = sum(bottom) or 1
     for i, n in enumerate(bottom):
@@ -90,9 +109,16 @@ def class_distribution(manifest: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("rows")
     word = (manifest.get("target") or "decade").capitalize()
     ax.set_title(f"{word} distribution ({total:,} rows, {manifest.get('split', '?')} split)")
-    ax.tick_params(axis="x", labelsize=8)
+    rotate = len(labels) > 6 or max((len(str(lab)) for lab in labels), default=0) > 10
+    ax.set_xticks(
+        range(len(labels)),
+        [_short(lab) for lab in labels],
+        rotation=35 if rotate else 0,
+        ha="right" if rotate else "center",
+        fontsize=8,
+    )
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path, left=0.11)
+    return _save(fig, path, fit=True)
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -225,15 +251,22 @@ def trial_curve(title: str, history: Any, path: Path) -> Path:
 
 
 # -- final --------------------------------------------------------------------------------------
-def final_history(history: Mapping[str, Any], path: Path, *, title: str = "final") -> Path:
-    """The final retrain: train and validation loss, validation accuracy, per epoch."""
+def final_history(
+    history: Mapping[str, Any], path: Path, *, title: str = "final", shipped: int | None = None
+) -> Path:
+    """The final retrain: train and validation loss, validation accuracy, per epoch, and the
+    epoch whose weights the model holds (``shipped``; else the lowest validation loss)."""
     fig, (ax_loss, ax_acc) = _figure(8.0, 3.4, ncols=2)
     epochs = history["epoch"]
     ax_loss.plot(epochs, history["train_loss"], marker="o", ms=3, label="train")
     ax_loss.plot(epochs, history["val_loss"], marker="s", ms=3, label="validation")
     ax_acc.plot(epochs, history["val_acc"], marker="o", ms=3, color="#2ca02c")
-    best = min(range(len(epochs)), key=lambda i: history["val_loss"][i])
-    ax_loss.axvline(epochs[best], color="0.6", ls=":", lw=1, label="best val loss")
+    if shipped is None:
+        best = min(range(len(epochs)), key=lambda i: history["val_loss"][i])
+        ax_loss.axvline(epochs[best], color="0.6", ls=":", lw=1, label="best val loss")
+    else:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(shipped, color=WINNER, ls=":", lw=1, label=f"shipped (epoch {shipped})")
     ax_loss.set_ylabel("cross-entropy")
     ax_acc.set_ylabel("validation accuracy")
     for ax in (ax_loss, ax_acc):
@@ -250,6 +283,7 @@ def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
     labels = list(metrics["labels"])
     rows = [[v / (sum(r) or 1) for v in r] for r in matrix]
     fig, (ax,) = _figure(5.6, 5.0)
+    fig.set_layout_engine("constrained")  # fits the tick labels and the colorbar
     im = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
     n = len(labels)
     for i in range(n):
@@ -265,10 +299,12 @@ def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
                     fontsize=6,
                     color="white" if v > 0.55 else "black",
                 )
-    ax.set_xticks(range(n), labels, rotation=45, fontsize=7)
+    ax.set_xticks(range(n), [_short(lab) for lab in labels], rotation=45, ha="right", fontsize=7)
     support = [sum(r) for r in matrix]
     ax.set_yticks(
-        range(n), [f"{lab} ({s})" for lab, s in zip(labels, support, strict=True)], fontsize=7
+        range(n),
+        [f"{_short(lab)} ({s})" for lab, s in zip(labels, support, strict=True)],
+        fontsize=7,
     )
     word = metrics.get("class_name", "decade")
     ax.set_xlabel(f"predicted {word}")
@@ -279,4 +315,4 @@ def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
         fontsize=9,
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    return _save(fig, path, left=0.2, right=0.9, bottom=0.13, top=0.93)
+    return _save(fig, path, fit=True)
