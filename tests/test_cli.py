@@ -70,13 +70,15 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     assert "already complete" in again.stderr
 
 
-@pytest.mark.slow
-def test_status_of_a_fresh_workdir_is_all_pending(tmp_path):
-    proc = run_cli("status", "--plan", "quick", "--json", cwd=tmp_path, check=True)
-    status = json.loads(proc.stdout)
-    assert [s["state"] for s in status["stages"]] == ["pending"] * 6
-    assert status["final"] is None
-    assert status["stages"][1]["n_total"] == 5
+def test_status_of_a_fresh_workdir_says_nothing_ran_there_and_creates_nothing(tmp_path):
+    for args in (("status",), ("status", "--plan", "quick", "--json"), ("report",)):
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith(
+            f"tuner: error: no study storage at {tmp_path / 'studies' / 'tuner.sqlite3'}: "
+            "nothing has run there yet"
+        )
+        assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

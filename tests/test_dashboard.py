@@ -120,7 +120,7 @@ def test_dashboard_command_prints_its_url_and_stops_on_sigterm(run):
 def test_dashboard_on_a_missing_storage_exits_2(tmp_path, capsys):
     assert main(["dashboard", "--workdir", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("tuner: error: no storage at"), err
+    assert err.strip().splitlines()[-1].startswith("tuner: error: no study storage at"), err
     assert not (tmp_path / "nothing").exists()
 
 

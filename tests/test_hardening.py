@@ -134,7 +134,9 @@ def _corrupt_storages(tmp_path: Path, capsys) -> list[Path]:
 
     truncated = tmp_path / "truncated"
     write_tiny_plan(truncated)
-    assert cli(capsys, "status", "--plan", "tiny", "--workdir", str(truncated)).returncode == 0
+    optuna.create_study(  # a real database, then truncated below
+        study_name="tiny.lr", storage=f"sqlite:///{truncated / 'studies' / 'tuner.sqlite3'}"
+    )
     db = truncated / "studies" / "tuner.sqlite3"
     for extra in ("-wal", "-shm"):
         Path(f"{db}{extra}").unlink(missing_ok=True)

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tuner.errors import PlanError
@@ -429,6 +430,9 @@ def test_the_default_plan_follows_the_data_and_a_plans_data_section_reaches_the_
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "withdata.toml").write_text(_DATA_PLAN)
     monkeypatch.setattr(commands, "TABLE_PLAN", "withdata")
+    optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'studies' / 'tuner.sqlite3'}"
+    )  # status reads one
     args = build_parser().parse_args(
         ["status", "--data", str(table), "--target", "y", "--workdir", str(tmp_path)]
     )

@@ -125,7 +125,7 @@ def test_long_class_names_fit_inside_the_class_and_confusion_plots(tmp_path, mon
 
 
 def test_the_report_says_which_epoch_ships_and_why_validation_beats_test():
-    from tuner.report.notes import shipped_lines
+    from tuner.report.summary import shipped_lines
 
     last = shipped_lines({"shipped_epoch": 15, "epochs_trained": 15, "val_accuracy": 0.91,
                           "test_accuracy": 0.88})  # fmt: skip

@@ -93,7 +93,7 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
     from tuner.train.config import coerce_params
     from tuner.tune.stages import Session, Settings, check_stage_name
     from tuner.tune.storage import default_storage_url
-    from tuner.tune.studies import stored_plans
+    from tuner.tune.studies import check_exists, stored_plans
 
     writes = with_data or (args.command == "report" and args.out is None)
     workdir = _workdir(args, write=writes)
@@ -105,6 +105,8 @@ def open_session(args: argparse.Namespace, *, with_data: bool = True, stage: str
         found = stored_plans(storage_url)
         plan_name = found[0] if len(found) == 1 else None
     plan = load_plan(plan_name or default_plan(spec), workdir)
+    if not with_data:  # status, report: they read a storage, they do not create one
+        check_exists(storage_url)
     if plan.data and spec.is_table:
         spec = data_spec(args, dict(plan.data))
     if stage is not None:

@@ -19,9 +19,10 @@ import threading
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from tuner.errors import StorageError, TunerError
+from tuner.errors import TunerError
 from tuner.report.notes import artifact_store
 from tuner.tune.storage import check_url, open_storage, redact
+from tuner.tune.studies import check_exists
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Dashboard:
     def __init__(self, storage_url: str, workdir: Path, host: str = "127.0.0.1", port: int = 8080):
         import optuna_dashboard
 
-        _check_exists(storage_url)
+        check_exists(storage_url)
         check_url(storage_url)
         self.storage = open_storage(storage_url, heartbeat_interval=5, grace_period=20)
         self.artifacts = artifact_store(workdir)
@@ -106,21 +107,6 @@ class Dashboard:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _check_exists(url: str) -> None:
-    """A SQLite file that does not exist is a wrong path, not a storage to create."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return  # check_url says what is wrong with it
-    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).is_file():
-            raise StorageError(
-                f"no storage at {parsed.database}: run a stage first, or pass --storage/--workdir"
-            )
 
 
 def serve(storage_url: str, workdir: Path, host: str, port: int) -> None:

@@ -32,6 +32,7 @@ from tuner import paths
 from tuner.data.baselines import comparison
 from tuner.data.target import class_word
 from tuner.report import notes, plots, tables
+from tuner.report import summary as status_words
 from tuner.report.notes import (
     fmt_params,
     grid_text,
@@ -41,7 +42,6 @@ from tuner.report.notes import (
     scored_by,
     search_label,
     stage_plot,
-    stopped_why,
     summary_plot_name,
     tuned_params,
     winner_text,
@@ -315,7 +315,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             items.append(f"**Carried forward:** {fmt_params(state.best_params)}")
         if state.reused:
             items.append(f"**Reused:** {notes.reused_text(state)}")
-        cut = notes.out_of_time(state)
+        cut = status_words.out_of_time(state)
         if cut:
             items.append(f"**Time budget:** {cut}")
         doc.ul(items)
@@ -343,8 +343,9 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 f"**Test accuracy:** {metrics['test_accuracy']:.4f}; **test loss:** "
                 f"{metrics['test_loss']:.4f}; macro F1 {metrics['macro_f1']:.4f}; "
                 f"{metrics['n_test']} test rows",
-                f"**Epochs trained:** {metrics.get('epochs_trained')}" + stopped_why(metrics),
-                *notes.shipped_lines(metrics),
+                f"**Epochs trained:** {metrics.get('epochs_trained')}"
+                + status_words.stopped_why(metrics),
+                *status_words.shipped_lines(metrics),
                 *(
                     [f"**Model from:** {notes.model_from_text(metrics['reused_from'])}"]
                     if metrics.get("reused_from")

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from tuner import paths
 from tuner.config import FINAL_STAGE, fmt_value
 from tuner.report import plots, tables
+from tuner.report.summary import stopped_why
 from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
 from tuner.tune.kinds import KINDS, spec_from_dict
@@ -316,45 +317,6 @@ def stage_plot(state: StageState, path: Path) -> Path | None:
         return plots.cv_errorbars(state.name, rows, path, param=param)
     curves = [r for r in rows if isinstance(r.get("history"), dict)]
     return plots.stage_curves(state.name, curves, path, param=param) if curves else None
-
-
-def out_of_time(state: StageState) -> str:
-    """Which of a stage's points a time budget stopped at the stage's deadline, in words
-    ('' when none was)."""
-    cut = [t for t in state.trials if t.user_attrs.get("out_of_time")]
-    if not cut:
-        return ""
-    epochs = sorted({int(t.user_attrs.get("epochs_trained", 0)) for t in cut})
-    return (
-        f"{len(cut)} of {len(state.trials)} points stopped at the stage's deadline, after "
-        f"{', '.join(map(str, epochs))} epochs (scored on the epochs they trained)"
-    )
-
-
-def shipped_lines(metrics: Mapping[str, Any]) -> list[str]:
-    """Which epoch's weights the model holds, and why its validation and test accuracy
-    differ (nothing for a metrics.json written before it said)."""
-    epoch = metrics.get("shipped_epoch")
-    if epoch is None:
-        return []
-    which = (
-        "the last epoch trained"
-        if epoch == metrics.get("epochs_trained")
-        else "the epoch of lowest validation loss"
-    )
-    return [
-        f"**Shipped weights:** epoch {epoch} ({which}), validation accuracy "
-        f"{metrics['val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}. The "
-        "validation rows chose the configuration and the epoch, so their accuracy is an "
-        "optimistic estimate; the test rows, scored once, are the honest one"
-    ]
-
-
-def stopped_why(metrics: Mapping[str, Any]) -> str:
-    """Why the final run ended before its planned epochs, in words ('' when it did not)."""
-    if metrics.get("out_of_time"):
-        return " (stopped by the time budget)"
-    return " (stopped early on validation loss)" if metrics.get("stopped_early") else ""
 
 
 def objective_name(stage: Mapping[str, Any]) -> str:

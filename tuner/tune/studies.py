@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from tuner.config import FINAL_STAGE, Plan, StageSpec, content_hash
 from tuner.data.prepare import Prepared
+from tuner.errors import StorageError
 from tuner.tune.coordination import Coordinator
 from tuner.tune.decide import Decision, PointStats, decide
 from tuner.tune.kinds import get_kind, stage_spec
@@ -403,3 +404,18 @@ def stored_plans(url: str) -> list[str]:
     finally:
         engine.dispose()
     return sorted(plans)
+
+
+def check_exists(url: str) -> None:
+    """A SQLite file that does not exist is a wrong path (or nothing has run there yet), not a
+    storage to create: for the commands that only read one (status, report, dashboard)."""
+    try:
+        parsed = make_url(resolve_url(url))
+    except Exception:
+        return  # check_url says what is wrong with it
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise StorageError(
+                f"no study storage at {parsed.database}: nothing has run there yet (run "
+                "`python -m tuner run-all` first), or pass the --workdir or --storage of a run"
+            )
