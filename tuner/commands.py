@@ -198,6 +198,7 @@ def run_stage(args: argparse.Namespace) -> int:
 def run_all(args: argparse.Namespace) -> int:
     """``run-all``: every stage in order, then the final job; prints each stage's table and
     the status, and one of the workers writes the report."""
+    started = time.monotonic()  # a budget counts reading and preparing the data too
     budget = getattr(args, "time_budget", None)
     if budget is not None and not budget > 0:
         raise TunerError(f"--time-budget must be a positive number of seconds, got {budget}")
@@ -206,6 +207,7 @@ def run_all(args: argparse.Namespace) -> int:
         args.force,
         failure=lambda err: failure_message(err, args),
         time_budget=budget,
+        started=started,
     )
     return 0
 
@@ -216,6 +218,7 @@ def run_plan(
     *,
     failure: Callable[[BaseException], str | None] = lambda err: None,
     time_budget: float | None = None,
+    started: float | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """Every stage of ``session``'s plan in order, the final job, the status table and (by one
     worker) the report: the one implementation of a whole run, for ``run-all`` and
@@ -223,15 +226,20 @@ def run_plan(
     fields) and the report's paths (``None``: another worker writes it, or it failed: the
     results are in the storage and ``tuner report`` retries).
 
-    ``time_budget`` (seconds) bounds the whole run (:class:`Budget`): each stage gets a deadline
-    for its share, after which its runs start no new epoch, and the final job gets the rest
-    (at least one epoch: it always runs)."""
+    ``time_budget`` (seconds, from ``started``, a ``time.monotonic()``; default now) bounds the
+    whole run (:class:`Budget`): each stage gets a deadline for its share, after which its runs
+    start no new epoch, and the final job gets the rest (at least one epoch: it always runs),
+    less a reserve for what follows it (baselines, report)."""
     from tuner.report.summary import plan_status, status_table
     from tuner.tune.final import run_final
 
     paths = None
     t0 = time.perf_counter()
-    budget = Budget.start(session, time_budget) if time_budget is not None else None
+    budget = None
+    if time_budget is not None:
+        budget = Budget.start(
+            session, time_budget, time.monotonic() if started is None else started
+        )
     stages = session.plan.stages
     with session.working():
         for k, spec in enumerate(stages, 1):
@@ -276,6 +284,11 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s} s" if m else f"{s} s"
 
 
+RESERVE_S, RESERVE_SHARE = 10.0, 0.1
+"""What a time budget keeps for the work after the final job (baselines, the report): 10% of
+it, at most 10 s (on a 2-core machine the baselines take 1-5 s, the report 2-4 s)."""
+
+
 class Budget:
     """A time budget over a plan's remaining work: a stage's share is its planned training
     (points x epochs x folds x repeats) over what is left, the final job's (its epochs) included
@@ -285,7 +298,7 @@ class Budget:
         self.end, self.work = end, work
 
     @classmethod
-    def start(cls, session, seconds: float) -> Budget:
+    def start(cls, session, seconds: float, started: float) -> Budget:
         from tuner.tune.kinds import get_kind
         from tuner.tune.stages import FINAL
 
@@ -305,7 +318,8 @@ class Budget:
             and last.epochs == plan.final.epochs
         )
         work[FINAL] = 0 if keeps else plan.final.epochs
-        return cls(time.monotonic() + seconds, work)
+        reserve = min(RESERVE_S, RESERVE_SHARE * seconds)  # baselines and report, after it
+        return cls(started + seconds - reserve, work)
 
     def deadline_for(self, stage: str) -> float:
         """Now plus ``stage``'s share of the time left."""

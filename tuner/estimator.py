@@ -26,6 +26,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ class TunedClassifier(ClassifierMixin, BaseEstimator):
         from tuner import commands
         from tuner.cli import build_parser
 
+        started = time.monotonic()  # a time budget counts writing and preparing the rows
         data = workdir / "data" / "fit"
         data.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).values).hexdigest()
@@ -195,16 +197,21 @@ class TunedClassifier(ClassifierMixin, BaseEstimator):
             ("--plan", self.plan),
             ("--storage", self.storage),
             ("--threads", self.threads),
-            ("--time-budget", self.time_budget),
         ):
             if value is not None:
                 argv += [flag, str(value)]
         args = build_parser().parse_args(argv)
         args.stop = threading.Event()
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise TunerValueError(
+                f"time_budget must be a positive number of seconds, got {self.time_budget}"
+            )
         try:
             with _output(self.verbose), _threads(self.threads):
                 session = commands.open_session(args)
-                return commands.run_plan(session, force=False)
+                return commands.run_plan(
+                    session, force=False, time_budget=self.time_budget, started=started
+                )
         except TunerError as err:  # the command line's message, naming the rows, not the file
             raise TunerValueError(str(err).replace(str(path), "the rows given to fit")) from None
 
