@@ -281,7 +281,7 @@ def test_a_time_budget_must_be_a_positive_number_of_seconds(tmp_path, seconds):
 def test_the_budget_gives_each_stage_its_share_of_the_time_left(monkeypatch):
     import time as time_module
 
-    from tuner.commands import Budget
+    from tuner.tune.budget import Budget
 
     now = [100.0]
     monkeypatch.setattr(time_module, "monotonic", lambda: now[0])

@@ -90,7 +90,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "group:NAME (no value of the column in two parts)",
     )
     t = parser.add_argument_group(
-        "tables (shorthands for the keys of a TOML data description; see README 'Your own data')"
+        "tables (shorthands for the keys of a TOML data description; see docs/tutorial.md 'Your own data')"
     )
     t.add_argument("--target", default=None, help="the class column of a table file")
     t.add_argument("--sep", default=None, help="delimiter of a text table (default: sniffed)")
@@ -179,7 +179,7 @@ def _runner(parser: argparse.ArgumentParser) -> None:
         dest="reuse",
         action="store_false",
         help="train every point and the final model even when an earlier stage's trial trained "
-        "exactly the same thing (default: reuse it; see 'Trial reuse' in the README)",
+        "exactly the same thing (default: reuse it; see 'Trial reuse' in docs/concepts.md)",
     )
     g.add_argument(
         "--heartbeat-interval",

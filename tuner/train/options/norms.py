@@ -144,7 +144,7 @@ class BatchNorm(Norm):
 
     def forward_train(self, z, gamma, beta, rmean, rvar, out=None):
         # Two passes over the batch axis (mean, then the centred squares): torch.var_mean over
-        # a middle axis is several times slower on the CPU (~7x, README "Training engine").
+        # a middle axis is several times slower on the CPU (~7x, docs/engine.md).
         n_batch = z.shape[1]
         mean = z.mean(1, keepdim=True)
         xhat = z - mean
