@@ -4,6 +4,7 @@ shipped epoch of the final model."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
@@ -11,6 +12,8 @@ from tqdm import tqdm
 from tuner.train.history import EpochStats, History
 from tuner.tune import groups
 from tuner.tune.final import shipped
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_progress_line_says_epochs_elapsed_and_time_left():
@@ -135,3 +138,16 @@ def test_the_report_says_which_epoch_ships_and_why_validation_beats_test():
                           "test_accuracy": 0.95})  # fmt: skip
     assert "epoch 11 (the epoch of lowest validation loss)" in best[0]
     assert shipped_lines({"epochs_trained": 3}) == []  # an older metrics.json
+
+
+def test_an_lr_range_tests_points_are_not_called_a_grid():
+    from tuner.plan import load_plan
+    from tuner.report.notes import grid_text, search_label
+
+    plan = load_plan("quick", REPO)
+    stage = plan.stage("lr").to_dict()
+    assert search_label(stage) == "Points"
+    assert grid_text(stage, [{"lr": 0.01}]) == (
+        "0.01: the range test's pick x1 (found by the test, not a grid)"
+    )
+    assert search_label(plan.stage("init").to_dict()) == "Grid"

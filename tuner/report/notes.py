@@ -88,7 +88,11 @@ def fmt_params(params: Mapping[str, Any] | None) -> str:
 
 
 def search_label(stage: Mapping[str, Any]) -> str:
-    """What a stage's searched values are called in notes and the report."""
+    """What a stage's searched values are called in notes and the report: the sampler's word
+    (grid, TPE space), or ``Points`` for a kind that finds its own (an LR range test)."""
+    kind, _ = _kind_and_spec(stage)
+    if kind is not None and not kind.needs_grid:
+        return "Points"
     return sampler_named(stage.get("sampler")).label
 
 

@@ -159,9 +159,11 @@ class RangeTest(StageKind):
         )
 
     def points_text(self, spec: StageSpec, points: Sequence[Mapping[str, Any]] | None) -> str:
+        times = ", ".join(f"x{fmt_value(c)}" for c in spec.options.candidates)
         if points:
-            return ", ".join(point_label(p) for p in points)
-        return "decided by the range test"
+            found = ", ".join(point_label(p) for p in points)
+            return f"{found}: the range test's pick {times} (found by the test, not a grid)"
+        return f"the range test's pick {times}, decided by the test"
 
     def facts(self, attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
         curve = attrs.get(self.name)
