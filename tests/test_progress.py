@@ -151,3 +151,16 @@ def test_an_lr_range_tests_points_are_not_called_a_grid():
         "0.01: the range test's pick x1 (found by the test, not a grid)"
     )
     assert search_label(plan.stage("init").to_dict()) == "Grid"
+
+
+def test_on_a_terminal_the_bar_is_redrawn_during_a_long_epoch():
+    import io
+    import time
+
+    out = io.StringIO()
+    bar = tqdm(total=10, desc="s.stage", file=out, disable=False, mininterval=0)
+    before = out.getvalue().count("\r")
+    with groups.ticking(bar, every=0.05):
+        time.sleep(0.3)  # one long epoch: no update, yet the bar moves
+    assert out.getvalue().count("\r") - before >= 3
+    bar.close()

@@ -12,6 +12,7 @@ storage becomes one line naming what was being done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -117,7 +118,7 @@ class GroupRunner:
         )
         ids = [trial_ids[t.number] for t in trials]
         try:
-            with self.workers.heartbeat([study.study_name], ids), bar:
+            with self.workers.heartbeat([study.study_name], ids), bar, ticking(bar):
                 results = training.evaluate(group, trials, reporter)
         except BaseException as err:
             self.fail(study, trials, err, f"training {study.study_name} trial(s) {numbers}")
@@ -274,6 +275,33 @@ class TrialReporter:
                 self.logged = now
                 logger.info("%s", progress_line(self.what, epoch, self.epochs, now - self.start))
         self.check_stop()
+
+
+TICK_S = 5.0
+"""On a terminal, the progress bar is redrawn at least this often (its elapsed time moves
+during a long epoch)."""
+
+
+@contextlib.contextmanager
+def ticking(bar: tqdm, every: float = TICK_S) -> Iterator[None]:
+    """Redraw ``bar`` every ``every`` seconds while the block runs (nothing when it is
+    disabled: no terminal)."""
+    if bar.disable:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, name="tuner-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 LOG_EVERY_S = 30.0
