@@ -255,19 +255,19 @@ class Keeper:
             self.best = copy.deepcopy(export().state_dict())
         stop = self.stopping.should_stop and epoch < self.rule.epochs
         if stop or epoch == self.rule.epochs:
-            state = export().state_dict()
-            if self.rule.restore_best and self.best is not None:
-                state = self.best
-            self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, stop)
+            self._keep(epoch, stop, export)
 
     def out_of_time(self, epoch: int, export) -> None:
         """The run ended at ``epoch``, before the rule did (a time budget's deadline): keep
         what the rule holds now, as the final job under the same budget would."""
-        if self.kept is not None:
-            return
+        if self.kept is None:
+            self._keep(epoch, True, export)
+
+    def _keep(self, epoch: int, stopped: bool, export) -> None:
+        """Keep the best epoch's weights (``restore_best``) or the current ones."""
         state = self.best if self.rule.restore_best and self.best is not None else None
-        state = state if state is not None else export().state_dict()
-        self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, True)
+        state = export().state_dict() if state is None else state
+        self.kept = ({k: v.detach().cpu().clone() for k, v in state.items()}, epoch, stopped)
 
 
 def weights_parts(study: str, number: int) -> tuple[str, ...]:
