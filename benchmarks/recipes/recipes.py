@@ -26,24 +26,10 @@ torch.set_num_threads(1)
 WORK = Path(os.environ.get("TUNER_RECIPES_DIR", Path(tempfile.gettempdir()) / "tuner-recipes"))
 """Where prepare_tables.py wrote the arrays (WORK/data)."""
 RESULTS = Path(__file__).resolve().parent / "results"  # one JSON line per table x seed
-TABLES = [
-    "penguins",
-    "titanic",
-    "credit",
-    "churn",
-    "chile",
-    "attrition",
-    "telco",
-    "hpc",
-    "arrests",
-    "hmda",
-    "biopsy",
-    "mroz",
-    "oj",
-    "swisslabor",
-    "diamonds",
-    "hi",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: tables.py
+from tables import TABLES as _TABLES  # noqa: E402
+
+TABLES = list(_TABLES)  # benchmarks/tables.py's: the 14 classic tables, then diamonds and hi
 SEEDS = (42, 43, 44)
 
 

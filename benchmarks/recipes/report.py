@@ -10,23 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "results"
-SMALL = [
-    "penguins",
-    "titanic",
-    "credit",
-    "churn",
-    "chile",
-    "attrition",
-    "telco",
-    "hpc",
-    "arrests",
-    "hmda",
-    "biopsy",
-    "mroz",
-    "oj",
-    "swisslabor",
-]
-LARGE = ["diamonds", "hi"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: tables.py
+from tables import GROUPS  # noqa: E402
+
+SMALL, LARGE = GROUPS["small"], GROUPS["large"]
 
 
 def load():
