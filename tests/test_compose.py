@@ -228,7 +228,9 @@ def test_compose_services_run_the_whole_plan_on_postgres_with_two_workers(
     """``docker compose up --scale worker=2``, minus Docker: the worker command twice, then
     the dashboard command, on the test PostgreSQL (the compose URL pointed at it), with the
     small plan and data chosen by the compose variables."""
-    plan = write_tiny_plan(tmp_path)
+    # weight-decay points of seconds each: a worker that polls (every 2 s) while the other
+    # trains finds a point left, whatever the order the two started in
+    plan = write_tiny_plan(tmp_path, wd_epochs=600)
     doc = compose(
         {
             "POSTGRES_PASSWORD": "pw",
