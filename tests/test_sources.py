@@ -159,6 +159,28 @@ def test_synthetic_source(tmp_path: Path, monkeypatch):
     assert not (tmp_path / "raw").exists()
 
 
+def test_a_synthetic_subsample_is_generated_at_its_size_as_synthesize_writes_it(tmp_path: Path):
+    """``--data synthetic --rows N`` (stratified) generates N rows, not the full 515,345 it
+    would otherwise subsample: the data of ``synthesize --rows N``, split the same way."""
+    from tuner.data import synthetic
+    from tuner.data.prepare import prepare
+    from tuner.data.spec import build_spec
+
+    generated = prepare(build_spec("synthetic", {"rows": 600}), tmp_path / "a")
+    assert generated.manifest.rows == 600 and generated.manifest.n_rows_total == 600
+    years, features = synthetic.generate(rows=600, seed=0)
+    file = tmp_path / "msd_600.txt"
+    synthetic.write_uci(file, years, features)
+    written = prepare(build_spec(str(file), {"rows": 600}), tmp_path / "b")
+    for part in ("train", "val", "test"):
+        a, b = (getattr(p, f"y_{part}") for p in (generated, written))
+        np.testing.assert_array_equal(a, b)
+        a, b = (getattr(p, f"x_{part}") for p in (generated, written))
+        np.testing.assert_allclose(a, b, atol=1e-3)  # the file holds 5 decimals
+    other = prepare(build_spec("synthetic", {"rows": 700}), tmp_path / "a")
+    assert other.manifest.source_sha256 != generated.manifest.source_sha256  # no size mix-up
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -80,7 +80,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "description (default: uci)",
     )
     g.add_argument(
-        "--rows", type=_int_in(1), default=None, help="use a stratified subsample of N rows"
+        "--rows",
+        type=_int_in(1),
+        default=None,
+        help="use a stratified subsample of N rows (--data synthetic: generate N rows, the "
+        "data synthesize --rows N writes)",
     )
     g.add_argument(
         "--split",

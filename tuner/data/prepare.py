@@ -138,7 +138,17 @@ def _cached(data_dir: Path, key: str, sha: str, spec: DataSpec) -> Prepared | No
 def _prepare_uci(spec: DataSpec, data_dir: Path) -> Prepared:
     """YearPredictionMSD (the UCI format, the download or the generator): a table of 90
     feature columns whose target is the year, binned by decade."""
-    ref = uci.resolve_source(spec.source, data_dir)
+    # A stratified subsample of generated data is generated at its size, the data
+    # `synthesize --rows` writes: preparing 20,000 rows took 2.3 s and 0.29 GB at peak,
+    # against 5.1 s and 0.69 GB when all 515,345 were generated first. The canonical split
+    # needs the full size (it splits by position).
+    small = (
+        spec.source == "synthetic"
+        and spec.split == "stratified"
+        and spec.rows is not None
+        and spec.rows < CANONICAL_TOTAL_ROWS  # the generator's full size; more: the usual error
+    )
+    ref = uci.resolve_source(spec.source, data_dir, synthetic_rows=spec.rows if small else None)
     key = cache_key(ref.sha256, spec)
     cached = _cached(data_dir, key, ref.sha256, spec)
     if cached is not None:

@@ -4,7 +4,9 @@ A source is one of
 
 * ``"uci"``: the real UCI YearPredictionMSD file, downloaded once and verified
   (:mod:`tuner.data.uci_download`);
-* ``"synthetic"``: the MSD-shaped generator in :mod:`tuner.data.synthetic` at full size;
+* ``"synthetic"``: the MSD-shaped generator in :mod:`tuner.data.synthetic`, at full size or,
+  asked for ``rows``, at that size (the data ``synthesize --rows`` writes: a 20,000-row
+  stratified data set never generates the 515,345 rows it would otherwise be drawn from);
 * a path to a ``.txt``, ``.csv`` or ``.zip`` file in the UCI format (no header, comma
   separated, 91 columns: the integer year, then 90 float features), read and validated by
   :mod:`tuner.data.uci_format`.
@@ -110,30 +112,43 @@ class SourceRef:
     path: Path | None = None  # the file to read (None for synthetic)
     display: str = ""  # how messages name the file (the path as the user gave it)
     synthetic_seed: int = 0
+    synthetic_rows: int | None = None  # rows to generate; None: the full size
     stat: tuple[int, int] | None = None  # (size, mtime_ns) of a file when it was hashed
 
 
-def load_source(source: str, data_dir: Path, *, synthetic_seed: int = 0) -> RawData:
+def load_source(
+    source: str, data_dir: Path, *, synthetic_seed: int = 0, synthetic_rows: int | None = None
+) -> RawData:
     """Read the rows of ``source`` ("uci", "synthetic" or a file path); see the module doc."""
-    return load_resolved(resolve_source(source, data_dir, synthetic_seed=synthetic_seed))
+    ref = resolve_source(
+        source, data_dir, synthetic_seed=synthetic_seed, synthetic_rows=synthetic_rows
+    )
+    return load_resolved(ref)
 
 
-def resolve_source(source: str, data_dir: Path, *, synthetic_seed: int = 0) -> SourceRef:
+def resolve_source(
+    source: str, data_dir: Path, *, synthetic_seed: int = 0, synthetic_rows: int | None = None
+) -> SourceRef:
     """Locate ``source`` and compute its content hash without parsing it.
 
     For ``"uci"`` this downloads and verifies the file when needed; for a file it checks that
     the file exists, has a known extension and (for a zip) holds a data member, and hashes it.
+    ``synthetic_rows`` sizes the generated data (ignored for files); its recipe, hence its
+    hash, names the size, so no cache mistakes one size for another.
     """
     if source == "synthetic":
         from tuner.data import synthetic
 
-        recipe = json.dumps(["synthetic", synthetic.GENERATOR_VERSION, int(synthetic_seed)])
+        recipe = ["synthetic", synthetic.GENERATOR_VERSION, int(synthetic_seed)]
+        if synthetic_rows is not None:
+            recipe.append(int(synthetic_rows))
         return SourceRef(
             kind="synthetic",
             name="synthetic",
-            sha256=hashlib.sha256(recipe.encode()).hexdigest(),
+            sha256=hashlib.sha256(json.dumps(recipe).encode()).hexdigest(),
             display="synthetic",
             synthetic_seed=int(synthetic_seed),
+            synthetic_rows=None if synthetic_rows is None else int(synthetic_rows),
         )
     if source == "uci":
         path = ensure_uci(Path(data_dir))
@@ -158,7 +173,8 @@ def load_resolved(ref: SourceRef) -> RawData:
         from tuner.data import synthetic
 
         t0 = time.perf_counter()
-        years, features = synthetic.generate(seed=ref.synthetic_seed)
+        rows = synthetic.FULL_ROWS if ref.synthetic_rows is None else ref.synthetic_rows
+        years, features = synthetic.generate(rows=rows, seed=ref.synthetic_seed)
         logger.info(
             "generated %d synthetic rows (seed %d) in %.1fs",
             len(years),
