@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import optuna
@@ -32,6 +32,29 @@ logger = logging.getLogger(__name__)
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
 
 
+@contextmanager
+def periodically(
+    every: float, call: Callable[[], None], name: str, *, join_timeout: float | None = None
+) -> Iterator[None]:
+    """Run ``call`` every ``every`` seconds in a daemon thread ``name`` while the block runs
+    (heartbeats, presence, progress redraws). Leaving the block stops it and waits for the
+    thread, at most ``join_timeout`` seconds: a call stuck on a busy storage must not hold up
+    a worker that is stopping."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            call()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_timeout)
+
+
 class Coordinator:
     """One worker's presence, claims and heartbeats on a plan (see the module docstring)."""
 
@@ -45,7 +68,7 @@ class Coordinator:
     ) -> None:
         self.plan_name, self.storage, self.claims, self.owner = plan_name, storage, claims, owner
         self.settings = settings  # heartbeat_interval, poll_interval, group_size
-        self._presence: tuple[threading.Event, threading.Thread] | None = None
+        self._presence: ExitStack | None = None  # the presence heartbeat, while announced
 
     def announce(self) -> None:
         """Count this session as a worker of the plan until :meth:`withdraw` (or its death):
@@ -54,27 +77,29 @@ class Coordinator:
         if self._presence is not None:
             return
         self.claims.announce(self.plan_name, self.owner)
-        stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(self.settings.heartbeat_interval):
-                try:
-                    self.claims.refresh_presence(self.plan_name, self.owner)
-                except Exception as err:  # noqa: BLE001 - an outage shows up in the main thread
-                    logger.warning("presence heartbeat failed: %s", error_line(err))
+            try:
+                self.claims.refresh_presence(self.plan_name, self.owner)
+            except Exception as err:  # noqa: BLE001 - an outage shows up in the main thread
+                logger.warning("presence heartbeat failed: %s", error_line(err))
 
-        thread = threading.Thread(target=beat, name="tuner-presence", daemon=True)
-        thread.start()
-        self._presence = (stop, thread)
+        self._presence = ExitStack()
+        self._presence.enter_context(
+            periodically(
+                self.settings.heartbeat_interval,
+                beat,
+                "tuner-presence",
+                join_timeout=self.settings.heartbeat_interval + 5,
+            )
+        )
 
     def withdraw(self) -> None:
         """Stop counting as a worker (best effort: a dead worker's row goes stale anyway)."""
         if self._presence is None:
             return
-        stop, thread = self._presence
-        self._presence = None
-        stop.set()
-        thread.join(timeout=self.settings.heartbeat_interval + 5)
+        presence, self._presence = self._presence, None
+        presence.close()
         try:
             self.claims.withdraw(self.plan_name, self.owner)
         except Exception as err:  # noqa: BLE001 - the storage may be what failed
@@ -135,27 +160,20 @@ class Coordinator:
     @contextmanager
     def heartbeat(self, studies: list[str], trial_ids: list[int]) -> Iterator[None]:
         """Keep this worker's claims (and Optuna trial heartbeats) fresh while training."""
-        stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(self.settings.heartbeat_interval):
-                try:
-                    for trial_id in trial_ids:
-                        self.storage.record_heartbeat(trial_id)
-                    self.claims.refresh(self.owner, studies)
-                except Exception as err:  # keep beating; an outage shows up in the main thread
-                    logger.warning("heartbeat failed: %s", error_line(err))
+            try:
+                for trial_id in trial_ids:
+                    self.storage.record_heartbeat(trial_id)
+                self.claims.refresh(self.owner, studies)
+            except Exception as err:  # keep beating; an outage shows up in the main thread
+                logger.warning("heartbeat failed: %s", error_line(err))
 
         for trial_id in trial_ids:
             self.storage.record_heartbeat(trial_id)
-        thread = threading.Thread(target=beat, name="tuner-heartbeat", daemon=True)
-        thread.start()
-        try:
+        interval = self.settings.heartbeat_interval
+        with periodically(interval, beat, "tuner-heartbeat", join_timeout=interval + 5):
             yield
-        finally:
-            stop.set()
-            # a beat stuck on a busy storage must not hold up a worker that is stopping
-            thread.join(timeout=self.settings.heartbeat_interval + 5)
 
     def claim_is_free(self, claim: Claim) -> bool:
         if claim.trial_id is not None:

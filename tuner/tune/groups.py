@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tuner.errors import Terminated
 from tuner.tune import reuse
-from tuner.tune.coordination import Coordinator
+from tuner.tune.coordination import Coordinator, periodically
 from tuner.tune.runs import PointResult, Reporter
 from tuner.tune.state import point_key
 from tuner.tune.storage import (
@@ -289,19 +289,8 @@ def ticking(bar: tqdm, every: float = TICK_S) -> Iterator[None]:
     if bar.disable:
         yield
         return
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(every):
-            bar.refresh()
-
-    thread = threading.Thread(target=tick, name="tuner-progress", daemon=True)
-    thread.start()
-    try:
+    with periodically(every, bar.refresh, "tuner-progress"):
         yield
-    finally:
-        done.set()
-        thread.join()
 
 
 LOG_EVERY_S = 30.0
