@@ -94,7 +94,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "group:NAME (no value of the column in two parts)",
     )
     t = parser.add_argument_group(
-        "tables (shorthands for the keys of a TOML data description; see docs/tutorial.md 'Your own data')"
+        "tables (shorthands for the keys of a TOML data description; see docs/reference/data.md 'Tables')"
     )
     t.add_argument("--target", default=None, help="the class column of a table file")
     t.add_argument("--sep", default=None, help="delimiter of a text table (default: sniffed)")

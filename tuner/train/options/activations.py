@@ -10,7 +10,7 @@ for that module, so that a member trains in a stack as it trains alone.
 Both fused halves take ``out=``: a stack whose members differ in activation writes each run's
 result into its slice of one tensor instead of concatenating the parts (the activation stage's
 step at 0.91-0.92 of its former time, ``benchmarks/steps.py --against ee100f2``, docs/engine.md
-"Training engine"). Where the public functional form has no ``out=`` the entry calls the
+"Measured speed"). Where the public functional form has no ``out=`` the entry calls the
 ``torch._C._nn`` function behind it, and the backward kernels are ATen's ``*_backward`` ops,
 whose ``grad_input`` overload writes into ``out`` (the hand-written backward pass: ~130 ATen
 calls per step for the whole stack instead of ~290 per member with autograd; see
