@@ -4,11 +4,13 @@ shipped epoch of the final model."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
 from tqdm import tqdm
 
+from tuner import progress
 from tuner.train.history import EpochStats, History
 from tuner.tune import groups
 from tuner.tune.final import shipped
@@ -17,31 +19,59 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_progress_line_says_epochs_elapsed_and_time_left():
-    line = groups.progress_line("tabular.ensemble ensemble=1", 10, 100, 20.0)
+    line = progress.progress_line("tabular.ensemble ensemble=1", 10, 100, 20.0)
     assert (
         line
         == "tabular.ensemble ensemble=1: epoch 10/100, 0:20 elapsed, at most 3:00 left at this pace"
     )
-    assert "1:00:00 elapsed" in groups.progress_line("x", 1, 2, 3600.0)
+    assert "1:00:00 elapsed" in progress.progress_line("x", 1, 2, 3600.0)
+    # inside the first epoch there is no pace yet to estimate from
+    assert progress.progress_line("x", 0, 100, 40.0) == "x: in epoch 1/100, 0:40 elapsed"
 
 
-def test_without_a_terminal_training_logs_a_progress_line_every_30_s(monkeypatch, caplog):
-    now = [1000.0]
-    monkeypatch.setattr(groups.time, "monotonic", lambda: now[0])
-    bar = tqdm(total=100, disable=True)
+def test_without_a_terminal_a_progress_line_is_logged_every_30_s_even_inside_an_epoch(caplog):
+    """Compose logs and CI see a line at the pace of the clock, not of the epochs: one
+    epoch of a large CV group can take minutes."""
+    bar = tqdm(total=100, disable=True)  # what tqdm does without a terminal (disable=None)
     reporter = groups.TrialReporter([], bar, [], lambda: None, "s.stage lr=0.1", 100)
+    assert progress.LOG_EVERY_S == 30.0
     with caplog.at_level(logging.INFO, logger="tuner.tune.groups"):
-        now[0] += 10
-        reporter.progress(1)
-        assert not caplog.records
-        now[0] += 25  # 35 s since the start
-        reporter.progress(2)
-        assert [r.getMessage() for r in caplog.records] == [
-            "s.stage lr=0.1: epoch 2/100, 0:35 elapsed, at most 28:35 left at this pace"
-        ]
-        now[0] += 5
-        reporter.progress(3)
-        assert len(caplog.records) == 1
+        with progress.showing(
+            bar, reporter.line, logging.getLogger("tuner.tune.groups"), every=0.05
+        ):
+            time.sleep(0.3)  # inside epoch 1: no progress() call at all
+            reporter.progress(1)
+            time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) >= 4
+    assert lines[0].startswith("s.stage lr=0.1: in epoch 1/100, 0:00 elapsed")
+    assert lines[-1].startswith("s.stage lr=0.1: epoch 1/100, 0:00 elapsed, at most ")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # -q: nothing
+        with progress.showing(
+            bar, reporter.line, logging.getLogger("tuner.tune.groups"), every=0.05
+        ):
+            time.sleep(0.2)
+    assert not caplog.records
+
+
+def test_without_a_terminal_the_lr_range_test_logs_lines_instead_of_a_bar(
+    monkeypatch, caplog, capsys
+):
+    import torch
+
+    from tuner.train.config import TrainConfig
+    from tuner.train.lr_range import range_test
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.01)
+    x, y = torch.randn(4000, 8), torch.randint(0, 3, (4000,))
+    with caplog.at_level(logging.INFO, logger="tuner.train.lr_range"):
+        range_test(
+            TrainConfig(hidden=(16,), batch_size=8), (x, y), n_classes=3, seed=0, optimizer="adam"
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("LR range test: ")]
+    assert any(" step " in line and "elapsed" in line for line in lines), lines
+    assert "it/s" not in capsys.readouterr().err  # no tqdm bar written into the logs
 
 
 def _history(losses, accs):
@@ -155,12 +185,11 @@ def test_an_lr_range_tests_points_are_not_called_a_grid():
 
 def test_on_a_terminal_the_bar_is_redrawn_during_a_long_epoch():
     import io
-    import time
 
     out = io.StringIO()
     bar = tqdm(total=10, desc="s.stage", file=out, disable=False, mininterval=0)
     before = out.getvalue().count("\r")
-    with groups.ticking(bar, every=0.05):
+    with progress.showing(bar, lambda: "unused", logging.getLogger("x"), tick=0.05):
         time.sleep(0.3)  # one long epoch: no update, yet the bar moves
     assert out.getvalue().count("\r") - before >= 3
     bar.close()

@@ -127,6 +127,11 @@ def _check_spec(spec: DataSpec) -> None:
 # --------------------------------------------------------------------------- the sources
 
 
+def _announce(source: str) -> None:
+    """Say what is coming before the first read: a large file takes a while to prepare."""
+    logger.info("preparing %s: reading, splitting and encoding (cached for later runs)", source)
+
+
 def _cached(data_dir: Path, key: str, sha: str, spec: DataSpec) -> Prepared | None:
     directory = data_dir / "prepared" / key
     cached = load_cached(directory, key, sha, spec)
@@ -154,6 +159,7 @@ def _prepare_uci(spec: DataSpec, data_dir: Path) -> Prepared:
     if cached is not None:
         cached.manifest = cached.manifest.replace(source=ref.name)
         return cached
+    _announce(ref.display)
     t0 = time.perf_counter()
     raw = uci.load_resolved(ref)
     if raw.sha256 != ref.sha256:  # changed since resolve_source hashed it
@@ -181,6 +187,7 @@ def _prepare_table(spec: DataSpec, data_dir: Path) -> Prepared:
     cached = _cached(data_dir, key, sha, spec)
     if cached is not None:
         return cached
+    _announce(spec.source)
     t0 = time.perf_counter()
     frame, n_main, display, unnamed = _read_frames(spec)
     extra: dict[str, str | None] = {}

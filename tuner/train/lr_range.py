@@ -12,6 +12,8 @@ import contextlib
 import io
 import logging
 import math
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -21,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from torch_lr_finder import LRFinder
 
+from tuner.progress import progress_line, showing
 from tuner.train.batches import batch_indices
 from tuner.train.config import TrainConfig
 from tuner.train.ensemble import EnsembleLoss
@@ -38,9 +41,11 @@ class _SlicedBatches(IterableDataset):
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.served = 0  # batches handed out so far (the progress lines count them)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for idx in batch_indices(len(self.x), self.batch_size, self.generator, min_size=2):
+            self.served += 1
             yield self.x[idx], self.y[idx]
 
 
@@ -101,17 +106,25 @@ def range_test(
     with seeded(seed):
         model = build_model(range_cfg, x.shape[1], n_classes, fit_inputs(range_cfg, x))
     opt = make_optimizer(range_cfg, model.parameters(), lr=start_lr)
-    loader = DataLoader(_SlicedBatches(x, y, cfg.batch_size, seed), batch_size=None)
+    batches = _SlicedBatches(x, y, cfg.batch_size, seed)
+    loader = DataLoader(batches, batch_size=None)
     num_iter = max(len(x) // cfg.batch_size, MIN_ITERATIONS)
     finder = LRFinder(model, opt, EnsembleLoss(nn.CrossEntropyLoss()), device="cpu")
     # torch-lr-finder prints its progress notes; keep stdout for our own output. Its progress
-    # bar (tqdm on stderr, which it offers no way to turn off) is shown only when INFO is.
-    bar = (
-        contextlib.nullcontext()
-        if logger.isEnabledFor(logging.INFO)
-        else contextlib.redirect_stderr(io.StringIO())
-    )
-    with contextlib.redirect_stdout(io.StringIO()) as notes, bar:
+    # bar (tqdm on stderr, which it offers no way to turn off) is shown on a terminal when INFO
+    # is; without a terminal it is hidden and a progress line is logged instead.
+    on_terminal = sys.stderr.isatty() and logger.isEnabledFor(logging.INFO)
+    start = time.monotonic()
+
+    def line() -> str:
+        done = min(batches.served, num_iter)
+        return progress_line("LR range test", done, num_iter, time.monotonic() - start, "step")
+
+    with (
+        contextlib.redirect_stdout(io.StringIO()) as notes,
+        contextlib.nullcontext() if on_terminal else contextlib.redirect_stderr(io.StringIO()),
+        contextlib.nullcontext() if on_terminal else showing(None, line, logger),
+    ):
         finder.range_test(loader, end_lr=end_lr, num_iter=num_iter, step_mode="exp")
     for line in notes.getvalue().splitlines():
         if "finder_name" not in line:  # its "See the graph with {finder_name}.plot()": not ours

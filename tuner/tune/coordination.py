@@ -13,7 +13,6 @@ that is stopped (an error, Ctrl-C, SIGTERM) cleans up after itself on the way ou
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import StageError, StorageLost, Terminated
+from tuner.progress import periodically
 from tuner.tune.claims import Claim, ClaimTable
 from tuner.tune.state import SETTLED, point_key
 from tuner.tune.storage import connection_failure, corrupt_database, error_line
@@ -30,29 +30,6 @@ from tuner.tune.storage import connection_failure, corrupt_database, error_line
 logger = logging.getLogger(__name__)
 
 MAX_FAILURES = 3  # a point whose training raised this often stops the stage
-
-
-@contextmanager
-def periodically(
-    every: float, call: Callable[[], None], name: str, *, join_timeout: float | None = None
-) -> Iterator[None]:
-    """Run ``call`` every ``every`` seconds in a daemon thread ``name`` while the block runs
-    (heartbeats, presence, progress redraws). Leaving the block stops it and waits for the
-    thread, at most ``join_timeout`` seconds: a call stuck on a busy storage must not hold up
-    a worker that is stopping."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every):
-            call()
-
-    thread = threading.Thread(target=loop, name=name, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=join_timeout)
 
 
 class Coordinator:

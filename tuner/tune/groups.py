@@ -12,7 +12,6 @@ storage becomes one line naming what was being done.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -27,8 +26,9 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from tuner.errors import Terminated
+from tuner.progress import progress_line, showing
 from tuner.tune import reuse
-from tuner.tune.coordination import Coordinator, periodically
+from tuner.tune.coordination import Coordinator
 from tuner.tune.runs import PointResult, Reporter
 from tuner.tune.state import point_key
 from tuner.tune.storage import (
@@ -118,7 +118,11 @@ class GroupRunner:
         )
         ids = [trial_ids[t.number] for t in trials]
         try:
-            with self.workers.heartbeat([study.study_name], ids), bar, ticking(bar):
+            with (
+                self.workers.heartbeat([study.study_name], ids),
+                bar,
+                showing(bar, reporter.line, logger),
+            ):
                 results = training.evaluate(group, trials, reporter)
         except BaseException as err:
             self.fail(study, trials, err, f"training {study.study_name} trial(s) {numbers}")
@@ -241,8 +245,9 @@ class GroupRunner:
 
 class TrialReporter:
     """A group's :class:`~tuner.tune.runs.Reporter`: intermediate values go to the points'
-    trials, pruning is the study's pruner, progress a tqdm bar; every epoch it checks whether
-    the worker was told to stop (``check_stop``)."""
+    trials, pruning is the study's pruner, progress a tqdm bar (or, without a terminal, the
+    :meth:`line` :func:`~tuner.progress.showing` logs); every epoch it checks whether the worker
+    was told to stop (``check_stop``)."""
 
     def __init__(
         self,
@@ -257,7 +262,8 @@ class TrialReporter:
         self.check_stop = check_stop
         self.what, self.epochs = what, epochs  # for the progress lines without a terminal
         self.last: dict[int, float] = {}
-        self.start = self.logged = time.monotonic()
+        self.epoch = 0  # epochs done
+        self.start = time.monotonic()
 
     def report(self, point: int, value: float, step: int) -> None:
         self.trials[point].report(value, step)
@@ -268,46 +274,10 @@ class TrialReporter:
         return not self.protected[point] and self.trials[point].should_prune()
 
     def progress(self, epoch: int) -> None:
+        self.epoch = epoch
         self.bar.update(1)
-        if self.bar.disable:  # not a terminal (compose logs, CI): a line now and then
-            now = time.monotonic()
-            if now - self.logged >= LOG_EVERY_S:
-                self.logged = now
-                logger.info("%s", progress_line(self.what, epoch, self.epochs, now - self.start))
         self.check_stop()
 
-
-TICK_S = 5.0
-"""On a terminal, the progress bar is redrawn at least this often (its elapsed time moves
-during a long epoch)."""
-
-
-@contextlib.contextmanager
-def ticking(bar: tqdm, every: float = TICK_S) -> Iterator[None]:
-    """Redraw ``bar`` every ``every`` seconds while the block runs (nothing when it is
-    disabled: no terminal)."""
-    if bar.disable:
-        yield
-        return
-    with periodically(every, bar.refresh, "tuner-progress"):
-        yield
-
-
-LOG_EVERY_S = 30.0
-"""Without a terminal (no progress bar), a progress line at least this often while training."""
-
-
-def progress_line(what: str, epoch: int, epochs: int, elapsed: float) -> str:
-    """``what: epoch 12/100, 0:40 elapsed, at most 4:53 left at this pace`` (early stopping
-    may end it sooner)."""
-    left = elapsed / max(epoch, 1) * max(epochs - epoch, 0)
-    return (
-        f"{what}: epoch {epoch}/{epochs}, {_clock(elapsed)} elapsed, at most {_clock(left)} "
-        "left at this pace"
-    )
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    def line(self) -> str:
+        """Where the group is: epochs done, elapsed, time left at this pace."""
+        return progress_line(self.what, self.epoch, self.epochs, time.monotonic() - self.start)
