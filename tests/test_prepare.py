@@ -176,10 +176,11 @@ def test_prepare_scales_with_train_statistics_only(tmp_path: Path, uci_file):
 def test_cache_reuse_and_invalidation(tmp_path: Path, uci_file, monkeypatch, caplog):
     path = str(uci_file(600, seed=6))
     data_dir = tmp_path / "data"
+    monkeypatch.setattr("tuner.data.prepare.ANNOUNCE_BYTES", 1000)  # a "large" file
     with caplog.at_level(logging.INFO, logger="tuner.data.prepare"):
         first = prepare(DataSpec(source=path), data_dir)
     # said before the first read: a large file is not prepared in silence
-    assert caplog.records[0].getMessage().startswith(f"preparing {path}: reading")
+    assert caplog.records[0].getMessage().startswith(f"preparing {path} (0 MB): reading")
     caplog.clear()
 
     def no_reading(ref):
