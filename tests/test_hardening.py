@@ -431,3 +431,35 @@ def test_disk_full_errors_are_recognised_wherever_they_come_from():
     wrapped.__cause__ = sqlite3.OperationalError("database or disk is full")
     assert disk_full(wrapped)
     assert environment_failure(ValueError("x"), None) is None
+
+
+def test_an_observer_that_loses_the_storage_logs_one_line_and_a_bug_keeps_its_traceback(caplog):
+    """A report or notes observer that fails because the database went away warns in one line
+    (the command's own one-line error follows it); a bug in an observer keeps its traceback."""
+    import sqlalchemy
+
+    from tuner.tune.hooks import Observers
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", None, Exception("connection refused"))
+
+    class Observer:
+        def __init__(self, err):
+            self.err = err
+
+        def on_trial_done(self, *args):
+            raise self.err
+
+    with caplog.at_level("WARNING"):
+        Observers([Observer(lost), Observer(KeyError("bug"))]).notify("on_trial_done")
+    first, second = caplog.records
+    assert "lost the connection to the storage: connection refused" in first.getMessage()
+    assert not first.exc_info
+    assert second.exc_info and "failed; the run goes on" in second.getMessage()
+
+    from tuner.report.notes import _best_effort  # the notes' per-call guard says the same
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert _best_effort(Observer(lost).on_trial_done)() is None
+    (record,) = caplog.records
+    assert "lost the connection to the storage" in record.getMessage() and not record.exc_info

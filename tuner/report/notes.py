@@ -292,9 +292,11 @@ def _best_effort(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            from tuner.tune.storage import environment_failure
+            from tuner.tune.storage import failure_line
 
-            failure = environment_failure(err, None)  # a full disk: one line, no traceback
+            # a full disk or a lost storage: one line (the command's own error follows), no
+            # traceback; anything else is a bug and keeps its traceback
+            failure = failure_line(err, None)
             logger.warning(
                 "%s failed%s; the run goes on without it",
                 fn.__name__,

@@ -20,6 +20,8 @@ from typing import Any
 
 import optuna
 
+from tuner.tune.storage import failure_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,10 +67,12 @@ class Observers:
         for observer in self.observers:
             try:
                 getattr(observer, hook)(*args)
-            except Exception:  # noqa: BLE001 - an observer never fails the run
+            except Exception as err:  # noqa: BLE001 - an observer never fails the run
+                failure = failure_line(err, None)  # a full disk, a lost storage: one line
                 logger.warning(
-                    "%s.%s failed; the run goes on without it",
+                    "%s.%s failed%s; the run goes on without it",
                     type(observer).__name__,
                     hook,
-                    exc_info=True,
+                    f" ({failure})" if failure else "",
+                    exc_info=failure is None,
                 )

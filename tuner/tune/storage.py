@@ -204,15 +204,17 @@ def _is_sqlite(err: sqlalchemy.exc.DBAPIError) -> bool:
     return type(err.orig).__module__.startswith("sqlite3")
 
 
-def lost_storage(err: BaseException, url: str, doing: str = "") -> StorageError | None:
+def lost_storage(err: BaseException, url: str | None, doing: str = "") -> StorageError | None:
     """A one-line :class:`StorageError` for a storage failure behind ``err`` (see
-    :func:`connection_failure`), or ``None`` when ``err`` is something else."""
+    :func:`connection_failure`), or ``None`` when ``err`` is something else. ``url=None``
+    (a caller that does not know it) says "the storage"."""
     cause = connection_failure(err)
     if cause is None:
         return None
     where = f" while {doing}" if doing else ""
+    name = f"storage {redact(url)}" if url else "the storage"
     return StorageLost(
-        f"lost the connection to storage {redact(url)}{where}: {scrub(first_line(cause), url)} "
+        f"lost the connection to {name}{where}: {scrub(first_line(cause), url)} "
         "(finished trials are kept; a trial left running is failed and retried by the next "
         "worker or run)"
     )
@@ -324,7 +326,7 @@ def environment_failure(
     return None
 
 
-def storage_failure(err: BaseException, url: str, doing: str = "") -> StorageError | None:
+def storage_failure(err: BaseException, url: str | None, doing: str = "") -> StorageError | None:
     """One line for any failure of the storage or the machine behind ``err`` (see
     :func:`environment_failure` and :func:`lost_storage`), else ``None``."""
     return environment_failure(err, url, doing) or lost_storage(err, url, doing)
@@ -351,7 +353,7 @@ ENVIRONMENT_ERRNOS = frozenset(
 a missing directory, too many open files): the user's to fix, not tuner's."""
 
 
-def failure_line(err: BaseException, url: str) -> str | None:
+def failure_line(err: BaseException, url: str | None) -> str | None:
     """The one line the command line prints for a failure of the environment behind ``err``
     (a lost or corrupt storage ``url``, a full disk, a path that cannot be read or written),
     else ``None`` (a bug: a traceback)."""
