@@ -70,11 +70,17 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     assert "already complete" in again.stderr
 
 
-def test_status_of_a_fresh_workdir_says_nothing_ran_there_and_creates_nothing(tmp_path):
-    for args in (("status",), ("status", "--plan", "quick", "--json"), ("report",)):
-        proc = run_cli(*args, cwd=tmp_path)
-        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
-        assert proc.stderr.startswith(
+def test_status_of_a_fresh_workdir_says_nothing_ran_there_and_creates_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    from tuner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for args in (["status"], ["status", "--plan", "quick", "--json"], ["report"]):
+        assert main(args) == 2
+        stderr = capsys.readouterr().err
+        assert len(stderr.splitlines()) == 1, stderr
+        assert stderr.startswith(
             f"tuner: error: no study storage at {tmp_path / 'studies' / 'tuner.sqlite3'}: "
             "nothing has run there yet"
         )

@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.error
 
+import optuna
 import pytest
 
 from tests._util import popen_cli, write_tiny_plan
@@ -130,6 +131,7 @@ def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_fi
     """SQLite: the dashboard reads every study, trial and artifact in a loop while a worker in
     another process creates the study and trains, writes and tells its trials."""
     write_tiny_plan(tmp_path, wd_epochs=300)  # long enough to be seen running (seconds)
+    (tmp_path / "studies").mkdir()
     url = default_storage_url(tmp_path)
     open_storage(url, heartbeat_interval=5, grace_period=20).engine.dispose()  # an empty storage
     with Dashboard(url, tmp_path, "127.0.0.1", 0).start() as dash:
@@ -244,15 +246,19 @@ def test_study_artifacts_use_optunas_metadata_format(tmp_path):
     assert metas[0].filename == "summary.png" and metas[0].mimetype == "image/png"
 
 
-def test_static_files_are_served_to_a_client_that_sends_no_accept_encoding(dashboard):
+def test_static_files_are_served_to_a_client_that_sends_no_accept_encoding(tmp_path):
     """optuna-dashboard alone answers 500 here (KeyError: 'HTTP_ACCEPT_ENCODING')."""
     import http.client
 
-    conn = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=30)
-    conn.putrequest("GET", "/static/bundle.js", skip_accept_encoding=True)
-    conn.endheaders()
-    response = conn.getresponse()
-    body = response.read()
-    conn.close()
+    (tmp_path / "studies").mkdir()
+    url = default_storage_url(tmp_path)
+    optuna.storages.RDBStorage(url)  # an empty storage: static files depend on no study
+    with Dashboard(url, tmp_path, "127.0.0.1", 0).start() as dashboard:
+        conn = http.client.HTTPConnection(dashboard.host, dashboard.port, timeout=30)
+        conn.putrequest("GET", "/static/bundle.js", skip_accept_encoding=True)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
     assert response.status == 200 and response.getheader("Content-Encoding") in (None, "identity")
     assert len(body) > 10_000
