@@ -102,7 +102,8 @@ def test_the_report_names_the_target_and_its_classes_once():
 
 
 def test_a_stage_table_names_its_metric():
-    from tuner.report.summary import stage_table
+    from tuner.report.notes import points_table
+    from tuner.report.summary import stage_table, status_table
     from tuner.tune.state import StageState
 
     rows = [{"params": {"ensemble": k}, "value": v, "seconds": 1.0, "trial": i}
@@ -112,6 +113,10 @@ def test_a_stage_table_names_its_metric():
                            user_attrs={"stage": {"objective": objective}}, rows=rows)  # fmt: skip
         first = stage_table(state).splitlines()[1]  # the header, after the stage line
         assert header in first and " value " not in f"{first} "
+        assert points_table(state, ["ensemble"])[0][1] == header  # the dashboard's note
+        status = {"plan": "tabular", "storage": "sqlite://", "stages": [state.to_dict()]}
+        row = status_table({**status, "final": None}).splitlines()[3].split()  # the stage's
+        assert state.to_dict()["metric"] == header and " ".join(row[5:-1]) == header, row
 
 
 def test_long_class_names_fit_inside_the_class_and_confusion_plots(tmp_path, monkeypatch):

@@ -108,6 +108,10 @@ def test_report_md_has_data_stages_final_and_wall_times(run, studies):
     final = sections["Final model"]
     metrics = json.loads((run / "models" / "tiny" / "metrics.json").read_text())
     assert f"**Test accuracy:** {metrics['test_accuracy']:.4f}" in final
+    first_screen = md.split("## Data")[0]  # every value says what it measures; the test's epoch
+    assert "| stage | state | done | winner | value | metric | study |" in first_screen
+    shipped = f"test accuracy, epoch {metrics['shipped_epoch']}"
+    assert f"| {metrics['test_accuracy']:.4f} | {shipped} |" in first_screen, first_screen
     assert "| decade | precision | recall | F1 | support |" in final
     for name, c in metrics["per_class"].items():
         assert f"| {name} | {c['precision']:.3f} | {c['recall']:.3f}" in final

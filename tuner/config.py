@@ -32,6 +32,13 @@ OBJECTIVE_WORDS = {
 }
 """A stage's value in words. ``best_loss``: the accuracy of the epoch that early stopping with
 ``restore_best`` ships (the peak is an optimistic pick among epochs; this is not)."""
+OBJECTIVE_HEADERS = {
+    "peak": "peak val acc",
+    "final": "final val acc",
+    "mean": "mean val acc",
+    "best_loss": "val acc at best loss",
+}
+"""A stage's value as a table's column header (``value`` where the objective is unknown)."""
 
 # Upper bounds of plan values: far beyond any sensible plan, low enough to catch a typo (a
 # stage of 5000 folds) before it runs.

@@ -230,6 +230,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             f"{s.n_complete}/{s.n_total}",
             fmt_params(s.best_params) if s.best_params else "",
             f"{s.best_value:.4f}" if s.best_value is not None else "",
+            s.metric if s.best_value is not None else "",
             s.study or "",
         ]
         for s in states
@@ -240,14 +241,16 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 "final",
                 final.state,
                 "1/1",
-                "test accuracy",
+                "",
                 f"{metrics['test_accuracy']:.4f}",
+                "test accuracy"
+                + (f", epoch {metrics['shipped_epoch']}" if "shipped_epoch" in metrics else ""),
                 final.study or "",
             ]
         )
     else:
-        summary.append(["final", final.state, "", "", "", final.study or ""])
-    doc.table(["stage", "state", "done", "winner", "value", "study"], summary)
+        summary.append(["final", final.state, "", "", "", "", final.study or ""])
+    doc.table(["stage", "state", "done", "winner", "value", "metric", "study"], summary)
     if metrics and metrics.get("baselines"):
         _baselines(doc, metrics)
 

@@ -142,7 +142,7 @@ def points_table(state: StageState, params: list[str]) -> tuple[list[str], list[
     """Header and cells of a stage's point table (plan order, the winner marked)."""
     rows, best = state.rows, state.winner
     has_std = any(r.get("fold_values") or (r.get("n") or 1) > 1 for r in rows)
-    header = [*params, "value"] + (["std", "95% CI", "n", "folds"] if has_std else [])
+    header = [*params, state.metric] + (["std", "95% CI", "n", "folds"] if has_std else [])
     header += ["seconds", "trial"]
     reused = any(r.get("reused_from") for r in rows)
     header += ["reused from", ""] if reused else [""]

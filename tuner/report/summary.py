@@ -57,15 +57,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-VALUE_HEADERS = {
-    "peak": "peak val acc",
-    "final": "final val acc",
-    "mean": "mean val acc",
-    "best_loss": "val acc at best loss",
-}
-"""A stage table's value column, by the stage's objective (``value`` when it is unknown)."""
-
-
 def stage_table(state: StageState) -> str:
     """The points of a stage by value (the point carried forward marked ``*``), the decision
     with its paired difference, and what is carried forward."""
@@ -73,8 +64,7 @@ def stage_table(state: StageState) -> str:
     winner = state.winner
     params = sorted({k for r in rows for k in r["params"]})
     has_std = any((r.get("n") or 1) > 1 or r.get("fold_values") for r in rows)
-    objective = (state.user_attrs.get("stage") or {}).get("objective")
-    header = ["best", *params, VALUE_HEADERS.get(objective, "value")]
+    header = ["best", *params, state.metric]
     header += ["std", "95% CI", "n"] if has_std else []
     header += ["seconds", "trial"]
     reused = any(r.get("reused_from") for r in rows)
@@ -142,11 +132,12 @@ def status_table(status: dict[str, Any]) -> str:
                 f"{s['n_complete']}/{s['n_total']}",
                 best,
                 value,
+                s["metric"] if value else "",
                 s["study"] or "",
             ]
         )
     text = f"plan {status['plan']} on {status['storage']}\n"
-    text += tables.text(["stage", "state", "done", "best", "value", "study"], rows)
+    text += tables.text(["stage", "state", "done", "best", "value", "metric", "study"], rows)
     final = status["final"]
     if final:
         text += (

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import StageSpec
+from tuner.config import OBJECTIVE_HEADERS, StageSpec
 from tuner.train.config import TrainConfig, coerce_params
 from tuner.tune.decide import Decision, PointStats
 
@@ -72,6 +72,12 @@ class StageState:
         return self.reused.get(point_key(params))
 
     @property
+    def metric(self) -> str:
+        """What the stage's values measure, as a column header (``peak val acc``, ...)."""
+        objective = (self.user_attrs.get("stage") or {}).get("objective")
+        return OBJECTIVE_HEADERS.get(objective, "value")
+
+    @property
     def winner(self) -> dict[str, Any] | None:
         """The row of the point carried forward (``None`` before the stage decides)."""
         if self.best_params is None:
@@ -101,6 +107,7 @@ class StageState:
             "n_total": self.n_total,
             "best_params": self.best_params,
             "best_value": self.best_value,
+            "metric": self.metric,
             "fixed_params": self.fixed_params,
             "wall_seconds": self.wall_seconds,
             "points": [
