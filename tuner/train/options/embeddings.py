@@ -17,8 +17,9 @@ the MLP reads the ``n_features * dim`` concatenation:
   0/1 value's embedding is one of two learned vectors, which the first Linear layer already
   gives it) and, on a table with many one-hots, multiplies the first layer's width by
   ``embedding_dim``: on 30,000 rows x 100 columns (20 numeric, 80 one-hot), 16 frequencies,
-  it cut an epoch of the 8-member ensemble from 8.3 s to 5.3 s and of one MLP from 1.4 s to
-  0.55 s (2 threads, quiet machine; ``benchmarks/tabular_epoch.py`` against ``--all-numeric``).
+  it cut an epoch of the 8-member ensemble from 10.94 s to 3.95 s and of one MLP from 1.51 s
+  to 0.40 s (2 threads, quiet machine; ``benchmarks/tabular_epoch.py`` against
+  ``--all-numeric``).
 
 An entry is the embedding for both engines: :meth:`Embedding.module` is the ``nn.Module`` that
 :func:`tuner.train.model.build_model` puts first in the reference MLP, and :meth:`Embedding.forward`
