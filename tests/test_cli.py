@@ -39,6 +39,7 @@ def test_run_all_then_status_json_and_predict(tmp_path, msd_file):
     metrics = json.loads((tmp_path / "models" / "tiny" / "metrics.json").read_text())
     assert metrics["n_test"] == final["n_test"]
     assert {k: metrics["config"][k] for k in chosen} == chosen
+    assert final["fixed_params"] == chosen and final["config"] == metrics["config"]  # status too
 
     rows = tmp_path / "rows.csv"
     rows.write_text("".join(msd_file.read_text().splitlines(keepends=True)[:7]))

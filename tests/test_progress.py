@@ -175,6 +175,17 @@ def test_the_report_says_which_epoch_ships_and_why_validation_beats_test():
     assert shipped_lines({"epochs_trained": 3}) == []  # an older metrics.json
 
 
+def test_the_closing_summary_names_the_whole_chosen_configuration():
+    from tuner.report.summary import status_table
+
+    final = {"test_accuracy": 0.95, "test_loss": 0.2, "n_test": 750, "fixed_params":
+             {"ensemble": 8}, "config": {"hidden": [256, 256], "lr": 0.002, "ensemble": 8}}  # fmt: skip
+    text = status_table({"plan": "tabular", "storage": "sqlite://", "stages": [], "final": final})
+    assert "chosen: ensemble=8 (tuned); from the plan: hidden=[256, 256], lr=0.002" in text
+    older = {k: v for k, v in final.items() if k not in ("config", "fixed_params")}
+    assert "chosen" not in status_table({"plan": "t", "storage": "s", "stages": [], "final": older})
+
+
 def test_an_lr_range_tests_points_are_not_called_a_grid():
     from tuner.plan import load_plan
     from tuner.report.notes import grid_text, search_label

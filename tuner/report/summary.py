@@ -149,6 +149,8 @@ def status_table(status: dict[str, Any]) -> str:
                 f"\nshipped weights: epoch {final['shipped_epoch']} of {final['epochs_trained']} "
                 f"trained, validation accuracy {final['val_accuracy']:.4f}"
             )
+        if final.get("config"):
+            text += "\n" + configuration_line(final["config"], final.get("fixed_params") or {})
         if "model" in final:
             text += f"\nmodel: {final['model']}"
         if final.get("reused_from"):
@@ -158,6 +160,14 @@ def status_table(status: dict[str, Any]) -> str:
     else:
         text += "\nfinal: not run"
     return text
+
+
+def configuration_line(config: Mapping[str, Any], tuned: Mapping[str, Any]) -> str:
+    """``chosen: ensemble=8 (tuned); from the plan: hidden=[256, 256], ...``: the final
+    model's whole configuration, what the stages chose first."""
+    chosen = ", ".join(f"{k}={_fmt(config.get(k, v))}" for k, v in tuned.items()) or "nothing"
+    rest = ", ".join(f"{k}={_fmt(v)}" for k, v in config.items() if k not in tuned)
+    return f"chosen: {chosen} (tuned); from the plan: {rest}"
 
 
 # -- the final model and the time budget, in words ----------------------------------------

@@ -315,7 +315,7 @@ def final_summary(session: Session) -> dict[str, Any] | None:
         summary.update(
             {k: metrics[k] for k in ("test_accuracy", "test_loss", "n_test", "macro_f1")}
         )
-        for key in ("shipped_epoch", "val_accuracy", "epochs_trained"):  # absent in older ones
+        for key in ("shipped_epoch", "val_accuracy", "epochs_trained", "config", "fixed_params"):
             if key in metrics:
                 summary[key] = metrics[key]
         if "baselines" in metrics:  # a final written before baselines has none
