@@ -56,6 +56,7 @@ def test_api_has_one_study_per_stage_each_with_its_note(dashboard):
         if stage == "final":
             assert note.startswith("## Final model: done")
             assert "**Test accuracy:**" in note and "| 2000s |" in note
+            assert "**Shipped weights:** epoch" in note and ", weights of epoch" in note
             assert detail["objective_names"] == ["test accuracy"]
             want = {"final_history.png", "confusion_matrix.png"}
         else:
@@ -131,7 +132,6 @@ def test_polling_the_dashboard_does_not_disturb_a_running_stage(tmp_path, msd_fi
     """SQLite: the dashboard reads every study, trial and artifact in a loop while a worker in
     another process creates the study and trains, writes and tells its trials."""
     write_tiny_plan(tmp_path, wd_epochs=300)  # long enough to be seen running (seconds)
-    (tmp_path / "studies").mkdir()
     url = default_storage_url(tmp_path)
     open_storage(url, heartbeat_interval=5, grace_period=20).engine.dispose()  # an empty storage
     with Dashboard(url, tmp_path, "127.0.0.1", 0).start() as dash:

@@ -116,6 +116,9 @@ def test_report_md_has_data_stages_final_and_wall_times(run, studies):
     for name, c in metrics["per_class"].items():
         assert f"| {name} | {c['precision']:.3f} | {c['recall']:.3f}" in final
     assert "final_history.png" in final and "confusion_matrix.png" in final
+    epoch = metrics["shipped_epoch"]  # the per-class table and the matrix name their weights
+    assert f"Per class on the test rows, weights of epoch {epoch}:" in final
+    assert f"![Test confusion matrix (weights of epoch {epoch})](confusion_matrix.png)" in final
 
     wall = sections["Wall times"]
     for stage in (*STAGES, "final", "**total**"):

@@ -356,6 +356,8 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
                 ),
             ]
         )
+        epoch = metrics.get("shipped_epoch")
+        doc.p(notes.per_class_caption(metrics))
         doc.table(
             notes.per_class_header(metrics), notes.per_class_rows(metrics.get("per_class", {}))
         )
@@ -372,7 +374,7 @@ def write_report(session: Session, out_dir: Path | None = None) -> ReportPaths:
             )
         doc.img(
             draw("confusion_matrix", plots.confusion_matrix, metrics, out / "confusion_matrix.png"),
-            "Test confusion matrix",
+            f"Test confusion matrix{f' (weights of epoch {epoch})' if epoch else ''}",
         )
 
     # wall times

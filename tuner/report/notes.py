@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from tuner import paths
 from tuner.config import FINAL_STAGE, fmt_value
 from tuner.report import plots, tables
-from tuner.report.summary import stopped_why
+from tuner.report.summary import shipped_lines, stopped_why
 from tuner.tune.decide import decision_text
 from tuner.tune.hooks import StageObserver
 from tuner.tune.kinds import KINDS, spec_from_dict
@@ -237,11 +237,10 @@ def final_note(state: StageState, metrics: Mapping[str, Any] | None) -> str:
             f"{metrics['n_test']} test rows",
             f"- **Epochs trained:** {metrics.get('epochs_trained')}" + stopped_why(metrics),
         ]
+        lines += [f"- {line}" for line in shipped_lines(metrics)]
         if metrics.get("reused_from"):
             lines.append(f"- **Model from:** {model_from_text(metrics['reused_from'])}")
-        lines += [
-            "",
-        ]
+        lines += ["", per_class_caption(metrics), ""]
         lines.append(
             tables.markdown(
                 per_class_header(metrics), per_class_rows(metrics.get("per_class") or {})
@@ -435,6 +434,12 @@ def on_final_done(session: Session, study: optuna.Study, metrics_path: Path) -> 
             if metrics:
                 path = plots.confusion_matrix(metrics, Path(tmp) / "confusion_matrix.png")
                 put_study_artifact(_store(session), session.storage, study, path)
+
+
+def per_class_caption(metrics: Mapping[str, Any]) -> str:
+    """The line above the per-class test table: which weights it scores."""
+    epoch = metrics.get("shipped_epoch")
+    return f"Per class on the test rows{f', weights of epoch {epoch}' if epoch else ''}:"
 
 
 def per_class_header(metrics: dict[str, Any]) -> list[str]:

@@ -309,9 +309,11 @@ def confusion_matrix(metrics: Mapping[str, Any], path: Path) -> Path:
     word = metrics.get("class_name", "decade")
     ax.set_xlabel(f"predicted {word}")
     ax.set_ylabel(f"true {word} (test rows)")
-    acc = metrics.get("test_accuracy")
+    acc, epoch = metrics.get("test_accuracy"), metrics.get("shipped_epoch")
     ax.set_title(
-        "Test confusion matrix (row-normalized)" + (f", accuracy {acc:.4f}" if acc else ""),
+        "Test confusion matrix (row-normalized)"
+        + (f", accuracy {acc:.4f}" if acc else "")
+        + (f"\nweights of epoch {epoch}" if epoch else ""),
         fontsize=9,
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
