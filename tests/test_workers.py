@@ -31,7 +31,9 @@ from tuner.tune.studies import create_trial
 
 @pytest.mark.slow
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):
-    write_tiny_plan(tmp_path, wd_epochs=4)
+    # points of seconds, so that the kill lands inside one: with 4 epochs (a fraction of a
+    # second) the point seen running had finished before the kill, once in CI
+    write_tiny_plan(tmp_path, wd_epochs=60)
     args = ("run-stage", "weight_decay", "--data", str(msd_file), *WORKER_ARGS)
     proc = popen_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 120
