@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -181,3 +184,23 @@ def assert_model_predicts_as_scored(s: Session, out: Path, tmp_path: Path):
     hits = sum(names[y] == lab for y, lab in zip(prepared.y_test, labels, strict=True))
     assert hits / len(labels) == pytest.approx(metrics["test_accuracy"], abs=3 / len(labels))
     return model
+
+
+def kill_mid_trial(proc: subprocess.Popen, states: Callable[[], list[TrialState]]) -> None:
+    """SIGKILL ``proc`` after a point of its stage is complete and while another is running
+    (``states()``: the stage's trial states). It is stopped (SIGSTOP) first and the states read
+    again, so "mid-trial" holds however short the points are: a point that finished meanwhile
+    lets it go on (SIGCONT) to the next one."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = states()
+        if TrialState.COMPLETE in now and TrialState.RUNNING in now:
+            proc.send_signal(signal.SIGSTOP)
+            if TrialState.RUNNING in states():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+            proc.send_signal(signal.SIGCONT)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no point was running after a complete one within 120 s")

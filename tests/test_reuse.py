@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests._util import popen_cli, run_cli, stage_trials
+from tests._util import kill_mid_trial, popen_cli, run_cli, stage_trials
 from tuner.config import FinalSpec
 from tuner.data.prepare import DataSpec
 from tuner.errors import PlanError
@@ -282,15 +280,8 @@ def test_killed_worker_resumes_with_reuse(tmp_path, msd_file):
     run_cli("run-stage", "init", *data, *ARGS, cwd=tmp_path, check=True)
     args = ("run-stage", "activation", *data, *ARGS, "--group-size", "1")
     proc = popen_cli(*args, cwd=tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the reused point done, a trained one running
-        states = [t.state for t in _stage(tmp_path, "activation")]
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # the reused point done, a trained one running
+    kill_mid_trial(proc, lambda: [t.state for t in _stage(tmp_path, "activation")])
     run_cli(*args, cwd=tmp_path, check=True)
     trials = _stage(tmp_path, "activation")
     _each_point_once(trials, 3)

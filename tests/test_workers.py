@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import optuna
@@ -17,6 +15,7 @@ from optuna.trial import TrialState
 from tests._util import (
     WORKER_ARGS,
     assert_each_point_complete_once,
+    kill_mid_trial,
     popen_cli,
     run_cli,
     stage_trials,
@@ -31,21 +30,11 @@ from tuner.tune.studies import create_trial
 
 @pytest.mark.slow
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):
-    # points of seconds, so that the kill lands inside one: with 4 epochs (a fraction of a
-    # second) the point seen running had finished before the kill, once in CI
-    write_tiny_plan(tmp_path, wd_epochs=60)
+    write_tiny_plan(tmp_path, wd_epochs=4)
     args = ("run-stage", "weight_decay", "--data", str(msd_file), *WORKER_ARGS)
     proc = popen_cli(*args, cwd=tmp_path)
-    deadline = time.monotonic() + 120
     # kill it mid-trial: after the first point is complete, while the second is running
-    while time.monotonic() < deadline:
-        states = [t.state for t in stage_trials(default_storage_url(tmp_path))]
-        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-            break
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_mid_trial(proc, lambda: [t.state for t in stage_trials(default_storage_url(tmp_path))])
     before = stage_trials(default_storage_url(tmp_path))
     assert any(t.state == TrialState.RUNNING for t in before)
     n_complete_before = sum(t.state == TrialState.COMPLETE for t in before)
