@@ -96,3 +96,25 @@ def test_range_test_records_an_increasing_lr_curve():
     assert len(result.losses) == len(result.lrs) >= 20
     assert result.lrs[0] <= result.suggestion <= result.lrs[-1]
     assert result.chosen == snap(result.suggestion, "decade")
+
+
+def test_dropout_keeps_one_minus_p_of_the_activations_scaled_and_is_off_in_eval():
+    """The reference form's dropout (what ensembles train through): each activation is kept
+    with probability 1-p and scaled by 1/(1-p), reproducibly under a seed; eval mode passes
+    through; under bf16 autocast the output stays bf16."""
+    from tuner.train.model import Dropout, seeded
+
+    model = build_model(TrainConfig(hidden=(64,), dropout=0.25), 10, 3)
+    (drop,) = [m for m in model if isinstance(m, torch.nn.Dropout)]
+    assert isinstance(drop, Dropout)
+    x = torch.ones(400, 500)
+    with seeded(1):
+        a = drop.train()(x)
+    with seeded(1):
+        b = drop(x)
+    assert torch.equal(a, b) and not torch.equal(a, drop(x))
+    assert torch.equal(a.unique(), torch.tensor([0.0, 4 / 3]))
+    assert abs((a > 0).float().mean().item() - 0.75) < 0.005  # 200,000 draws: sd 0.001
+    assert torch.equal(drop.eval()(x), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert drop.train()(x.bfloat16()).dtype == torch.bfloat16
