@@ -465,7 +465,9 @@ def test_compose_stack_on_a_real_engine(engine, tmp_path):
         dc("build", "worker", timeout=1500)
         build_s = time.monotonic() - t_build
         # small data in the work volume first (the README's recipe)
-        dc("run", "--rm", "worker", "python", "-m", "tuner", "synthesize", "--rows", "3000",
+        # 60,000 rows: a worker's share of a stage trains for seconds, longer than the 2 s a
+        # waiting worker sleeps between looks (with 3,000 rows one worker once took them all)
+        dc("run", "--rm", "worker", "python", "-m", "tuner", "synthesize", "--rows", "60000",
            "--out", "/work/data/small.txt", "-q")  # fmt: skip
         t_run = time.monotonic()
         dc("up", "-d", "--scale", "worker=2", timeout=300)

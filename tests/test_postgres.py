@@ -191,7 +191,7 @@ def test_database_lost_mid_trial_exits_2_with_one_line_and_the_next_run_resumes(
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("tuner: error: lost the connection to storage postgresql+psycopg://")
-    assert "tiny.weight_decay trial" in last
+    assert "tiny.weight_decay" in last  # telling its trial, or looking for trials to reuse
 
     rerun = run_cli(*args, cwd=tmp_path, check=True)
     assert "3/3 complete" in rerun.stdout
