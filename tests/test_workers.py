@@ -30,7 +30,9 @@ from tuner.tune.studies import create_trial
 
 @pytest.mark.slow
 def test_sigkilled_stage_resumes_and_completes_each_point_once(tmp_path, msd_file):
-    write_tiny_plan(tmp_path, wd_epochs=4)
+    # points of seconds: a look at the states (a new storage connection each) is slower than a
+    # point of 4 epochs on a busy machine, so the whole stage once ran between two looks
+    write_tiny_plan(tmp_path, wd_epochs=60)
     args = ("run-stage", "weight_decay", "--data", str(msd_file), *WORKER_ARGS)
     proc = popen_cli(*args, cwd=tmp_path)
     # kill it mid-trial: after the first point is complete, while the second is running
