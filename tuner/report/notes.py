@@ -37,7 +37,7 @@ from tuner.config import FINAL_STAGE, fmt_value
 from tuner.report import plots, tables
 from tuner.report.summary import shipped_lines, stopped_why
 from tuner.tune.decide import decision_text
-from tuner.tune.hooks import StageObserver
+from tuner.tune.hooks import StageObserver, warn_failed
 from tuner.tune.kinds import KINDS, spec_from_dict
 from tuner.tune.kinds.base import Figure
 from tuner.tune.samplers import sampler_named
@@ -291,17 +291,7 @@ def _best_effort(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            from tuner.tune.storage import failure_line
-
-            # a full disk or a lost storage: one line (the command's own error follows), no
-            # traceback; anything else is a bug and keeps its traceback
-            failure = failure_line(err, None)
-            logger.warning(
-                "%s failed%s; the run goes on without it",
-                fn.__name__,
-                f" ({failure})" if failure else "",
-                exc_info=failure is None,
-            )
+            warn_failed(logger, fn.__name__, err)
             return None
 
     return wrapper

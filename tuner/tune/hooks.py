@@ -57,6 +57,19 @@ class StageObserver:
         """The final job ran (``metrics_path`` exists when this worker wrote it)."""
 
 
+def warn_failed(log: logging.Logger, what: str, err: Exception) -> None:
+    """Warn that observer work ``what`` failed and the run goes on: in one line for a full disk
+    or a lost storage (the command's own one-line error follows it), with the traceback for
+    anything else (a bug)."""
+    failure = failure_line(err, None)
+    log.warning(
+        "%s failed%s; the run goes on without it",
+        what,
+        f" ({failure})" if failure else "",
+        exc_info=failure is None,
+    )
+
+
 class Observers:
     """The observers of one session, called in order; a failing one is logged, not raised."""
 
@@ -68,11 +81,4 @@ class Observers:
             try:
                 getattr(observer, hook)(*args)
             except Exception as err:  # noqa: BLE001 - an observer never fails the run
-                failure = failure_line(err, None)  # a full disk, a lost storage: one line
-                logger.warning(
-                    "%s.%s failed%s; the run goes on without it",
-                    type(observer).__name__,
-                    hook,
-                    f" ({failure})" if failure else "",
-                    exc_info=failure is None,
-                )
+                warn_failed(logger, f"{type(observer).__name__}.{hook}", err)
